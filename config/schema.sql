@@ -1,0 +1,70 @@
+-- mqtt-gateway database schema. Idempotent: safe to apply on every start or upgrade
+-- (`mqtt-gateway --init-db`, or `mariadb gw < schema.sql`).
+
+CREATE TABLE IF NOT EXISTS mqtt_servers (
+  id          INT AUTO_INCREMENT PRIMARY KEY,
+  name        VARCHAR(100) NULL,
+  host        VARCHAR(255) NOT NULL,
+  port        INT NOT NULL DEFAULT 1883,
+  username    VARCHAR(255) NULL,
+  password    VARCHAR(255) NULL,
+  -- TLS: when use_tls is 1 the gateway verifies the broker's certificate against ca_file.
+  use_tls     TINYINT(1) NOT NULL DEFAULT 0,
+  ca_file     VARCHAR(1024) NULL,
+  enabled     TINYINT(1) NOT NULL DEFAULT 1,
+  is_default  TINYINT(1) NOT NULL DEFAULT 0,
+  created_at  TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+CREATE TABLE IF NOT EXISTS flows (
+  id              INT AUTO_INCREMENT PRIMARY KEY,
+  code            VARCHAR(100) NOT NULL,
+  name            VARCHAR(255) NULL,
+  topic           VARCHAR(1024) NOT NULL,
+  action          VARCHAR(32) NOT NULL,
+  endpoint_url    VARCHAR(2048) NULL,
+  -- {"field": "type", ...}; types: string|str, number|float, int|integer, bool|boolean, object, array
+  payload_schema  JSON NULL,
+  last_msg_id     BIGINT NOT NULL DEFAULT 0,
+  enabled         TINYINT(1) NOT NULL DEFAULT 1,
+  updated_at      TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
+  UNIQUE KEY uq_flows_code (code)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- One row per top-level payload field; field_value is the field's JSON encoding.
+CREATE TABLE IF NOT EXISTS data_records (
+  id           BIGINT AUTO_INCREMENT PRIMARY KEY,
+  flow_id      INT NOT NULL,
+  msg_id       BIGINT NOT NULL,
+  topic        VARCHAR(1024) NOT NULL,
+  field_name   VARCHAR(255) NOT NULL,
+  field_value  JSON NOT NULL,
+  created_at   TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  UNIQUE KEY uq_data_records_flow_msg_field (flow_id, msg_id, field_name),
+  CONSTRAINT fk_data_records_flow FOREIGN KEY (flow_id) REFERENCES flows (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- Dead letters: every message the gateway could not take (bad JSON, schema failure, ...).
+-- flow_id is NULL when the message was rejected before a flow was chosen.
+CREATE TABLE IF NOT EXISTS rejected_messages (
+  id                 BIGINT AUTO_INCREMENT PRIMARY KEY,
+  flow_id            INT NULL,
+  topic              VARCHAR(1024) NOT NULL,
+  payload            MEDIUMBLOB NOT NULL,
+  payload_truncated  TINYINT(1) NOT NULL DEFAULT 0,
+  reason             VARCHAR(1024) NOT NULL,
+  spool_id           CHAR(36) NULL,
+  spool_seq          BIGINT NULL,
+  created_at         TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  KEY ix_rejected_flow_time (flow_id, created_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- Exactly once: the last spool record each flow committed, written in the same transaction as
+-- the flow's rows. After a crash the spool is replayed and records at or below last_seq skipped.
+CREATE TABLE IF NOT EXISTS spool_offsets (
+  spool_id    CHAR(36) NOT NULL,
+  flow_id     INT NOT NULL,
+  last_seq    BIGINT NOT NULL,
+  updated_at  TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (spool_id, flow_id)
+) ENGINE=InnoDB;
