@@ -1,1 +1,206 @@
-int main() { return 0; }
+// The composition root: settings, logging, adapters, the spool, the pipeline and the MQTT client
+// are built here, in this order, and torn down in reverse by scope. Nothing else lives here.
+#include <signal.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+
+#include "gateway/command_line.h"
+#include "gateway/curl_http_poster.h"
+#include "gateway/env_file.h"
+#include "gateway/errors.h"
+#include "gateway/gateway_mqtt_client.h"
+#include "gateway/logging.h"
+#include "gateway/metrics_server.h"
+#include "gateway/mysql_flow_repository.h"
+#include "gateway/paho_mqtt_connection.h"
+#include "gateway/pipeline.h"
+#include "gateway/settings.h"
+#include "gateway/signal_mask.h"
+#include "gateway/spool.h"
+#include "gateway/systemd_notifier.h"
+
+extern char** environ;
+
+namespace gateway {
+namespace {
+
+constexpr int kExitConfig = 1;
+
+Settings settings_from(const CommandLine& cl) {
+  EnvMap file;
+  const auto path = cl.env_file.value_or(".env");
+  if (auto parsed = read_env_file(path)) {
+    file = std::move(*parsed);
+  } else if (cl.env_file) {
+    throw ConfigError("--env-file: " + path.string() + " does not exist");
+  }
+  return load_settings(merge_env(environment_map(environ), file));
+}
+
+int check(const Settings& settings) {
+  MySqlFlowRepository repo(settings);
+  std::cout << "database: " << settings.database_url_redacted() << " ok\n";
+  if (auto missing = repo.missing_tables(); !missing.empty()) {
+    std::cout << "schema: missing tables:";
+    for (const auto& t : missing) std::cout << ' ' << t;
+    std::cout << " (run mqtt-gateway --init-db)\n";
+    return 1;
+  }
+  std::cout << "schema: ok\n";
+  auto server = repo.load_mqtt_server();
+  if (!server) {
+    std::cout << "broker: no enabled MQTT server in table mqtt_servers\n";
+    return 1;
+  }
+  std::cout << "broker: " << (server->use_tls ? "ssl://" : "tcp://") << server->host << ":"
+            << server->port << " (server id " << server->id << ")\n";
+  auto flows = repo.load_flows();
+  std::cout << "flows: " << flows.size() << " enabled\n";
+  for (const Flow& f : flows) {
+    std::cout << "  " << f.code << "  " << f.topic << "  " << f.action
+              << (f.endpoint_url ? "  " + *f.endpoint_url : "") << "\n";
+  }
+  return 0;
+}
+
+SpoolOptions spool_options(const Settings& s) {
+  SpoolOptions o;
+  o.dir = s.spool_dir;
+  o.segment_bytes = s.spool_segment_bytes;
+  o.max_bytes = s.spool_max_bytes;
+  o.fsync = s.spool_fsync == FsyncPolicy::kAlways  ? SpoolFsync::kAlways
+            : s.spool_fsync == FsyncPolicy::kNever ? SpoolFsync::kNever
+                                                   : SpoolFsync::kBatch;
+  o.fsync_interval = std::chrono::milliseconds(s.spool_fsync_interval_ms);
+  return o;
+}
+
+PipelineOptions pipeline_options(const Settings& s) {
+  PipelineOptions o;
+  o.workers = static_cast<std::size_t>(s.db_pool_size);
+  o.max_batch = static_cast<std::size_t>(s.max_batch);
+  o.limits.max_bytes = s.max_payload_bytes;
+  o.limits.max_depth = s.max_json_depth;
+  o.processor.http_timeout = std::chrono::seconds(s.http_timeout_seconds);
+  o.processor.rejected_payload_max_bytes = s.rejected_payload_max_bytes;
+  o.retry_max = std::chrono::seconds(s.db_retry_max_seconds);
+  return o;
+}
+
+std::string summary(const Metrics& m, const Spool& spool) {
+  const auto st = spool.stats();
+  return fmt::format(
+      "summary: received {}, stored {}, posted {}, rejected {}, redeliveries dropped {}, backlog "
+      "{}, spool {:.1f} MiB{}, broker {}, database {}",
+      m.received.load(), m.stored.load(), m.posted.load(), m.rejected.load(),
+      m.redeliveries.load(), m.backlog.load(), static_cast<double>(st.bytes) / (1 << 20),
+      st.full ? " (FULL)" : "", m.broker_connected ? "up" : "down",
+      m.db_connected ? "up" : "down");
+}
+
+int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
+        const SignalMask& signals) {
+  auto log = logging.get("main");
+  Metrics metrics;
+  Spool spool(spool_options(settings), logging.get("spool"));
+  log->info("spool {} at {}: {} segment(s), {} bytes, next seq {}", spool.id(), settings.spool_dir,
+            spool.stats().segments, spool.stats().bytes, spool.stats().next_seq);
+  FlowTable flows;
+  auto repositories = [&settings] { return std::make_unique<MySqlFlowRepository>(settings); };
+
+  GatewayMqttClient client(
+      settings, repositories, flows, spool, metrics,
+      [&logging](MqttConnectOptions o, MqttHandlers h) -> std::unique_ptr<MqttConnection> {
+        return std::make_unique<PahoMqttConnection>(std::move(o), std::move(h),
+                                                    logging.get("mqtt"));
+      },
+      logging.get("mqtt"));
+  // Flows first: the pipeline replays what an earlier run left in the spool and must route it.
+  client.reload_flows();
+  metrics.db_connected = true;
+  Pipeline pipeline(
+      spool, flows, repositories, [] { return std::make_unique<CurlHttpPoster>(); },
+      pipeline_options(settings), metrics, logging.get("pipeline"));
+  pipeline.start();
+  client.start();
+
+  std::unique_ptr<MetricsServer> metrics_server;
+  if (!settings.metrics_address.empty()) {
+    metrics_server = std::make_unique<MetricsServer>(settings.metrics_address, metrics, settings,
+                                                     logging.get("metrics"));
+  }
+  notifier.ready();
+  log->info("ready");
+
+  auto last_summary = std::chrono::steady_clock::now();
+  const auto summary_every = std::chrono::seconds(settings.summary_interval_seconds);
+  client.run_forever(
+      signals, [&logging] { logging.reopen(); },
+      [&] {
+        // The watchdog is fed only while the dispatcher keeps moving.
+        if (steady_now_ms() - metrics.last_progress_ms.load() < 10000) notifier.watchdog();
+        if (std::chrono::steady_clock::now() - last_summary >= summary_every) {
+          last_summary = std::chrono::steady_clock::now();
+          log->info("{}", summary(metrics, spool));
+        }
+      });
+
+  notifier.stopping();
+  client.stop();  // no new messages
+  pipeline.stop(std::chrono::seconds(settings.shutdown_timeout_seconds));
+  log->info("{}", summary(metrics, spool));
+  log->info("stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace gateway
+
+int main(int argc, char** argv) {
+  using namespace gateway;
+  // Before any thread exists, so that every thread inherits the mask and only sigwait sees them.
+  SignalMask signals{SIGTERM, SIGINT, SIGHUP};
+
+  auto parsed = parse_command_line(argc, argv, std::cout, std::cerr);
+  if (auto* code = std::get_if<int>(&parsed)) return *code;
+  const CommandLine& cl = std::get<CommandLine>(parsed);
+
+  Settings settings;
+  try {
+    settings = settings_from(cl);
+  } catch (const ConfigError& e) {
+    std::cerr << "mqtt-gateway: " << e.what() << "\n";
+    return kExitConfig;
+  }
+  CurlGlobal curl;
+  mysql_global_init();
+  MySqlThreadScope mysql_thread;
+
+  try {
+    if (cl.init_db) {
+      MySqlFlowRepository(settings).apply_script(builtin_schema_sql());
+      std::cout << "schema applied to " << settings.database_url_redacted() << "\n";
+      return 0;
+    }
+    if (cl.check) return check(settings);
+
+    Logging logging(settings);
+    auto log = logging.get("main");
+    log->info("mqtt-gateway {} starting (pid {})", GATEWAY_VERSION, getpid());
+    for (const auto& line : describe_settings(settings)) log->info("setting {}", line);
+    SystemdNotifier notifier;
+    try {
+      return run(settings, logging, notifier, signals);
+    } catch (const std::exception& e) {
+      log->critical("fatal: {}", e.what());
+      notifier.stopping();
+      return 1;
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "mqtt-gateway: " << e.what() << "\n";
+    return 1;
+  }
+}

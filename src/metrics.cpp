@@ -1,0 +1,108 @@
+#include "gateway/metrics.h"
+
+#include <chrono>
+#include <sstream>
+
+namespace gateway {
+
+std::int64_t steady_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void Metrics::observe_transaction(double seconds) {
+  std::size_t i = 0;
+  while (i < std::size(kLatencyBuckets) && seconds > kLatencyBuckets[i]) ++i;
+  latency_counts_[i].fetch_add(1, std::memory_order_relaxed);
+  latency_sum_us_.fetch_add(static_cast<std::uint64_t>(seconds * 1e6), std::memory_order_relaxed);
+}
+
+void Metrics::add_flow(const std::string& code, const FlowCounters& d) {
+  std::lock_guard lock(mu_);
+  FlowCounters& c = flows_[code];
+  c.received += d.received;
+  c.stored += d.stored;
+  c.posted += d.posted;
+  c.rejected += d.rejected;
+}
+
+std::map<std::string, FlowCounters> Metrics::flows() const {
+  std::lock_guard lock(mu_);
+  return flows_;
+}
+
+namespace {
+
+void counter(std::ostringstream& o, const char* name, const char* help, std::uint64_t v,
+             const char* type = "counter") {
+  o << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n'
+    << name << ' ' << v << '\n';
+}
+
+std::string label(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string Metrics::prometheus_text() const {
+  std::ostringstream o;
+  counter(o, "gateway_messages_received_total", "Messages spooled from the broker.", received);
+  counter(o, "gateway_redeliveries_dropped_total", "Broker redeliveries of spooled messages.",
+          redeliveries);
+  counter(o, "gateway_messages_unrouted_total", "Messages no flow matched.", unrouted);
+  counter(o, "gateway_messages_stored_total", "Messages stored in data_records.", stored);
+  counter(o, "gateway_messages_posted_total", "Messages delivered to endpoints.", posted);
+  counter(o, "gateway_messages_rejected_total", "Messages written to rejected_messages.", rejected);
+  counter(o, "gateway_transactions_total", "Committed flow transactions.", transactions);
+  counter(o, "gateway_db_errors_total", "Failed database attempts (retried).", db_errors);
+  counter(o, "gateway_backlog_messages", "Spooled messages not yet processed.", backlog, "gauge");
+  counter(o, "gateway_spool_bytes", "Bytes in the spool.", spool_bytes, "gauge");
+  counter(o, "gateway_broker_connected", "1 while connected to the broker.", broker_connected ? 1 : 0,
+          "gauge");
+  counter(o, "gateway_db_connected", "1 while the database answers.", db_connected ? 1 : 0, "gauge");
+  counter(o, "gateway_last_reload_timestamp_seconds", "Unix time of the last flow reload.",
+          static_cast<std::uint64_t>(last_reload_unix.load()), "gauge");
+
+  o << "# HELP gateway_transaction_seconds Flow transaction latency.\n"
+       "# TYPE gateway_transaction_seconds histogram\n";
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < std::size(kLatencyBuckets); ++i) {
+    cumulative += latency_counts_[i].load();
+    o << "gateway_transaction_seconds_bucket{le=\"" << kLatencyBuckets[i] << "\"} " << cumulative
+      << '\n';
+  }
+  cumulative += latency_counts_[std::size(kLatencyBuckets)].load();
+  o << "gateway_transaction_seconds_bucket{le=\"+Inf\"} " << cumulative << '\n'
+    << "gateway_transaction_seconds_sum " << static_cast<double>(latency_sum_us_.load()) / 1e6
+    << '\n'
+    << "gateway_transaction_seconds_count " << cumulative << '\n';
+
+  const auto per_flow = flows();
+  const std::pair<const char*, std::uint64_t FlowCounters::*> fields[] = {
+      {"received", &FlowCounters::received},
+      {"stored", &FlowCounters::stored},
+      {"posted", &FlowCounters::posted},
+      {"rejected", &FlowCounters::rejected}};
+  for (const auto& [what, member] : fields) {
+    o << "# HELP gateway_flow_messages_" << what << "_total Per-flow messages " << what << ".\n"
+      << "# TYPE gateway_flow_messages_" << what << "_total counter\n";
+    for (const auto& [code, c] : per_flow) {
+      o << "gateway_flow_messages_" << what << "_total{flow=\"" << label(code) << "\"} "
+        << c.*member << '\n';
+    }
+  }
+  return o.str();
+}
+
+}  // namespace gateway

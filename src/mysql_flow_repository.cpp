@@ -1,0 +1,379 @@
+#include "gateway/mysql_flow_repository.h"
+
+#include <cppconn/connection.h>
+#include <cppconn/driver.h>
+#include <cppconn/exception.h>
+#include <cppconn/prepared_statement.h>
+#include <cppconn/resultset.h>
+#include <cppconn/statement.h>
+
+#include <array>
+#include <map>
+#include <sstream>
+
+#include "gateway/errors.h"
+
+namespace gateway {
+namespace {
+
+constexpr const char* kLoadServerSql =
+    "SELECT id, host, port, username, password, use_tls, ca_file FROM mqtt_servers "
+    "WHERE enabled = 1 ORDER BY is_default DESC, id ASC LIMIT 1";
+constexpr const char* kLoadFlowsSql =
+    "SELECT id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled "
+    "FROM flows WHERE enabled = 1 ORDER BY id";
+constexpr const char* kLockFlowSql =
+    "SELECT id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled "
+    "FROM flows WHERE id = ? FOR UPDATE";
+// A plain (non-locking) read: the flow row lock already serialises every writer of this row.
+constexpr const char* kOffsetSql =
+    "SELECT last_seq FROM spool_offsets WHERE spool_id = ? AND flow_id = ?";
+constexpr const char* kAdvanceSql = "UPDATE flows SET last_msg_id = ? WHERE id = ?";
+constexpr const char* kUpsertOffsetSql =
+    "INSERT INTO spool_offsets (spool_id, flow_id, last_seq) VALUES (?, ?, ?) "
+    "ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq)";
+constexpr const char* kInsertRecordsPrefix =
+    "INSERT INTO data_records (flow_id, msg_id, topic, field_name, field_value) VALUES ";
+constexpr const char* kInsertRecordRow = "(?, ?, ?, ?, ?)";
+constexpr const char* kInsertRejectedPrefix =
+    "INSERT INTO rejected_messages (flow_id, topic, payload, payload_truncated, reason, spool_id, "
+    "spool_seq) VALUES ";
+constexpr const char* kInsertRejectedRow = "(?, ?, ?, ?, ?, ?, ?)";
+
+// Multi-row INSERTs go out in chunks of these sizes so that a handful of prepared statements
+// serve every batch size.
+constexpr std::array<std::size_t, 6> kChunkSizes = {256, 64, 16, 4, 2, 1};
+
+// Sorts a driver error the way the caller must react (see flow_repository.h).
+[[noreturn]] void rethrow(const sql::SQLException& e, std::string_view what) {
+  const int code = e.getErrorCode();
+  std::ostringstream msg;
+  msg << what << ": " << e.what() << " (MySQL error " << code << ")";
+  // 2000-2999 are client errors (gone away, lost connection, can't connect); 1053 server
+  // shutdown, 1927 connection killed, 4031 idle disconnect: all mean the session is gone.
+  if ((code >= 2000 && code < 3000) || code == 1053 || code == 1927 || code == 4031) {
+    throw DbUnavailable(msg.str());
+  }
+  if (code == 1205 || code == 1213) throw DbRetryable(msg.str());
+  throw Error(msg.str());
+}
+
+std::optional<std::string> nullable_string(sql::ResultSet& rs, int column) {
+  if (rs.isNull(column)) return std::nullopt;
+  return std::string(rs.getString(column));
+}
+
+Flow read_flow(sql::ResultSet& rs) {
+  Flow f;
+  f.id = rs.getInt64(1);
+  f.code = rs.getString(2);
+  f.topic = rs.getString(3);
+  f.action = rs.getString(4);
+  f.endpoint_url = nullable_string(rs, 5);
+  f.payload_schema = nullable_string(rs, 6);
+  f.last_msg_id = rs.getInt64(7);
+  f.enabled = rs.getInt(8) != 0;
+  return f;
+}
+
+// At most `max` bytes of `s`, cut at a UTF-8 character boundary (VARCHAR limits count
+// characters, but a cut inside a character would be refused as invalid).
+std::string_view utf8_prefix(std::string_view s, std::size_t max) {
+  if (s.size() <= max) return s;
+  std::size_t n = max;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return s.substr(0, n);
+}
+
+std::string repeated_rows(const char* prefix, const char* row, std::size_t n) {
+  std::string sql = prefix;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i) sql += ',';
+    sql += row;
+  }
+  return sql;
+}
+
+}  // namespace
+
+void mysql_global_init() { (void)get_driver_instance(); }
+
+MySqlThreadScope::MySqlThreadScope() { get_driver_instance()->threadInit(); }
+MySqlThreadScope::~MySqlThreadScope() { get_driver_instance()->threadEnd(); }
+
+struct MySqlFlowRepository::Impl {
+  std::unique_ptr<sql::Connection> conn;
+  std::map<std::string, std::unique_ptr<sql::PreparedStatement>, std::less<>> statements;
+
+  sql::PreparedStatement& prepare(const std::string& sql) {
+    auto it = statements.find(sql);
+    if (it == statements.end()) {
+      it = statements.emplace(sql, std::unique_ptr<sql::PreparedStatement>(
+                                       conn->prepareStatement(sql)))
+               .first;
+    }
+    return *it->second;
+  }
+};
+
+namespace {
+
+class MySqlFlowTransaction final : public FlowTransaction {
+ public:
+  MySqlFlowTransaction(MySqlFlowRepository::Impl& db, Flow flow, std::uint64_t committed_seq,
+                       std::string spool_id)
+      : db_(db), flow_(std::move(flow)), committed_seq_(committed_seq),
+        spool_id_(std::move(spool_id)) {}
+
+  ~MySqlFlowTransaction() override {
+    if (committed_) return;
+    try {
+      db_.conn->rollback();
+    } catch (const sql::SQLException&) {
+      // The connection is already broken; the server rolls back when it notices.
+    }
+  }
+
+  const Flow& flow() const override { return flow_; }
+  std::uint64_t committed_seq() const override { return committed_seq_; }
+
+  void insert_records(std::span<const DataRecord> rows) override {
+    try {
+      std::size_t done = 0;
+      for (std::size_t chunk : kChunkSizes) {
+        while (rows.size() - done >= chunk) {
+          auto& stmt = db_.prepare(repeated_rows(kInsertRecordsPrefix, kInsertRecordRow, chunk));
+          int p = 1;
+          for (std::size_t i = done; i < done + chunk; ++i) {
+            const DataRecord& r = rows[i];
+            stmt.setInt64(p++, flow_.id);
+            stmt.setInt64(p++, r.msg_id);
+            stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
+            stmt.setString(p++, sql::SQLString(r.field_name.data(), r.field_name.size()));
+            stmt.setString(p++, r.field_value);
+          }
+          stmt.executeUpdate();
+          done += chunk;
+        }
+      }
+    } catch (const sql::SQLException& e) {
+      rethrow(e, "insert data_records");
+    }
+  }
+
+  void insert_rejected(std::span<const RejectedMessage> rows) override {
+    try {
+      for (const RejectedMessage& r : rows) {
+        auto& stmt = db_.prepare(repeated_rows(kInsertRejectedPrefix, kInsertRejectedRow, 1));
+        stmt.setInt64(1, flow_.id);
+        const std::string_view topic = utf8_prefix(r.topic, 1024);
+        stmt.setString(2, sql::SQLString(topic.data(), topic.size()));
+        std::istringstream blob(std::string(r.payload));
+        stmt.setBlob(3, &blob);
+        stmt.setInt(4, r.payload_truncated ? 1 : 0);
+        stmt.setString(5, std::string(utf8_prefix(r.reason, 1024)));
+        stmt.setString(6, spool_id_);
+        stmt.setInt64(7, static_cast<std::int64_t>(r.spool_seq));
+        stmt.executeUpdate();
+      }
+    } catch (const sql::SQLException& e) {
+      rethrow(e, "insert rejected_messages");
+    }
+  }
+
+  void advance(std::int64_t last_msg_id, std::uint64_t last_seq) override {
+    try {
+      if (last_msg_id != flow_.last_msg_id) {
+        auto& upd = db_.prepare(kAdvanceSql);
+        upd.setInt64(1, last_msg_id);
+        upd.setInt64(2, flow_.id);
+        upd.executeUpdate();
+      }
+      if (last_seq > 0 && !spool_id_.empty()) {
+        auto& off = db_.prepare(kUpsertOffsetSql);
+        off.setString(1, spool_id_);
+        off.setInt64(2, flow_.id);
+        off.setInt64(3, static_cast<std::int64_t>(last_seq));
+        off.executeUpdate();
+      }
+    } catch (const sql::SQLException& e) {
+      rethrow(e, "advance flow");
+    }
+  }
+
+  void commit() override {
+    try {
+      db_.conn->commit();
+      committed_ = true;
+    } catch (const sql::SQLException& e) {
+      rethrow(e, "commit");
+    }
+  }
+
+ private:
+  MySqlFlowRepository::Impl& db_;
+  Flow flow_;
+  std::uint64_t committed_seq_;
+  std::string spool_id_;
+  bool committed_ = false;
+};
+
+}  // namespace
+
+MySqlFlowRepository::MySqlFlowRepository(const Settings& settings) : impl_(new Impl) {
+  sql::ConnectOptionsMap o;
+  o["hostName"] = sql::SQLString("tcp://" + settings.db_host + ":" + std::to_string(settings.db_port));
+  o["userName"] = sql::SQLString(settings.db_user);
+  o["password"] = sql::SQLString(settings.db_password.reveal());
+  o["schema"] = sql::SQLString(settings.db_name);
+  o["OPT_CONNECT_TIMEOUT"] = settings.db_connect_timeout_seconds;
+  // Longer than the session's lock wait timeout below, so a lock wait surfaces as 1205, not as
+  // a dead connection.
+  o["OPT_READ_TIMEOUT"] = 60;
+  o["OPT_WRITE_TIMEOUT"] = 60;
+  o["OPT_RECONNECT"] = false;  // a silent reconnect would continue a transaction in autocommit
+  o["OPT_CHARSET_NAME"] = sql::SQLString("utf8mb4");
+  try {
+    impl_->conn.reset(get_driver_instance()->connect(o));
+    std::unique_ptr<sql::Statement> st(impl_->conn->createStatement());
+    st->execute("SET SESSION innodb_lock_wait_timeout = 20");
+    // READ COMMITTED: no gap locks between workers inserting rows of different flows.
+    st->execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
+    impl_->conn->setAutoCommit(false);
+  } catch (const sql::SQLException& e) {
+    std::ostringstream where;
+    where << "database " << settings.db_name << " at " << settings.db_host << ":"
+          << settings.db_port << " as " << settings.db_user;
+    if (e.getErrorCode() == 1045 || e.getErrorCode() == 1044 || e.getErrorCode() == 1049) {
+      throw Error(where.str() + ": " + e.what());
+    }
+    rethrow(e, where.str());
+  }
+}
+
+MySqlFlowRepository::~MySqlFlowRepository() = default;
+
+std::optional<MqttServer> MySqlFlowRepository::load_mqtt_server() {
+  try {
+    auto& stmt = impl_->prepare(kLoadServerSql);
+    std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
+    std::optional<MqttServer> server;
+    if (rs->next()) {
+      MqttServer s;
+      s.id = rs->getInt64(1);
+      s.host = rs->getString(2);
+      s.port = rs->getInt(3);
+      s.username = nullable_string(*rs, 4);
+      if (auto pw = nullable_string(*rs, 5)) s.password = Secret(std::move(*pw));
+      s.use_tls = rs->getInt(6) != 0;
+      s.ca_file = nullable_string(*rs, 7).value_or("");
+      server = std::move(s);
+    }
+    rs.reset();
+    impl_->conn->commit();  // end the read transaction: the next reload must see fresh rows
+    return server;
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "load mqtt_servers");
+  }
+}
+
+std::vector<Flow> MySqlFlowRepository::load_flows() {
+  try {
+    auto& stmt = impl_->prepare(kLoadFlowsSql);
+    std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
+    std::vector<Flow> flows;
+    while (rs->next()) flows.push_back(read_flow(*rs));
+    rs.reset();
+    impl_->conn->commit();
+    return flows;
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "load flows");
+  }
+}
+
+std::unique_ptr<FlowTransaction> MySqlFlowRepository::lock_flow(std::int64_t flow_id,
+                                                                std::string_view spool_id) {
+  try {
+    auto& lock = impl_->prepare(kLockFlowSql);
+    lock.setInt64(1, flow_id);
+    std::unique_ptr<sql::ResultSet> rs(lock.executeQuery());
+    if (!rs->next()) {
+      rs.reset();
+      impl_->conn->rollback();
+      return nullptr;
+    }
+    Flow flow = read_flow(*rs);
+    rs.reset();
+    std::uint64_t committed = 0;
+    if (!spool_id.empty()) {
+      auto& off = impl_->prepare(kOffsetSql);
+      off.setString(1, sql::SQLString(spool_id.data(), spool_id.size()));
+      off.setInt64(2, flow_id);
+      std::unique_ptr<sql::ResultSet> o(off.executeQuery());
+      if (o->next()) committed = static_cast<std::uint64_t>(o->getInt64(1));
+    }
+    return std::make_unique<MySqlFlowTransaction>(*impl_, std::move(flow), committed,
+                                                  std::string(spool_id));
+  } catch (const sql::SQLException& e) {
+    try {
+      impl_->conn->rollback();
+    } catch (const sql::SQLException&) {
+    }
+    rethrow(e, "lock flow " + std::to_string(flow_id));
+  }
+}
+
+bool MySqlFlowRepository::ping() {
+  try {
+    std::unique_ptr<sql::Statement> st(impl_->conn->createStatement());
+    std::unique_ptr<sql::ResultSet> rs(st->executeQuery("SELECT 1"));
+    impl_->conn->commit();
+    return true;
+  } catch (const sql::SQLException&) {
+    return false;
+  }
+}
+
+void MySqlFlowRepository::apply_script(std::string_view sql) {
+  // Statements end with ';' at the end of a line; comments start with "--". Enough for our DDL.
+  std::istringstream in{std::string(sql)};
+  std::string line, statement;
+  try {
+    std::unique_ptr<sql::Statement> st(impl_->conn->createStatement());
+    while (std::getline(in, line)) {
+      auto first = line.find_first_not_of(" \t");
+      if (first == std::string::npos || line.compare(first, 2, "--") == 0) continue;
+      statement += line + "\n";
+      auto last = line.find_last_not_of(" \t\r");
+      if (line[last] == ';') {
+        st->execute(statement);
+        statement.clear();
+      }
+    }
+    impl_->conn->commit();
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "apply schema");
+  }
+}
+
+std::vector<std::string> MySqlFlowRepository::missing_tables() {
+  static constexpr std::array<const char*, 5> kTables = {
+      "mqtt_servers", "flows", "data_records", "rejected_messages", "spool_offsets"};
+  std::vector<std::string> missing;
+  try {
+    auto& stmt = impl_->prepare(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND "
+        "table_name = ?");
+    for (const char* t : kTables) {
+      stmt.setString(1, t);
+      std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
+      if (!rs->next() || rs->getInt(1) == 0) missing.emplace_back(t);
+    }
+    impl_->conn->commit();
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "check schema");
+  }
+  return missing;
+}
+
+}  // namespace gateway

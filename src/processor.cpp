@@ -1,0 +1,171 @@
+#include "gateway/processor.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "gateway/errors.h"
+
+namespace gateway {
+namespace {
+
+void append_rows(std::vector<DataRecord>& rows, std::int64_t msg_id, const InboundMessage& m) {
+  for (const auto& [name, value] : m.parsed.object.items()) {
+    rows.push_back(DataRecord{msg_id, m.topic, name, encode_field_value(value)});
+  }
+}
+
+}  // namespace
+
+Processor::Processor(FlowRepository& repo, HttpPoster& http, ProcessorOptions options,
+                     std::shared_ptr<spdlog::logger> log)
+    : repo_(repo), http_(http), options_(options), log_(std::move(log)) {}
+
+const SchemaResult& Processor::schema_for(const Flow& flow) {
+  auto it = schemas_.find(flow.id);
+  if (it != schemas_.end() && it->second.first == flow.payload_schema) return it->second.second;
+  SchemaResult compiled;
+  if (flow.payload_schema) {
+    auto json = nlohmann::json::parse(*flow.payload_schema, nullptr, false);
+    if (json.is_discarded()) {
+      compiled.error = "payload_schema is not valid JSON";
+    } else {
+      compiled = compile_payload_schema(json);
+    }
+  }
+  auto& slot = schemas_[flow.id];
+  slot = {flow.payload_schema, std::move(compiled)};
+  return slot.second;
+}
+
+std::string Processor::check(const Flow& flow, const InboundMessage& m) {
+  if (!flow.enabled) return "flow is disabled";
+  auto action = parse_flow_action(flow.action);
+  if (!action) return "flow has unknown action '" + flow.action + "'";
+  if (!m.parsed.ok()) return m.parsed.error;
+  const SchemaResult& schema = schema_for(flow);
+  if (!schema.ok()) return "flow schema error: " + schema.error;
+  ValidationResult valid = validate_payload(m.parsed.object, schema.schema);
+  if (!valid.ok()) return valid.error;
+  if (*action == FlowAction::kPostEndpoint) {
+    if (!flow.endpoint_url || flow.endpoint_url->empty()) return "flow has no endpoint_url";
+    return {};
+  }
+  if (m.topic.size() > options_.max_topic_length) {
+    return "topic longer than " + std::to_string(options_.max_topic_length) + " bytes";
+  }
+  if (auto bad = check_field_names(m.parsed.object, options_.max_field_name_length)) return *bad;
+  return {};
+}
+
+HttpResult Processor::post(const Flow& flow, const InboundMessage& m, std::int64_t msg_id) {
+  HttpRequest req;
+  req.url = *flow.endpoint_url;
+  req.body = m.payload;  // the payload as received
+  req.timeout = options_.http_timeout;
+  const std::string id = std::to_string(msg_id);
+  req.headers = {{"X-Gateway-Flow", flow.code},
+                 {"X-Gateway-Msg-Id", id},
+                 {"X-Gateway-Topic", m.topic},
+                 {"Idempotency-Key", flow.code + ":" + id}};
+  return http_.post(req);
+}
+
+BatchResult Processor::process_batch(std::int64_t flow_id,
+                                     std::span<const InboundMessage* const> batch,
+                                     std::string_view spool_id) {
+  BatchResult result;
+  std::unique_ptr<FlowTransaction> tx = repo_.lock_flow(flow_id, spool_id);
+  if (!tx) {
+    result.flow_missing = true;
+    return result;
+  }
+  const Flow& flow = tx->flow();
+  result.flow_code = flow.code;
+  const bool post_endpoint = parse_flow_action(flow.action) == FlowAction::kPostEndpoint;
+  std::int64_t msg_id = flow.last_msg_id;
+  std::uint64_t last_seq = 0;
+  std::vector<DataRecord> rows;
+  std::vector<RejectedMessage> rejects;
+  rows.reserve(batch.size() * 4);
+
+  for (const InboundMessage* m : batch) {
+    if (m->seq != 0 && m->seq <= tx->committed_seq()) {
+      ++result.skipped;
+      continue;
+    }
+    last_seq = std::max(last_seq, m->seq);
+    std::string why = check(flow, *m);
+    if (why.empty() && post_endpoint) {
+      HttpResult r = post(flow, *m, msg_id + 1);
+      if (r.ok()) {
+        ++result.posted;
+      } else {
+        why = "POST " + *flow.endpoint_url + " failed: " + r.error;
+      }
+    }
+    if (!why.empty()) {
+      rejects.push_back(RejectedMessage{
+          m->topic, std::string_view(m->payload).substr(0, options_.rejected_payload_max_bytes),
+          m->payload.size() > options_.rejected_payload_max_bytes, why, m->seq});
+      result.rejections.push_back("flow " + flow.code + " topic " + m->topic + ": " + why);
+      ++result.rejected;
+      continue;
+    }
+    ++msg_id;
+    if (result.first_msg_id == 0) result.first_msg_id = msg_id;
+    ++result.accepted;
+    if (!post_endpoint) append_rows(rows, msg_id, *m);
+  }
+  result.last_msg_id = msg_id;
+
+  if (!rows.empty()) tx->insert_records(rows);
+  if (!rejects.empty()) tx->insert_rejected(rejects);
+  tx->advance(msg_id, last_seq);
+  tx->commit();
+  return result;
+}
+
+void Processor::reject(std::int64_t flow_id, const InboundMessage& m, const std::string& why,
+                       std::string_view spool_id) {
+  std::unique_ptr<FlowTransaction> tx = repo_.lock_flow(flow_id, spool_id);
+  if (!tx || (m.seq != 0 && m.seq <= tx->committed_seq())) return;
+  const RejectedMessage row{m.topic, std::string_view(m.payload).substr(0, options_.rejected_payload_max_bytes),
+                            m.payload.size() > options_.rejected_payload_max_bytes, why, m.seq};
+  tx->insert_rejected(std::span(&row, 1));
+  tx->advance(tx->flow().last_msg_id, m.seq);
+  tx->commit();
+}
+
+ProcessResult Processor::process_flow_message(std::int64_t flow_id, const nlohmann::json& payload,
+                                              std::string_view topic) {
+  std::unique_ptr<FlowTransaction> tx = repo_.lock_flow(flow_id, {});
+  if (!tx) throw Error("flow " + std::to_string(flow_id) + " does not exist");
+  const Flow& flow = tx->flow();
+  InboundMessage m;
+  m.topic = topic;
+  m.payload = payload.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (payload.is_object()) {
+    m.parsed.object = payload;
+  } else {
+    m.parsed.error = "payload is not a JSON object";
+  }
+  std::string why = check(flow, m);
+  const auto action = parse_flow_action(flow.action).value_or(FlowAction::kStoreDb);
+  const std::int64_t msg_id = flow.last_msg_id + 1;
+  if (why.empty() && action == FlowAction::kPostEndpoint) {
+    HttpResult r = post(flow, m, msg_id);
+    if (!r.ok()) why = "POST " + *flow.endpoint_url + " failed: " + r.error;
+  }
+  if (!why.empty()) throw MessageRejected("flow " + flow.code + ": " + why);
+  if (action == FlowAction::kStoreDb) {
+    std::vector<DataRecord> rows;
+    append_rows(rows, msg_id, m);
+    if (!rows.empty()) tx->insert_records(rows);
+  }
+  tx->advance(msg_id, 0);
+  tx->commit();
+  return ProcessResult{flow.code, msg_id, action};
+}
+
+}  // namespace gateway

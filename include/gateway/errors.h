@@ -26,6 +26,12 @@ struct DbRetryable : Error {
   using Error::Error;
 };
 
+// A message the flow cannot take (schema failure, missing endpoint_url, failed POST): thrown
+// only by the reference-shaped process_flow_message(); the batch path reports it as a value.
+struct MessageRejected : Error {
+  using Error::Error;
+};
+
 // The spool directory cannot be used (permissions, disk full).
 struct SpoolError : Error {
   using Error::Error;

@@ -1,0 +1,25 @@
+// The command line (CLI11): mqtt-gateway [--env-file PATH] [--check | --init-db] [--version].
+#pragma once
+
+#include <filesystem>
+#include <iosfwd>
+#include <optional>
+#include <variant>
+
+namespace gateway {
+
+struct CommandLine {
+  std::optional<std::filesystem::path> env_file;  // default: .env in the working directory
+  bool check = false;    // verify settings, database, schema, broker row and flows; then exit
+  bool init_db = false;  // apply the built-in schema (idempotent); then exit
+};
+
+// Returns the options, or the exit code when the program must stop here: 0 after --help or
+// --version (printed to `out`), 2 after a usage error (one line on `err`).
+std::variant<CommandLine, int> parse_command_line(int argc, const char* const* argv,
+                                                  std::ostream& out, std::ostream& err);
+
+// The schema in config/schema.sql, compiled into the binary for --init-db.
+const char* builtin_schema_sql();
+
+}  // namespace gateway

@@ -1,0 +1,44 @@
+// The gateway's domain rows: a broker to connect to and the flows that route its messages.
+// Plain values; copying them is cheap enough (they change only on reload).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "gateway/constants.h"
+#include "gateway/settings.h"
+
+namespace gateway {
+
+// A row of mqtt_servers.
+struct MqttServer {
+  std::int64_t id = 0;
+  std::string host;
+  int port = 1883;
+  std::optional<std::string> username;  // NULL or empty: connect anonymously
+  std::optional<Secret> password;
+  bool use_tls = false;  // verify the broker against ca_file (or the system CAs when empty)
+  std::string ca_file;
+};
+
+// A row of flows, as loaded (or as locked by a transaction).
+struct Flow {
+  std::int64_t id = 0;
+  std::string code;
+  std::string topic;                 // an MQTT filter: may hold + and #
+  std::string action;                // as stored; parse_flow_action() tells whether it is known
+  std::optional<std::string> endpoint_url;
+  std::optional<std::string> payload_schema;  // the JSON text of the column; NULL accepts any object
+  std::int64_t last_msg_id = 0;
+  bool enabled = true;
+
+  // True when the settings that decide routing and processing are the same (ignores last_msg_id).
+  bool same_definition(const Flow& other) const {
+    return code == other.code && topic == other.topic && action == other.action &&
+           endpoint_url == other.endpoint_url && payload_schema == other.payload_schema &&
+           enabled == other.enabled;
+  }
+};
+
+}  // namespace gateway

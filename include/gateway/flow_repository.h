@@ -1,0 +1,72 @@
+// Port to the database: the queries of the reference and the flow transaction. The processor and
+// the MQTT client see only these interfaces; MySqlFlowRepository is the real adapter and
+// tests/fakes has an in-memory one.
+//
+// Errors: DbUnavailable when the connection is gone (the caller drops this repository, reconnects
+// and retries), DbRetryable for a deadlock or lock wait timeout (retry the transaction), any other
+// gateway::Error for a statement the server refused.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gateway/flow.h"
+
+namespace gateway {
+
+// One data_records row. Views point into the message; they live until the transaction ends.
+struct DataRecord {
+  std::int64_t msg_id = 0;
+  std::string_view topic;
+  std::string_view field_name;
+  std::string field_value;  // the JSON encoding of the value
+};
+
+// One rejected_messages row.
+struct RejectedMessage {
+  std::string_view topic;
+  std::string_view payload;  // already cut to the configured limit
+  bool payload_truncated = false;
+  std::string reason;
+  std::uint64_t spool_seq = 0;
+};
+
+// A transaction holding the lock on one flow row. Destroying it without commit() rolls back.
+class FlowTransaction {
+ public:
+  virtual ~FlowTransaction() = default;
+  // The flow row as locked (fresh from the database, not from the last reload).
+  virtual const Flow& flow() const = 0;
+  // The highest spool seq this flow committed for the spool given to lock_flow(); 0 if none.
+  // Records at or below it were stored before a crash and must be skipped.
+  virtual std::uint64_t committed_seq() const = 0;
+  virtual void insert_records(std::span<const DataRecord> rows) = 0;
+  virtual void insert_rejected(std::span<const RejectedMessage> rows) = 0;
+  // Sets flows.last_msg_id and, when last_seq > 0, the flow's spool offset.
+  virtual void advance(std::int64_t last_msg_id, std::uint64_t last_seq) = 0;
+  virtual void commit() = 0;
+};
+
+// One database session. Not thread-safe: every worker owns its own.
+class FlowRepository {
+ public:
+  virtual ~FlowRepository() = default;
+  // SELECT * FROM mqtt_servers WHERE enabled = 1 ORDER BY is_default DESC, id ASC LIMIT 1.
+  // std::nullopt when there is none.
+  virtual std::optional<MqttServer> load_mqtt_server() = 0;
+  // SELECT * FROM flows WHERE enabled = 1, by id.
+  virtual std::vector<Flow> load_flows() = 0;
+  // Begins a transaction with SELECT ... FOR UPDATE on the flow. std::nullptr when the row is gone.
+  // The caller owns the result and must destroy it before the next lock_flow().
+  virtual std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
+                                                     std::string_view spool_id) = 0;
+  // Cheap liveness probe (SELECT 1); false when the connection is gone.
+  virtual bool ping() = 0;
+};
+
+}  // namespace gateway

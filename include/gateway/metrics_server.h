@@ -1,0 +1,38 @@
+// The optional HTTP endpoint for operators (METRICS_ADDRESS): Prometheus text at /metrics and a
+// health check at /healthz (503 when the broker or the database has been unreachable for longer
+// than HEALTH_UNREACHABLE_SECONDS). Serves on its own thread; only reads Metrics.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "gateway/metrics.h"
+#include "gateway/settings.h"
+
+namespace spdlog {
+class logger;
+}
+
+namespace gateway {
+
+class MetricsServer {
+ public:
+  // Binds `address` ("host:port") at once. Throws ConfigError naming METRICS_ADDRESS if it cannot.
+  MetricsServer(const std::string& address, const Metrics& metrics, const Settings& settings,
+                std::shared_ptr<spdlog::logger> log);
+  ~MetricsServer();  // stops serving and joins
+  MetricsServer(const MetricsServer&) = delete;
+  MetricsServer& operator=(const MetricsServer&) = delete;
+
+  int port() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Why the gateway is unhealthy, or empty. Pure, for the endpoint and its tests.
+std::string health_problem(const Metrics& metrics, std::int64_t now_ms, std::int64_t limit_ms);
+
+}  // namespace gateway

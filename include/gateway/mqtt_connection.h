@@ -1,0 +1,67 @@
+// Port to the MQTT broker. GatewayMqttClient sees only this; PahoMqttConnection is the real
+// adapter. Callbacks run on the connection's own thread (Paho's), one at a time.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gateway/settings.h"
+
+namespace gateway {
+
+// One received PUBLISH. Views are valid only during the callback.
+struct MqttMessage {
+  std::string_view topic;
+  std::string_view payload;
+  std::uint16_t packet_id = 0;
+  bool dup = false;
+  int qos = 0;
+};
+
+struct MqttConnectOptions {
+  std::string host;
+  int port = 1883;
+  std::string client_id;
+  std::optional<std::string> username;
+  std::optional<Secret> password;
+  bool use_tls = false;
+  std::string ca_file;              // empty with use_tls: the system CAs
+  int keepalive_seconds = 60;
+  bool clean_session = false;       // a persistent session keeps QoS 1 messages while we are away
+  std::chrono::seconds reconnect_max{30};
+  std::chrono::seconds connect_timeout{10};
+};
+
+struct MqttHandlers {
+  // After every successful (re)connect; subscribe here: a broker without persistence forgets us.
+  std::function<void(bool reconnect)> connected;
+  std::function<void(const std::string& cause)> connection_lost;
+  // Returns when the message is safe (spooled): the QoS 1 acknowledgement goes out after it.
+  std::function<void(const MqttMessage&)> message;
+};
+
+class MqttConnection {
+ public:
+  virtual ~MqttConnection() = default;
+  // Connects, waiting up to connect_timeout. Throws gateway::Error naming the broker on failure.
+  // After that, a lost connection is re-established in the background with capped, jittered
+  // backoff.
+  virtual void connect() = 0;
+  // Thread-safe. QoS 1. With wait, blocks until the broker answered and throws gateway::Error if
+  // it refused; never wait inside a handler (the answer arrives on the handler's thread).
+  virtual void subscribe(const std::vector<std::string>& filters, bool wait) = 0;
+  virtual void unsubscribe(const std::vector<std::string>& filters) = 0;
+  virtual void publish(std::string_view topic, std::string_view payload, int qos) = 0;
+  // Drops the connection and reconnects (a stalled session).
+  virtual void force_reconnect(const std::string& why) = 0;
+  virtual bool connected() const = 0;
+  // Clean DISCONNECT; waits up to `timeout`. No callbacks run after it returns.
+  virtual void disconnect(std::chrono::milliseconds timeout) = 0;
+};
+
+}  // namespace gateway

@@ -1,0 +1,54 @@
+// FlowRepository over MySQL Connector/C++ 1.1 (MariaDB or MySQL). One connection per instance.
+// Not thread-safe. Only src/mysql_*.cpp include <cppconn/...>.
+#pragma once
+
+#include <memory>
+
+#include "gateway/flow_repository.h"
+#include "gateway/settings.h"
+
+namespace spdlog {
+class logger;
+}
+
+namespace gateway {
+
+// Process-wide driver set-up; the driver's first use is not thread-safe. Call once in main (and in
+// test mains) before any thread opens a connection.
+void mysql_global_init();
+
+// RAII per-thread client-library state (driver threadInit/threadEnd). Every thread that opens a
+// connection holds one for its lifetime.
+class MySqlThreadScope {
+ public:
+  MySqlThreadScope();
+  ~MySqlThreadScope();
+  MySqlThreadScope(const MySqlThreadScope&) = delete;
+  MySqlThreadScope& operator=(const MySqlThreadScope&) = delete;
+};
+
+class MySqlFlowRepository final : public FlowRepository {
+ public:
+  // Connects at once. Throws DbUnavailable when the server cannot be reached, gateway::Error for
+  // a refused login (the message names host, port, database and user, never the password).
+  explicit MySqlFlowRepository(const Settings& settings);
+  ~MySqlFlowRepository() override;
+
+  std::optional<MqttServer> load_mqtt_server() override;
+  std::vector<Flow> load_flows() override;
+  std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
+                                             std::string_view spool_id) override;
+  bool ping() override;
+
+  // Runs every statement of an SQL script (config/schema.sql); used by --init-db.
+  void apply_script(std::string_view sql);
+  // The tables the gateway needs that are missing (empty when the schema is complete).
+  std::vector<std::string> missing_tables();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace gateway

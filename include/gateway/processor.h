@@ -1,0 +1,105 @@
+// The flow transaction: what happens to messages once a worker has them (reference:
+// src/processor.py). Lock the flow row, skip what an earlier run already committed, validate,
+// number the valid messages consecutively, store one data_records row per field (STORE_DB) or
+// POST the payload (POST_ENDPOINT), record rejects as dead letters, advance last_msg_id and the
+// spool offset, commit; all in one transaction.
+//
+// Not thread-safe: one Processor per worker, over that worker's own repository and HTTP poster.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "gateway/constants.h"
+#include "gateway/flow_repository.h"
+#include "gateway/http_poster.h"
+#include "gateway/payload.h"
+#include "gateway/payload_schema.h"
+
+namespace spdlog {
+class logger;
+}
+
+namespace gateway {
+
+struct ProcessorOptions {
+  std::chrono::milliseconds http_timeout{10000};  // HTTP_TIMEOUT_SECONDS
+  std::size_t rejected_payload_max_bytes = 65536;  // longer payloads are cut in rejected_messages
+  std::size_t max_field_name_length = 255;         // data_records.field_name
+  std::size_t max_topic_length = 1024;             // data_records.topic
+};
+
+// A spooled message, parsed once and shared by every flow it matches.
+struct InboundMessage {
+  std::uint64_t seq = 0;  // spool sequence number; 0 when not spooled (tests, reference API)
+  std::string topic;
+  std::string payload;
+  std::int64_t arrival_us = 0;
+  ParsedPayload parsed;
+};
+
+// Reference: ProcessResult(flow_code, msg_id, action).
+struct ProcessResult {
+  std::string flow_code;
+  std::int64_t msg_id = 0;
+  FlowAction action = FlowAction::kStoreDb;
+};
+
+// What one batch transaction did. Counts add up to the batch size.
+struct BatchResult {
+  std::string flow_code;
+  std::size_t accepted = 0;  // stored or posted, numbered first_msg_id..last_msg_id
+  std::size_t rejected = 0;  // written to rejected_messages
+  std::size_t skipped = 0;   // committed by an earlier run (replay after a crash)
+  std::size_t posted = 0;    // of the accepted ones, delivered by POST
+  std::int64_t first_msg_id = 0;
+  std::int64_t last_msg_id = 0;
+  bool flow_missing = false;           // the flow row is gone: nothing was done
+  std::vector<std::string> rejections;  // one line per rejected message, for the log
+};
+
+class Processor {
+ public:
+  Processor(FlowRepository& repo, HttpPoster& http, ProcessorOptions options,
+            std::shared_ptr<spdlog::logger> log);
+
+  // One transaction for `batch` (messages of one flow, in arrival order). A message the flow
+  // cannot take is rejected without failing the others. Throws what the repository throws
+  // (DbUnavailable, DbRetryable, Error); nothing is committed then and the batch may be retried.
+  BatchResult process_batch(std::int64_t flow_id, std::span<const InboundMessage* const> batch,
+                            std::string_view spool_id);
+
+  // Records `message` as a dead letter of the flow for `why`, in a transaction of its own that
+  // also advances the flow's spool offset. For a message the database refused as part of a batch.
+  void reject(std::int64_t flow_id, const InboundMessage& message, const std::string& why,
+              std::string_view spool_id);
+
+  // The reference's process_flow_message(): one message, one transaction. Throws
+  // MessageRejected (nothing written, counter unchanged) when the payload fails validation, the
+  // flow has no endpoint_url or the POST fails; Error if the flow does not exist.
+  ProcessResult process_flow_message(std::int64_t flow_id, const nlohmann::json& payload,
+                                     std::string_view topic = {});
+
+ private:
+  // The compiled payload_schema of a flow, recompiled only when the column text changes.
+  const SchemaResult& schema_for(const Flow& flow);
+  // Why `message` cannot go to `flow`, or empty.
+  std::string check(const Flow& flow, const InboundMessage& message);
+  HttpResult post(const Flow& flow, const InboundMessage& message, std::int64_t msg_id);
+
+  FlowRepository& repo_;
+  HttpPoster& http_;
+  ProcessorOptions options_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::unordered_map<std::int64_t, std::pair<std::optional<std::string>, SchemaResult>> schemas_;
+};
+
+}  // namespace gateway
