@@ -1,0 +1,369 @@
+#include "gateway/settings.h"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <functional>
+#include <limits>
+#include <system_error>
+
+#include "gateway/errors.h"
+
+namespace gateway {
+
+namespace {
+
+constexpr std::uint64_t kKiB = 1024;
+constexpr std::uint64_t kMiB = 1024 * kKiB;
+constexpr std::uint64_t kGiB = 1024 * kMiB;
+constexpr std::uint64_t kNoLimit = std::numeric_limits<std::uint64_t>::max();
+
+[[noreturn]] void fail(std::string_view name, const std::string& message) {
+  throw ConfigError(std::string(name) + ": " + message);
+}
+
+// A value echoed in an error message: quoted, control characters escaped so the message stays
+// one line, and cut short so a pasted blob does not flood the log.
+std::string quoted(std::string_view value) {
+  constexpr std::size_t kMaxShown = 64;
+  constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "'";
+  for (std::size_t i = 0; i < value.size() && i < kMaxShown; ++i) {
+    auto c = static_cast<unsigned char>(value[i]);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c < 0x20 || c == 0x7f) {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (value.size() > kMaxShown) out += "...";
+  return out + "'";
+}
+
+std::string lower(std::string_view text) {
+  std::string out(text);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+// The whole value must be an integer: no sign other than '-', no blanks, no suffix.
+template <typename T>
+std::optional<T> parse_integer(std::string_view text) {
+  T value{};
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+// "65536", "64K", "64M", "1G" (binary units, either case). std::nullopt on junk or overflow.
+std::optional<std::uint64_t> parse_byte_size(std::string_view text) {
+  std::uint64_t unit = 1;
+  if (!text.empty()) {
+    switch (text.back()) {
+      case 'K':
+      case 'k':
+        unit = kKiB;
+        break;
+      case 'M':
+      case 'm':
+        unit = kMiB;
+        break;
+      case 'G':
+      case 'g':
+        unit = kGiB;
+        break;
+      default:
+        break;
+    }
+    if (unit != 1) text.remove_suffix(1);
+  }
+  auto number = parse_integer<std::uint64_t>(text);
+  if (!number || *number > kNoLimit / unit) return std::nullopt;
+  return *number * unit;
+}
+
+// The shortest exact spelling: 1073741824 -> "1G", 65536 -> "64K", 1000 -> "1000".
+std::string format_byte_size(std::uint64_t bytes) {
+  if (bytes != 0 && bytes % kGiB == 0) return std::to_string(bytes / kGiB) + "G";
+  if (bytes != 0 && bytes % kMiB == 0) return std::to_string(bytes / kMiB) + "M";
+  if (bytes != 0 && bytes % kKiB == 0) return std::to_string(bytes / kKiB) + "K";
+  return std::to_string(bytes);
+}
+
+bool has_topic_wildcard_or_separator(std::string_view text) {
+  return text.find_first_of("/+#") != std::string_view::npos;
+}
+
+std::string percent_encode(std::string_view text) {
+  constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (char ch : text) {
+    auto c = static_cast<unsigned char>(ch);
+    bool unreserved = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                      c == '-' || c == '.' || c == '_' || c == '~';
+    if (unreserved) {
+      out += ch;
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    }
+  }
+  return out;
+}
+
+std::string url_host(const std::string& host) {
+  bool ipv6 = host.find(':') != std::string::npos && host.front() != '[';  // non-empty if found
+  return ipv6 ? "[" + host + "]" : host;
+}
+
+std::string database_url_with(const Settings& s, const std::string& password) {
+  return "mysql://" + percent_encode(s.db_user) + ":" + password + "@" + url_host(s.db_host) + ":" +
+         std::to_string(s.db_port) + "/" + s.db_name;
+}
+
+// ---- The variable table: one row per environment variable. ----
+
+enum class Presence { kOptional, kRequired, kRequiredMayBeEmpty };
+
+struct Variable {
+  std::string_view name;
+  Presence presence;
+  // Called with the non-empty value (or an empty one for kRequiredMayBeEmpty); throws ConfigError.
+  std::function<void(Settings&, std::string_view value)> parse;
+  std::function<std::string(const Settings&)> show;
+};
+
+Variable integer(std::string_view name, int Settings::*field, int min, int max) {
+  return {name, Presence::kOptional,
+          [=](Settings& s, std::string_view value) {
+            auto number = parse_integer<long long>(value);
+            if (!number || *number < min || *number > max) {
+              fail(name, "expected an integer between " + std::to_string(min) + " and " +
+                             std::to_string(max) + ", got " + quoted(value));
+            }
+            s.*field = static_cast<int>(*number);
+          },
+          [=](const Settings& s) { return std::to_string(s.*field); }};
+}
+
+Variable byte_size(std::string_view name, std::uint64_t Settings::*field, std::uint64_t min,
+                   std::uint64_t max) {
+  return {name, Presence::kOptional,
+          [=](Settings& s, std::string_view value) {
+            auto bytes = parse_byte_size(value);
+            if (!bytes || *bytes < min || *bytes > max) {
+              std::string range = max == kNoLimit ? "of at least " + format_byte_size(min)
+                                                  : "between " + format_byte_size(min) + " and " +
+                                                        format_byte_size(max);
+              fail(name, "expected a byte size (integer with optional K/M/G suffix) " + range +
+                             ", got " + quoted(value));
+            }
+            s.*field = *bytes;
+          },
+          [=](const Settings& s) { return format_byte_size(s.*field); }};
+}
+
+// check returns an error description for a bad value, or std::nullopt.
+using Check = std::function<std::optional<std::string>(std::string_view)>;
+
+Variable text(std::string_view name, std::string Settings::*field,
+              Presence presence = Presence::kOptional, Check check = {}) {
+  return {name, presence,
+          [=](Settings& s, std::string_view value) {
+            if (check) {
+              if (auto error = check(value)) fail(name, *error + ", got " + quoted(value));
+            }
+            s.*field = std::string(value);
+          },
+          [=](const Settings& s) { return s.*field; }};
+}
+
+std::optional<std::string> check_topic_safe(std::string_view value) {
+  if (has_topic_wildcard_or_separator(value)) return "must not contain '/', '+' or '#'";
+  return std::nullopt;
+}
+
+std::optional<std::string> check_host_port(std::string_view value) {
+  if (!parse_host_port(value)) {
+    return "expected host:port (e.g. 127.0.0.1:9100) with a port between 1 and 65535";
+  }
+  return std::nullopt;
+}
+
+Variable log_level(std::string_view name) {
+  return {name, Presence::kOptional,
+          [=](Settings& s, std::string_view value) {
+            constexpr std::string_view kLevels[] = {"trace", "debug",    "info", "warn",
+                                                    "error", "critical", "off"};
+            std::string level = lower(value);
+            if (level == "warning") level = "warn";  // Python's spelling
+            if (std::find(std::begin(kLevels), std::end(kLevels), level) == std::end(kLevels)) {
+              fail(name, "expected one of trace, debug, info, warn, error, critical, off, got " +
+                             quoted(value));
+            }
+            s.log_level = level;
+          },
+          [](const Settings& s) { return s.log_level; }};
+}
+
+Variable fsync_policy(std::string_view name) {
+  return {name, Presence::kOptional,
+          [=](Settings& s, std::string_view value) {
+            auto policy = parse_fsync_policy(lower(value));
+            if (!policy) fail(name, "expected one of batch, always, never, got " + quoted(value));
+            s.spool_fsync = *policy;
+          },
+          [](const Settings& s) { return std::string(to_string(s.spool_fsync)); }};
+}
+
+Variable password(std::string_view name) {
+  return {name, Presence::kRequiredMayBeEmpty,
+          [](Settings& s, std::string_view value) { s.db_password = Secret(std::string(value)); },
+          [](const Settings&) { return std::string("***"); }};
+}
+
+const std::vector<Variable>& variables() {
+  using S = Settings;
+  constexpr int kDay = 86400;
+  static const std::vector<Variable> kVariables = {
+      // Database.
+      text("DB_HOST", &S::db_host, Presence::kRequired),
+      integer("DB_PORT", &S::db_port, 1, 65535),
+      text("DB_NAME", &S::db_name, Presence::kRequired),
+      text("DB_USER", &S::db_user, Presence::kRequired),
+      password("DB_PASSWORD"),
+      integer("DB_POOL_SIZE", &S::db_pool_size, 1, 64),
+      integer("MAX_BATCH", &S::max_batch, 1, 10000),
+      integer("DB_RETRY_MAX_SECONDS", &S::db_retry_max_seconds, 1, 3600),
+      integer("DB_CONNECT_TIMEOUT_SECONDS", &S::db_connect_timeout_seconds, 1, 300),
+      // MQTT.
+      text("MQTT_CLIENT_ID", &S::mqtt_client_id, Presence::kOptional, check_topic_safe),
+      integer("MQTT_KEEPALIVE", &S::mqtt_keepalive, 1, 65535),
+      text("MQTT_SHARED_GROUP", &S::mqtt_shared_group, Presence::kOptional, check_topic_safe),
+      integer("MQTT_RECONNECT_MAX_SECONDS", &S::mqtt_reconnect_max_seconds, 1, 30),
+      integer("MQTT_HEARTBEAT_SECONDS", &S::mqtt_heartbeat_seconds, 0, 3600),
+      integer("MQTT_CONNECTIONS", &S::mqtt_connections, 1, 16),
+      integer("FLOWS_RELOAD_INTERVAL_SECONDS", &S::flows_reload_interval_seconds, 1, 7 * kDay),
+      // HTTP.
+      integer("HTTP_TIMEOUT_SECONDS", &S::http_timeout_seconds, 1, 3600),
+      integer("HTTP_MAX_ATTEMPTS", &S::http_max_attempts, 1, 1000),
+      integer("HTTP_MAX_AGE_SECONDS", &S::http_max_age_seconds, 1, 30 * kDay),
+      integer("HTTP_RETRY_MAX_SECONDS", &S::http_retry_max_seconds, 1, kDay),
+      // Spool.
+      text("SPOOL_DIR", &S::spool_dir),
+      fsync_policy("SPOOL_FSYNC"),
+      integer("SPOOL_FSYNC_INTERVAL_MS", &S::spool_fsync_interval_ms, 1, 10000),
+      byte_size("SPOOL_MAX_BYTES", &S::spool_max_bytes, kMiB, kNoLimit),
+      byte_size("SPOOL_SEGMENT_BYTES", &S::spool_segment_bytes, 64 * kKiB, kGiB),
+      // Payloads.
+      byte_size("MAX_PAYLOAD_BYTES", &S::max_payload_bytes, 1, 16 * kMiB),
+      integer("MAX_JSON_DEPTH", &S::max_json_depth, 1, 1000),
+      byte_size("REJECTED_PAYLOAD_MAX_BYTES", &S::rejected_payload_max_bytes, 0, 16 * kMiB),
+      // Logging.
+      text("LOG_DIR", &S::log_dir),
+      log_level("LOG_LEVEL"),
+      byte_size("LOG_MAX_BYTES", &S::log_max_bytes, 64 * kKiB, kNoLimit),
+      integer("LOG_MAX_FILES", &S::log_max_files, 1, 100),
+      integer("SUMMARY_INTERVAL_SECONDS", &S::summary_interval_seconds, 1, kDay),
+      // Operations.
+      text("METRICS_ADDRESS", &S::metrics_address, Presence::kOptional, check_host_port),
+      integer("HEALTH_UNREACHABLE_SECONDS", &S::health_unreachable_seconds, 1, kDay),
+      integer("SHUTDOWN_TIMEOUT_SECONDS", &S::shutdown_timeout_seconds, 1, 3600),
+  };
+  return kVariables;
+}
+
+}  // namespace
+
+std::ostream& operator<<(std::ostream& out, const Secret& /*secret*/) { return out << "***"; }
+
+std::string_view to_string(FsyncPolicy policy) {
+  switch (policy) {
+    case FsyncPolicy::kNever:
+      return "never";
+    case FsyncPolicy::kBatch:
+      return "batch";
+    case FsyncPolicy::kAlways:
+      return "always";
+  }
+  return "batch";
+}
+
+std::optional<FsyncPolicy> parse_fsync_policy(std::string_view text) {
+  if (text == "never") return FsyncPolicy::kNever;
+  if (text == "batch") return FsyncPolicy::kBatch;
+  if (text == "always") return FsyncPolicy::kAlways;
+  return std::nullopt;
+}
+
+std::optional<HostPort> parse_host_port(std::string_view text) {
+  std::string_view host;
+  std::string_view port;
+  if (!text.empty() && text.front() == '[') {
+    std::size_t close = text.find(']');
+    if (close == std::string_view::npos || text.substr(close + 1, 1) != ":") return std::nullopt;
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    std::size_t colon = text.find(':');
+    // A second colon means an IPv6 address without brackets: ambiguous.
+    if (colon == std::string_view::npos || text.find(':', colon + 1) != std::string_view::npos) {
+      return std::nullopt;
+    }
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  auto number = parse_integer<int>(port);
+  if (host.empty() || !number || *number < 1 || *number > 65535) return std::nullopt;
+  return HostPort{std::string(host), *number};
+}
+
+std::string Settings::database_url() const {
+  return database_url_with(*this, percent_encode(db_password.reveal()));
+}
+
+std::string Settings::database_url_redacted() const { return database_url_with(*this, "***"); }
+
+Settings load_settings(const EnvMap& env) {
+  Settings settings;
+  for (const Variable& variable : variables()) {
+    auto it = env.find(variable.name);
+    bool present = it != env.end();
+    std::string_view value = present ? std::string_view(it->second) : std::string_view();
+    if (value.empty()) {
+      bool missing = variable.presence == Presence::kRequired ||
+                     (variable.presence == Presence::kRequiredMayBeEmpty && !present);
+      if (missing) fail(variable.name, "required variable is not set");
+      if (variable.presence == Presence::kOptional) continue;
+    }
+    variable.parse(settings, value);
+  }
+  if (settings.spool_segment_bytes > settings.spool_max_bytes) {
+    fail("SPOOL_SEGMENT_BYTES", "must not exceed SPOOL_MAX_BYTES (" +
+                                    format_byte_size(settings.spool_segment_bytes) + " > " +
+                                    format_byte_size(settings.spool_max_bytes) + ")");
+  }
+  return settings;
+}
+
+Settings load_settings(char** envp, const std::filesystem::path& env_file) {
+  std::optional<EnvMap> file_env = read_env_file(env_file);
+  return load_settings(merge_env(environment_map(envp), file_env.value_or(EnvMap{})));
+}
+
+std::vector<std::string> describe_settings(const Settings& s) {
+  std::vector<std::string> lines;
+  lines.reserve(variables().size());
+  for (const Variable& variable : variables()) {
+    lines.push_back(std::string(variable.name) + "=" + variable.show(s));
+  }
+  return lines;
+}
+
+}  // namespace gateway

@@ -1,0 +1,143 @@
+// The daemon's settings, read once at start-up from the environment and an optional .env file
+// (reference: src/config.py). Settings is a plain value: copy it freely; a const Settings may be
+// read from any thread. load_settings() is pure apart from the overload that reads the .env file.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "gateway/env_file.h"
+
+namespace gateway {
+
+// A password. It prints as *** through operator<< and fmt/spdlog so that it cannot leak into a
+// log line by accident; reveal() is the one deliberate way to read it.
+class Secret {
+ public:
+  Secret() = default;
+  explicit Secret(std::string value) : value_(std::move(value)) {}
+
+  const std::string& reveal() const { return value_; }
+  bool empty() const { return value_.empty(); }
+
+ private:
+  std::string value_;
+};
+
+std::ostream& operator<<(std::ostream& out, const Secret& secret);  // writes ***
+
+// When the spool calls fsync: never (leave it to the kernel), in batches (every
+// spool_fsync_interval_ms, group commit), or after every append.
+enum class FsyncPolicy { kNever, kBatch, kAlways };
+
+// "never", "batch", "always"; parse_fsync_policy() returns std::nullopt for anything else.
+std::string_view to_string(FsyncPolicy policy);
+std::optional<FsyncPolicy> parse_fsync_policy(std::string_view text);
+
+// A host and port, as METRICS_ADDRESS holds them.
+struct HostPort {
+  std::string host;  // without brackets for an IPv6 literal ("[::1]:9100" -> "::1")
+  int port = 0;      // 1..65535
+};
+
+// Parses "host:port" or "[ipv6]:port" with a non-empty host and a port in 1..65535; returns
+// std::nullopt otherwise.
+std::optional<HostPort> parse_host_port(std::string_view text);
+
+// Each field is named after its variable (DB_HOST -> db_host) and documented in .env.example.
+// Byte sizes are bytes (the variables also accept a K/M/G suffix); durations are in the unit
+// their name says.
+struct Settings {
+  // Database (the reference settings).
+  std::string db_host;                 // DB_HOST, required
+  int db_port = 3306;                  // DB_PORT, 1..65535
+  std::string db_name;                 // DB_NAME, required
+  std::string db_user;                 // DB_USER, required
+  Secret db_password;                  // DB_PASSWORD, required but may be empty
+  int db_pool_size = 4;                // DB_POOL_SIZE: connections used for writing, 1..64
+  int max_batch = 500;                 // MAX_BATCH: messages per DB transaction, 1..10000
+  int db_retry_max_seconds = 30;       // DB_RETRY_MAX_SECONDS: cap of the reconnect backoff
+  int db_connect_timeout_seconds = 5;  // DB_CONNECT_TIMEOUT_SECONDS, 1..300
+
+  // MQTT.
+  std::string mqtt_client_id = "mqtt-gateway";  // MQTT_CLIENT_ID, no '/', '+', '#'
+  int mqtt_keepalive = 60;                      // MQTT_KEEPALIVE seconds, 1..65535
+  std::string mqtt_shared_group;                // MQTT_SHARED_GROUP: $share group, "" = off
+  int mqtt_reconnect_max_seconds = 30;          // MQTT_RECONNECT_MAX_SECONDS, 1..30
+  int mqtt_heartbeat_seconds = 15;              // MQTT_HEARTBEAT_SECONDS, 0 = off, ..3600
+  int mqtt_connections = 1;                     // MQTT_CONNECTIONS to the broker, 1..16
+  int flows_reload_interval_seconds = 600;      // FLOWS_RELOAD_INTERVAL_SECONDS, 1..604800
+
+  // HTTP endpoints.
+  int http_timeout_seconds = 10;     // HTTP_TIMEOUT_SECONDS per POST, 1..3600
+  int http_max_attempts = 10;        // HTTP_MAX_ATTEMPTS before a message is given up, 1..1000
+  int http_max_age_seconds = 86400;  // HTTP_MAX_AGE_SECONDS a message may wait, 1..30 days
+  int http_retry_max_seconds = 300;  // HTTP_RETRY_MAX_SECONDS: cap of the retry backoff
+
+  // Spool (the on-disk queue between MQTT and the sinks).
+  std::string spool_dir = "./spool";                // SPOOL_DIR
+  FsyncPolicy spool_fsync = FsyncPolicy::kBatch;    // SPOOL_FSYNC: never|batch|always
+  int spool_fsync_interval_ms = 5;                  // SPOOL_FSYNC_INTERVAL_MS (batch), 1..10000
+  std::uint64_t spool_max_bytes = 1ULL << 30;       // SPOOL_MAX_BYTES, >= 1 MiB
+  std::uint64_t spool_segment_bytes = 64ULL << 20;  // SPOOL_SEGMENT_BYTES, 64 KiB..1 GiB
+
+  // Payloads.
+  std::uint64_t max_payload_bytes = 262144;          // MAX_PAYLOAD_BYTES, 1..16 MiB
+  int max_json_depth = 32;                           // MAX_JSON_DEPTH, 1..1000
+  std::uint64_t rejected_payload_max_bytes = 65536;  // REJECTED_PAYLOAD_MAX_BYTES kept, 0..16 MiB
+
+  // Logging.
+  std::string log_dir = "./log";              // LOG_DIR
+  std::string log_level = "info";             // LOG_LEVEL: trace|debug|info|warn|error|critical|off
+  std::uint64_t log_max_bytes = 10ULL << 20;  // LOG_MAX_BYTES per file, >= 64 KiB
+  int log_max_files = 5;                      // LOG_MAX_FILES kept, 1..100
+  int summary_interval_seconds = 60;          // SUMMARY_INTERVAL_SECONDS, 1..86400
+
+  // Operations.
+  std::string metrics_address;          // METRICS_ADDRESS host:port, "" = no metrics endpoint
+  int health_unreachable_seconds = 30;  // HEALTH_UNREACHABLE_SECONDS before unhealthy, 1..86400
+  int shutdown_timeout_seconds = 30;    // SHUTDOWN_TIMEOUT_SECONDS to drain, 1..3600
+
+  // mysql://USER:PASSWORD@HOST:PORT/NAME with user and password percent-encoded and an IPv6
+  // host in brackets (the reference's sqlalchemy_url). Contains the password: never log it.
+  std::string database_url() const;
+  // The same with *** for the password, for logs.
+  std::string database_url_redacted() const;
+};
+
+// Builds Settings from a variable map; does not read the environment itself. An empty value
+// counts as unset: an optional variable takes its default, a required one is missing (except
+// DB_PASSWORD, which must be present but may be empty). Integers are strict: the whole value
+// must be digits in range ("10s", " 10", "+10" and overflow are errors). LOG_LEVEL and
+// SPOOL_FSYNC are case-insensitive (LOG_LEVEL also takes "warning").
+// Throws ConfigError with a one-line message naming the variable, e.g.
+// "FLOWS_RELOAD_INTERVAL_SECONDS: expected an integer between 1 and 604800, got '10s'".
+Settings load_settings(const EnvMap& env);
+
+// The reference's load_settings(): the process environment (envp, e.g. ::environ) merged over
+// the .env file at env_file (a missing file is fine), then load_settings(map). Throws
+// ConfigError for an unreadable or malformed .env file or a bad setting.
+Settings load_settings(char** envp, const std::filesystem::path& env_file = ".env");
+
+// One "KEY=value" line per variable, in .env.example order, for the start-up log.
+// DB_PASSWORD shows as ***; byte sizes use a K/M/G suffix when exact ("SPOOL_MAX_BYTES=1G").
+std::vector<std::string> describe_settings(const Settings& s);
+
+}  // namespace gateway
+
+// Formats as *** (fmt 9 / spdlog), honouring width and alignment specs.
+template <>
+struct fmt::formatter<gateway::Secret> : fmt::formatter<std::string_view> {
+  template <typename FormatContext>
+  auto format(const gateway::Secret& /*secret*/, FormatContext& ctx) const {
+    return fmt::formatter<std::string_view>::format("***", ctx);
+  }
+};
