@@ -1,0 +1,180 @@
+// The flow transaction against an in-memory repository and a scripted HTTP poster.
+#include "gateway/processor.h"
+
+#include <gtest/gtest.h>
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
+
+#include "fakes/fake_flow_repository.h"
+#include "fakes/fake_http_poster.h"
+#include "gateway/errors.h"
+
+namespace gateway {
+namespace {
+
+using testing::FakeFlowRepository;
+using testing::FakeHttpPoster;
+
+class ProcessorTest : public ::testing::Test {
+ protected:
+  ProcessorTest() {
+    Flow store;
+    store.id = 1;
+    store.code = "temps";
+    store.topic = "sensors/+/temp";
+    store.action = "STORE_DB";
+    store.payload_schema = R"({"temperature": "number", "unit": "string"})";
+    repo_.flows[1] = store;
+    Flow post;
+    post.id = 2;
+    post.code = "hook";
+    post.topic = "hook/#";
+    post.action = "POST_ENDPOINT";
+    post.endpoint_url = "http://127.0.0.1:9/x";
+    repo_.flows[2] = post;
+  }
+
+  InboundMessage message(std::uint64_t seq, std::string payload,
+                         std::string topic = "sensors/a/temp") {
+    InboundMessage m;
+    m.seq = seq;
+    m.topic = std::move(topic);
+    m.payload = std::move(payload);
+    m.parsed = parse_payload(m.payload, PayloadLimits{});
+    return m;
+  }
+
+  BatchResult run(std::int64_t flow_id, const std::vector<InboundMessage>& msgs) {
+    std::vector<const InboundMessage*> view;
+    for (const auto& m : msgs) view.push_back(&m);
+    return processor_.process_batch(flow_id, view, "spool-1");
+  }
+
+  FakeFlowRepository repo_;
+  FakeHttpPoster http_;
+  Processor processor_{repo_, http_, ProcessorOptions{},
+                       std::make_shared<spdlog::logger>(
+                           "test", std::make_shared<spdlog::sinks::null_sink_mt>())};
+};
+
+TEST_F(ProcessorTest, StoresOneRowPerFieldWithConsecutiveMsgIds) {
+  auto r = run(1, {message(1, R"({"temperature": 21.5, "unit": "C"})"),
+                   message(2, R"({"temperature": 22, "unit": "C", "extra": [1, {"a": true}]})")});
+  EXPECT_EQ(r.accepted, 2u);
+  EXPECT_EQ(r.first_msg_id, 1);
+  EXPECT_EQ(r.last_msg_id, 2);
+  EXPECT_EQ(repo_.flows[1].last_msg_id, 2);
+  ASSERT_EQ(repo_.records.size(), 5u);
+  EXPECT_EQ(repo_.commits, 1);
+  std::map<std::pair<std::int64_t, std::string>, std::string> got;
+  for (const auto& rec : repo_.records) got[{rec.msg_id, rec.field_name}] = rec.field_value;
+  EXPECT_EQ(got[{1, "temperature"}], "21.5");
+  EXPECT_EQ(got[{1, "unit"}], "\"C\"");
+  EXPECT_EQ(got[{2, "temperature"}], "22");
+  EXPECT_EQ(got[{2, "extra"}], R"([1,{"a":true}])");
+  EXPECT_EQ(repo_.records[0].topic, "sensors/a/temp");
+  EXPECT_EQ((repo_.offsets[{"spool-1", 1}]), 2u);
+}
+
+TEST_F(ProcessorTest, InvalidMessageInsideABatchIsRejectedAndTheOthersStored) {
+  auto r = run(1, {message(10, R"({"temperature": 1, "unit": "C"})"),
+                   message(11, R"({"temperature": "hot", "unit": "C"})"),
+                   message(12, "not json"), message(13, R"({"temperature": 3, "unit": "C"})")});
+  EXPECT_EQ(r.accepted, 2u);
+  EXPECT_EQ(r.rejected, 2u);
+  EXPECT_EQ(r.first_msg_id, 1);
+  EXPECT_EQ(r.last_msg_id, 2);  // no gap for the rejected ones
+  ASSERT_EQ(repo_.rejections.size(), 2u);
+  EXPECT_NE(repo_.rejections[0].reason.find("temperature"), std::string::npos);
+  EXPECT_NE(repo_.rejections[0].reason.find("expected number"), std::string::npos);
+  EXPECT_EQ(repo_.rejections[0].spool_seq, 11u);
+  EXPECT_EQ(repo_.rejections[1].payload, "not json");
+  EXPECT_EQ((repo_.offsets[{"spool-1", 1}]), 13u);
+}
+
+TEST_F(ProcessorTest, ReplayedMessagesAtOrBelowTheCommittedSeqAreSkipped) {
+  repo_.offsets[{"spool-1", 1}] = 5;
+  auto r = run(1, {message(4, R"({"temperature": 1, "unit": "C"})"),
+                   message(5, R"({"temperature": 2, "unit": "C"})"),
+                   message(6, R"({"temperature": 3, "unit": "C"})")});
+  EXPECT_EQ(r.skipped, 2u);
+  EXPECT_EQ(r.accepted, 1u);
+  EXPECT_EQ(repo_.flows[1].last_msg_id, 1);
+  EXPECT_EQ(repo_.records.size(), 2u);
+}
+
+TEST_F(ProcessorTest, DatabaseFailureCommitsNothing) {
+  repo_.fail_next_insert = [] { throw DbUnavailable("gone away"); };
+  EXPECT_THROW(run(1, {message(1, R"({"temperature": 1, "unit": "C"})")}), DbUnavailable);
+  EXPECT_EQ(repo_.commits, 0);
+  EXPECT_EQ(repo_.rollbacks, 1);
+  EXPECT_EQ(repo_.flows[1].last_msg_id, 0);
+  EXPECT_TRUE(repo_.records.empty());
+  EXPECT_TRUE(repo_.offsets.empty());
+}
+
+TEST_F(ProcessorTest, UnknownSchemaTypeIsAnErrorOfTheFlowNotACrash) {
+  repo_.flows[1].payload_schema = R"({"temperature": "decimal"})";
+  auto r = run(1, {message(1, R"({"temperature": 1})")});
+  EXPECT_EQ(r.rejected, 1u);
+  EXPECT_NE(repo_.rejections[0].reason.find("decimal"), std::string::npos);
+}
+
+TEST_F(ProcessorTest, FieldNameLongerThanTheColumnIsRejected) {
+  repo_.flows[1].payload_schema.reset();
+  auto r = run(1, {message(1, "{\"" + std::string(300, 'f') + "\": 1}")});
+  EXPECT_EQ(r.rejected, 1u);
+  EXPECT_TRUE(repo_.records.empty());
+}
+
+TEST_F(ProcessorTest, PostEndpointSendsThePayloadAsReceivedWithIdentityHeaders) {
+  auto r = run(2, {message(1, R"({"a":  1})", "hook/x")});
+  EXPECT_EQ(r.posted, 1u);
+  ASSERT_EQ(http_.count(), 1u);
+  const HttpRequest req = http_.requests()[0];
+  EXPECT_EQ(req.url, "http://127.0.0.1:9/x");
+  EXPECT_EQ(req.body, R"({"a":  1})");
+  auto header = [&](const std::string& name) {
+    for (const auto& [k, v] : req.headers) {
+      if (k == name) return v;
+    }
+    return std::string("<missing>");
+  };
+  EXPECT_EQ(header("Idempotency-Key"), "hook:1");
+  EXPECT_EQ(header("X-Gateway-Topic"), "hook/x");
+  EXPECT_TRUE(repo_.records.empty());
+  EXPECT_EQ(repo_.flows[2].last_msg_id, 1);
+}
+
+TEST_F(ProcessorTest, FailedPostLeavesTheCounterAndIsRejected) {
+  http_.push_result(FakeHttpPoster::status_result(500));
+  auto r = run(2, {message(1, R"({"a": 1})", "hook/x"), message(2, R"({"a": 2})", "hook/x")});
+  EXPECT_EQ(r.rejected, 1u);
+  EXPECT_EQ(r.posted, 1u);
+  EXPECT_EQ(repo_.flows[2].last_msg_id, 1);
+  EXPECT_NE(repo_.rejections.at(0).reason.find("HTTP 500"), std::string::npos);
+}
+
+TEST_F(ProcessorTest, ProcessFlowMessageMirrorsTheReference) {
+  auto r = processor_.process_flow_message(1, {{"temperature", 23.5}, {"unit", "C"}}, "t");
+  EXPECT_EQ(r.flow_code, "temps");
+  EXPECT_EQ(r.msg_id, 1);
+  EXPECT_EQ(r.action, FlowAction::kStoreDb);
+  EXPECT_THROW(processor_.process_flow_message(1, {{"temperature", "x"}}), MessageRejected);
+  EXPECT_EQ(repo_.flows[1].last_msg_id, 1);
+  EXPECT_TRUE(repo_.rejections.empty());  // the reference API writes nothing on error
+  repo_.flows[2].endpoint_url.reset();
+  EXPECT_THROW(processor_.process_flow_message(2, {{"a", 1}}), MessageRejected);
+  EXPECT_THROW(processor_.process_flow_message(99, {{"a", 1}}), Error);
+}
+
+TEST_F(ProcessorTest, DisabledOrMissingFlow) {
+  repo_.flows[1].enabled = false;
+  auto r = run(1, {message(1, R"({"temperature": 1, "unit": "C"})")});
+  EXPECT_EQ(r.rejected, 1u);
+  auto gone = run(42, {message(2, R"({})")});
+  EXPECT_TRUE(gone.flow_missing);
+}
+
+}  // namespace
+}  // namespace gateway

@@ -1,0 +1,126 @@
+// An in-memory FlowRepository for unit tests: flows, data_records, rejected_messages and spool
+// offsets held in maps, with transactions that only become visible on commit(), and switches
+// that inject the failures the real database produces.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gateway/errors.h"
+#include "gateway/flow_repository.h"
+
+namespace gateway::testing {
+
+struct StoredRecord {
+  std::int64_t flow_id;
+  std::int64_t msg_id;
+  std::string topic;
+  std::string field_name;
+  std::string field_value;
+};
+
+struct StoredRejection {
+  std::int64_t flow_id;
+  std::string topic;
+  std::string payload;
+  std::string reason;
+  std::uint64_t spool_seq;
+};
+
+class FakeFlowRepository final : public FlowRepository {
+ public:
+  std::map<std::int64_t, Flow> flows;
+  std::optional<MqttServer> server;
+  std::vector<StoredRecord> records;
+  std::vector<StoredRejection> rejections;
+  std::map<std::pair<std::string, std::int64_t>, std::uint64_t> offsets;
+  int commits = 0;
+  int rollbacks = 0;
+
+  // Failure switches: thrown by the next call of that kind, then cleared.
+  std::function<void()> fail_next_lock;
+  std::function<void()> fail_next_insert;
+  std::function<void()> fail_next_commit;
+
+  std::optional<MqttServer> load_mqtt_server() override { return server; }
+  std::vector<Flow> load_flows() override {
+    std::vector<Flow> out;
+    for (const auto& [id, f] : flows) {
+      if (f.enabled) out.push_back(f);
+    }
+    return out;
+  }
+  bool ping() override { return true; }
+
+  std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
+                                             std::string_view spool_id) override {
+    fire(fail_next_lock);
+    auto it = flows.find(flow_id);
+    if (it == flows.end()) return nullptr;
+    std::uint64_t seq = 0;
+    if (auto o = offsets.find({std::string(spool_id), flow_id}); o != offsets.end()) seq = o->second;
+    return std::make_unique<Tx>(*this, it->second, seq, std::string(spool_id));
+  }
+
+ private:
+  static void fire(std::function<void()>& f) {
+    if (!f) return;
+    auto once = std::move(f);
+    f = nullptr;
+    once();
+  }
+
+  class Tx final : public FlowTransaction {
+   public:
+    Tx(FakeFlowRepository& repo, Flow flow, std::uint64_t seq, std::string spool)
+        : repo_(repo), flow_(std::move(flow)), seq_(seq), spool_(std::move(spool)) {}
+    ~Tx() override {
+      if (!committed_) ++repo_.rollbacks;
+    }
+    const Flow& flow() const override { return flow_; }
+    std::uint64_t committed_seq() const override { return seq_; }
+    void insert_records(std::span<const DataRecord> rows) override {
+      fire(repo_.fail_next_insert);
+      for (const auto& r : rows) {
+        records_.push_back({flow_.id, r.msg_id, std::string(r.topic), std::string(r.field_name),
+                            r.field_value});
+      }
+    }
+    void insert_rejected(std::span<const RejectedMessage> rows) override {
+      for (const auto& r : rows) {
+        rejected_.push_back({flow_.id, std::string(r.topic), std::string(r.payload), r.reason,
+                             r.spool_seq});
+      }
+    }
+    void advance(std::int64_t last_msg_id, std::uint64_t last_seq) override {
+      last_msg_id_ = last_msg_id;
+      last_seq_ = last_seq;
+    }
+    void commit() override {
+      fire(repo_.fail_next_commit);
+      committed_ = true;
+      ++repo_.commits;
+      repo_.records.insert(repo_.records.end(), records_.begin(), records_.end());
+      repo_.rejections.insert(repo_.rejections.end(), rejected_.begin(), rejected_.end());
+      if (last_msg_id_) repo_.flows[flow_.id].last_msg_id = *last_msg_id_;
+      if (last_seq_ > 0) repo_.offsets[{spool_, flow_.id}] = last_seq_;
+    }
+
+   private:
+    FakeFlowRepository& repo_;
+    Flow flow_;
+    std::uint64_t seq_;
+    std::string spool_;
+    bool committed_ = false;
+    std::vector<StoredRecord> records_;
+    std::vector<StoredRejection> rejected_;
+    std::optional<std::int64_t> last_msg_id_;
+    std::uint64_t last_seq_ = 0;
+  };
+};
+
+}  // namespace gateway::testing
