@@ -1,0 +1,93 @@
+// The reference's queries against a real MariaDB.
+#include "gateway/mysql_flow_repository.h"
+
+#include <gtest/gtest.h>
+
+#include "gateway/command_line.h"
+#include "gateway/env_file.h"
+#include "gateway/errors.h"
+#include "support/test_database.h"
+
+namespace gateway {
+namespace {
+
+using testing::TestDatabase;
+
+class MySqlFlowRepositoryTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { mysql_global_init(); }
+  static Settings settings_for(const TestDatabase& db) {
+    EnvMap env;
+    for (const auto& [k, v] : db.gateway_env()) env[k] = v;
+    return load_settings(env);
+  }
+  TestDatabase db_;
+  Settings settings_ = settings_for(db_);
+  MySqlFlowRepository repo_{settings_};
+};
+
+TEST_F(MySqlFlowRepositoryTest, LoadMqttServerPrefersTheDefaultThenTheLowestId) {
+  EXPECT_FALSE(repo_.load_mqtt_server().has_value());
+  db_.insert_mqtt_server("first", 1);
+  const auto second = db_.insert_mqtt_server("second", 2, "user", "secret");
+  db_.execute("UPDATE mqtt_servers SET is_default = 1 WHERE id = " + std::to_string(second));
+  auto s = repo_.load_mqtt_server();
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->host, "second");
+  EXPECT_EQ(s->username.value_or(""), "user");
+  ASSERT_TRUE(s->password.has_value());
+  EXPECT_EQ(s->password->reveal(), "secret");
+  db_.execute("UPDATE mqtt_servers SET enabled = 0 WHERE id = " + std::to_string(second));
+  EXPECT_EQ(repo_.load_mqtt_server()->host, "first");
+  db_.execute("UPDATE mqtt_servers SET enabled = 0");
+  EXPECT_FALSE(repo_.load_mqtt_server().has_value());
+}
+
+TEST_F(MySqlFlowRepositoryTest, LoadFlowsReturnsOnlyEnabledFlowsAndSeesChanges) {
+  db_.insert_flow("a", "t/a", "STORE_DB", R"({"x": "int"})");
+  db_.insert_flow("b", "t/b", "POST_ENDPOINT", std::nullopt, "http://127.0.0.1:1/", false);
+  auto flows = repo_.load_flows();
+  ASSERT_EQ(flows.size(), 1u);
+  EXPECT_EQ(flows[0].code, "a");
+  EXPECT_EQ(flows[0].payload_schema.value_or(""), R"({"x": "int"})");
+  db_.execute("UPDATE flows SET enabled = 1 WHERE code = 'b'");
+  flows = repo_.load_flows();  // a new read, not the first one's snapshot
+  ASSERT_EQ(flows.size(), 2u);
+  EXPECT_EQ(flows[1].endpoint_url.value_or(""), "http://127.0.0.1:1/");
+}
+
+TEST_F(MySqlFlowRepositoryTest, LockFlowOfAMissingRowIsNull) {
+  EXPECT_EQ(repo_.lock_flow(12345, "s"), nullptr);
+}
+
+TEST_F(MySqlFlowRepositoryTest, BuiltInSchemaIsIdempotentAndComplete) {
+  EXPECT_TRUE(repo_.missing_tables().empty());
+  repo_.apply_script(builtin_schema_sql());
+  repo_.apply_script(builtin_schema_sql());
+  db_.execute("DROP TABLE spool_offsets");
+  EXPECT_EQ(repo_.missing_tables(), std::vector<std::string>{"spool_offsets"});
+  repo_.apply_script(builtin_schema_sql());
+  EXPECT_TRUE(repo_.missing_tables().empty());
+}
+
+TEST_F(MySqlFlowRepositoryTest, WrongPasswordIsAClearErrorWithoutThePassword) {
+  Settings bad = settings_;
+  bad.db_password = Secret("definitely-wrong-pw");
+  try {
+    MySqlFlowRepository r(bad);
+    ADD_FAILURE() << "connected with a wrong password";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(settings_.db_user), std::string::npos) << what;
+    EXPECT_EQ(what.find("definitely-wrong-pw"), std::string::npos) << what;
+  }
+}
+
+TEST_F(MySqlFlowRepositoryTest, NothingListeningIsDbUnavailable) {
+  Settings bad = settings_;
+  bad.db_port = 1;  // nothing listens on tcpmux
+  EXPECT_THROW(MySqlFlowRepository r(bad), DbUnavailable);
+}
+
+}  // namespace
+}  // namespace gateway
