@@ -1,0 +1,154 @@
+// The durable on-disk spool: an append-only log of received MQTT messages, split into segment
+// files.
+//
+// Why: Paho sends the QoS 1 PUBACK when the message callback returns. The callback appends the
+// message here first, so it survives kill -9 (it is in the page cache) before the broker forgets
+// it. The worker thread reads records in seq order, stores them, and calls release_below() so that
+// fully processed segments are deleted. After a crash the whole remaining spool is replayed; the
+// consumer skips what it already committed by the record's seq.
+//
+// Thread-safety: append(), release_below(), close(), stats() and id() may be called from any
+// thread. read_next() is for a single consumer thread. The destructor must not race other calls.
+//
+// On disk, in `dir`:
+//   <first seq, 20 digits>.seg  segments, in seq order; a new empty segment's name carries the
+//                               next seq, so seq survives restarts even when all else was released
+//   spool.id                    this spool's identity (see id())
+//   spool.lock                  flock()ed while open, so two processes never share a spool
+// A record is a little-endian header, then the topic, then the payload:
+//   [magic u32][length u32: bytes after this field][crc32 u32 of all bytes after this field]
+//   [seq u64][arrival_us i64][packet_id u16][flags u8: bit 0 = dup][topic_len u16]
+#pragma once
+
+#include <spdlog/fwd.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace gateway {
+
+// How hard append() works to get records onto stable storage (page cache alone survives kill -9,
+// but not a power loss).
+enum class SpoolFsync {
+  kNever,   // leave it to the kernel
+  kBatch,   // a background thread fdatasyncs every fsync_interval while there are new records
+  kAlways,  // append() fdatasyncs before it returns (slow: one disk flush per message)
+};
+
+struct SpoolOptions {
+  std::filesystem::path dir;                  // created if missing
+  std::uint64_t segment_bytes = 64ull << 20;  // roll to a new segment file past this size
+  std::uint64_t max_bytes = 1ull << 30;       // append() blocks while the spool holds this much
+  SpoolFsync fsync = SpoolFsync::kBatch;
+  std::chrono::milliseconds fsync_interval{5};  // kBatch: how long new records may stay unsynced
+  std::size_t redelivery_window = 1024;  // recent QoS>0 records remembered to spot redeliveries
+};
+
+struct SpoolRecord {
+  std::uint64_t seq = 0;  // assigned by append, strictly increasing, never reused (gaps allowed)
+  std::int64_t arrival_us = 0;  // wall clock, microseconds since the epoch
+  std::uint16_t packet_id = 0;  // MQTT packet id (0 for QoS 0)
+  bool dup = false;             // the MQTT DUP flag
+  std::string topic;            // at most kSpoolMaxTopicBytes
+  std::string payload;          // raw bytes, at most kSpoolMaxPayloadBytes
+
+  friend bool operator==(const SpoolRecord&, const SpoolRecord&) = default;
+};
+
+// Limits of the record format; append() and encode_record() throw std::invalid_argument beyond
+// them. The payload limit is MQTT's own maximum packet size (256 MiB), so a real message always
+// fits.
+inline constexpr std::size_t kSpoolMaxTopicBytes = 65535;
+inline constexpr std::size_t kSpoolMaxPayloadBytes = 256u << 20;
+
+struct AppendResult {
+  std::uint64_t seq;  // the new record's seq, or the already spooled one's when redelivery is true
+  bool redelivery;    // dup was set and the same (packet_id, topic, payload) is in the window:
+                      // nothing was appended
+};
+
+class Spool {
+ public:
+  // Opens or creates the spool and recovers it: a record cut short at the end of the last segment
+  // (torn write) is truncated away, records failing their checksum are skipped, and an unreadable
+  // rest of a segment is left behind (corrupt content is logged and counted, never thrown). If the
+  // last segment was damaged, appends go to a new segment whose seq leaves room for every record
+  // the damaged bytes could have held, so a seq that may already be in the database is never
+  // reused. Throws SpoolError (with the path and strerror) if the directory cannot be used, or if
+  // another Spool (in any process) has it open. A null `log` means no logging.
+  Spool(SpoolOptions options, std::shared_ptr<spdlog::logger> log);
+  // Closes, stops the fsync thread, does a final fdatasync unless kNever, closes the files.
+  ~Spool();
+  Spool(const Spool&) = delete;
+  Spool& operator=(const Spool&) = delete;
+
+  // A stable identity (32 lowercase hex chars), persisted in dir/spool.id (written atomically on
+  // first open). A fresh spool directory gets a fresh id, so database offsets of an old spool
+  // never apply to it.
+  const std::string& id() const;
+
+  // Returns once the record is written (one write(2) into the page cache; kAlways: fdatasync'ed).
+  // With dup set, packet_id != 0 and an identical (packet_id, topic, payload) among the last
+  // redelivery_window QoS>0 records (also from before a restart), appends nothing and returns that
+  // record's seq with redelivery = true. Blocks while the spool holds >= max_bytes until
+  // release_below() frees space; returns std::nullopt if close() is called meanwhile or before.
+  // Throws std::invalid_argument if topic or payload exceeds the limits above, SpoolError on I/O
+  // errors (the segment is then cut back, so the spool stays readable).
+  std::optional<AppendResult> append(std::string_view topic, std::string_view payload,
+                                     std::uint16_t packet_id, bool dup, std::int64_t arrival_us);
+
+  // Single consumer thread. Returns records in seq order, starting (after open) with the oldest
+  // record in the spool; a record becomes visible once its append() has written it. Waits up to
+  // `timeout` for one; std::nullopt on timeout or after close(). Throws SpoolError on read errors.
+  std::optional<SpoolRecord> read_next(std::chrono::milliseconds timeout);
+
+  // Every record with seq < `seq` is fully processed: deletes the segment files that hold only
+  // such records, never the one being written (except that a full spool whose records are all
+  // released rolls to a new segment so the old one can go, otherwise max_bytes < segment_bytes
+  // would block forever). Wakes blocked appenders. A file that cannot be deleted is logged as an
+  // error, not thrown: the worker must go on, and a replay of it is harmless.
+  void release_below(std::uint64_t seq);
+
+  // Wakes every blocked append()/read_next(); they (and later calls) return std::nullopt.
+  // Idempotent.
+  void close();
+
+  struct Stats {
+    std::uint64_t bytes = 0;  // on disk, all segments
+    std::uint64_t segments = 0;
+    std::uint64_t next_seq = 0;
+    std::uint64_t appended = 0;                 // since open
+    std::uint64_t redeliveries_dropped = 0;     // since open
+    std::uint64_t corrupt_records_skipped = 0;  // during recovery (an unreadable rest counts as 1)
+    bool full = false;                          // an append is blocked on max_bytes right now
+  };
+  Stats stats() const;
+
+ private:
+  class Impl;  // in src/spool.cpp
+  std::unique_ptr<Impl> impl_;
+};
+
+// The record codec, exposed for tests and the fuzzer.
+// Throws std::invalid_argument if the topic or payload exceeds the limits above.
+std::string encode_record(const SpoolRecord& record);
+
+enum class DecodeStatus { kOk, kIncomplete, kCorrupt };
+struct DecodeResult {
+  DecodeStatus status;
+  SpoolRecord record;    // kOk: the record; kCorrupt by checksum: only seq, as stored (untrusted)
+  std::size_t consumed;  // bytes to skip. kOk, or kCorrupt for a framed record with bad content
+                         // (checksum, flags, topic length): the whole record. kIncomplete: 0
+                         // (more bytes needed). kCorrupt with 0: bad magic or an impossible
+                         // length, so nothing after this point can be framed
+};
+// Decodes the record at the start of `bytes`. Never throws, never reads out of bounds.
+DecodeResult decode_record(std::string_view bytes);
+
+}  // namespace gateway
