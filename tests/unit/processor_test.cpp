@@ -66,12 +66,14 @@ TEST_F(ProcessorTest, StoresOneRowPerFieldWithConsecutiveMsgIds) {
   EXPECT_EQ(repo_.flows[1].last_msg_id, 2);
   ASSERT_EQ(repo_.records.size(), 5u);
   EXPECT_EQ(repo_.commits, 1);
-  std::map<std::pair<std::int64_t, std::string>, std::string> got;
-  for (const auto& rec : repo_.records) got[{rec.msg_id, rec.field_name}] = rec.field_value;
-  EXPECT_EQ(got[{1, "temperature"}], "21.5");
-  EXPECT_EQ(got[{1, "unit"}], "\"C\"");
-  EXPECT_EQ(got[{2, "temperature"}], "22");
-  EXPECT_EQ(got[{2, "extra"}], R"([1,{"a":true}])");
+  std::map<std::string, std::string> got;
+  for (const auto& rec : repo_.records) {
+    got[std::to_string(rec.msg_id) + "/" + rec.field_name] = rec.field_value;
+  }
+  EXPECT_EQ(got["1/temperature"], "21.5");
+  EXPECT_EQ(got["1/unit"], "\"C\"");
+  EXPECT_EQ(got["2/temperature"], "22");
+  EXPECT_EQ(got["2/extra"], R"([1,{"a":true}])");
   EXPECT_EQ(repo_.records[0].topic, "sensors/a/temp");
   EXPECT_EQ((repo_.offsets[{"spool-1", 1}]), 2u);
 }
