@@ -1,6 +1,8 @@
 // The whole daemon, end to end: the real binary, mosquitto, MariaDB and an HTTP server.
 #include <signal.h>
 
+#include <nlohmann/json.hpp>
+
 #include "e2e/e2e_fixture.h"
 #include "support/http_sink.h"
 
