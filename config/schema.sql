@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS rejected_messages (
   payload            MEDIUMBLOB NOT NULL,
   payload_truncated  TINYINT(1) NOT NULL DEFAULT 0,
   reason             VARCHAR(1024) NOT NULL,
+  -- POST_ENDPOINT messages given up after retries: their msg_id, tries and the last HTTP status.
+  msg_id             BIGINT NULL,
+  attempts           INT NULL,
+  last_status        INT NULL,
   spool_id           CHAR(36) NULL,
   spool_seq          BIGINT NULL,
   created_at         TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
@@ -68,3 +72,19 @@ CREATE TABLE IF NOT EXISTS spool_offsets (
   updated_at  TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
   PRIMARY KEY (spool_id, flow_id)
 ) ENGINE=InnoDB;
+
+-- Outbox of POST_ENDPOINT flows: the flow transaction numbers the message and records it here in
+-- the same commit; delivery workers POST it afterwards, in msg_id order per flow, and delete the
+-- row once the endpoint accepted it. Times are Unix milliseconds.
+CREATE TABLE IF NOT EXISTS deliveries (
+  flow_id          INT NOT NULL,
+  msg_id           BIGINT NOT NULL,
+  topic            VARCHAR(1024) NOT NULL,
+  payload          MEDIUMBLOB NOT NULL,
+  attempts         INT NOT NULL DEFAULT 0,
+  created_ms       BIGINT NOT NULL,
+  next_attempt_ms  BIGINT NOT NULL,
+  last_status      INT NULL,
+  last_error       VARCHAR(1024) NULL,
+  PRIMARY KEY (flow_id, msg_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

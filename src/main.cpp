@@ -5,10 +5,17 @@
 
 #include <spdlog/spdlog.h>
 
+#include <condition_variable>
+#include <cstdlib>
 #include <iostream>
+#include <mutex>
+#include <optional>
+#include <thread>
 
 #include "gateway/command_line.h"
+#include "gateway/constants.h"
 #include "gateway/curl_http_poster.h"
+#include "gateway/delivery_service.h"
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
 #include "gateway/gateway_mqtt_client.h"
@@ -21,13 +28,78 @@
 #include "gateway/signal_mask.h"
 #include "gateway/spool.h"
 #include "gateway/systemd_notifier.h"
+#include "gateway/topic_filter.h"
 
 extern char** environ;
 
 namespace gateway {
 namespace {
 
-constexpr int kExitConfig = 1;
+// Exit statuses (also in --help): 1 for a failure at run time (database, broker, disk), 2 when the
+// command line or a setting is wrong, so that retrying cannot help (systemd:
+// RestartPreventExitStatus=2).
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+// The dispatcher stamps Metrics::last_progress_ms at least every 100 ms while it runs; this much
+// silence means the processing loop is stuck, and the systemd watchdog is no longer fed.
+constexpr std::int64_t kStuckAfterMs = 10000;
+
+// Feeds the systemd watchdog (WatchdogSec=, seen as WATCHDOG_USEC) every half interval while the
+// process is healthy; does nothing when the watchdog is off. Called from the main loop's tick
+// (about once a second), so WatchdogSec= should be at least 2 s.
+class WatchdogFeeder {
+ public:
+  explicit WatchdogFeeder(SystemdNotifier& notifier)
+      : notifier_(notifier), interval_(notifier.watchdog_interval()) {}
+
+  bool enabled() const { return interval_.has_value(); }
+  std::chrono::microseconds interval() const { return interval_.value_or(kZero); }
+
+  void tick(bool healthy) {
+    if (!interval_ || !healthy) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_ < *interval_ / 2) return;
+    last_ = now;
+    notifier_.watchdog();
+  }
+
+ private:
+  static constexpr std::chrono::microseconds kZero{0};
+  SystemdNotifier& notifier_;
+  std::optional<std::chrono::microseconds> interval_;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+// Bounds the shutdown: unless destroyed within `timeout`, it logs why and ends the process with
+// kExitFailure. Whatever was not processed by then stays in the spool for the next start.
+class ShutdownDeadline {
+ public:
+  ShutdownDeadline(std::chrono::seconds timeout, std::shared_ptr<spdlog::logger> log)
+      : thread_([this, timeout, log = std::move(log)] {
+          std::unique_lock lock(mu_);
+          if (cv_.wait_for(lock, timeout, [this] { return done_; })) return;
+          log->critical("shutdown did not finish within SHUTDOWN_TIMEOUT_SECONDS={}; exiting now",
+                        timeout.count());
+          log->flush();
+          std::_Exit(kExitFailure);
+        }) {}
+  ~ShutdownDeadline() {
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  ShutdownDeadline(const ShutdownDeadline&) = delete;
+  ShutdownDeadline& operator=(const ShutdownDeadline&) = delete;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;  // guarded by mu_
+  std::thread thread_;
+};
 
 Settings settings_from(const CommandLine& cl) {
   EnvMap file;
@@ -47,21 +119,40 @@ int check(const Settings& settings) {
     std::cout << "schema: missing tables:";
     for (const auto& t : missing) std::cout << ' ' << t;
     std::cout << " (run mqtt-gateway --init-db)\n";
-    return 1;
+    return kExitFailure;
   }
   std::cout << "schema: ok\n";
   auto server = repo.load_mqtt_server();
   if (!server) {
     std::cout << "broker: no enabled MQTT server in table mqtt_servers\n";
-    return 1;
+    return kExitFailure;
   }
   std::cout << "broker: " << (server->use_tls ? "ssl://" : "tcp://") << server->host << ":"
             << server->port << " (server id " << server->id << ")\n";
   auto flows = repo.load_flows();
   std::cout << "flows: " << flows.size() << " enabled\n";
+  int problems = 0;
   for (const Flow& f : flows) {
     std::cout << "  " << f.code << "  " << f.topic << "  " << f.action
               << (f.endpoint_url ? "  " + *f.endpoint_url : "") << "\n";
+    // The same faults that disable a flow or reject all its messages at run time.
+    std::string problem;
+    const auto action = parse_flow_action(f.action);
+    if (auto why = validate_topic_filter(f.topic)) {
+      problem = "invalid topic filter: " + *why;
+    } else if (!action) {
+      problem = "unknown action '" + f.action + "'";
+    } else if (*action == FlowAction::kPostEndpoint && !f.endpoint_url) {
+      problem = "POST_ENDPOINT without endpoint_url";
+    }
+    if (!problem.empty()) {
+      std::cout << "    problem: " << problem << "\n";
+      ++problems;
+    }
+  }
+  if (problems > 0) {
+    std::cout << "flows: " << problems << " flow(s) with problems\n";
+    return kExitFailure;
   }
   return 0;
 }
@@ -87,6 +178,17 @@ PipelineOptions pipeline_options(const Settings& s) {
   o.processor.http_timeout = std::chrono::seconds(s.http_timeout_seconds);
   o.processor.rejected_payload_max_bytes = s.rejected_payload_max_bytes;
   o.retry_max = std::chrono::seconds(s.db_retry_max_seconds);
+  o.processor.post_inline = s.http_delivery == "inline";
+  return o;
+}
+
+DeliveryOptions delivery_options(const Settings& s) {
+  DeliveryOptions o;
+  o.workers = static_cast<std::size_t>(std::max(2, s.db_pool_size));
+  o.http_timeout = std::chrono::seconds(s.http_timeout_seconds);
+  o.max_attempts = s.http_max_attempts;
+  o.max_age = std::chrono::seconds(s.http_max_age_seconds);
+  o.retry_max = std::chrono::seconds(s.http_retry_max_seconds);
   return o;
 }
 
@@ -104,6 +206,8 @@ std::string summary(const Metrics& m, const Spool& spool) {
 int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
         const SignalMask& signals) {
   auto log = logging.get("main");
+  // Declared first so that it is destroyed last: it bounds every destructor below as well.
+  std::optional<ShutdownDeadline> deadline;
   Metrics metrics;
   Spool spool(spool_options(settings), logging.get("spool"));
   log->info("spool {} at {}: {} segment(s), {} bytes, next seq {}", spool.id(), settings.spool_dir,
@@ -125,6 +229,14 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
       spool, flows, repositories, [] { return std::make_unique<CurlHttpPoster>(); },
       pipeline_options(settings), metrics, logging.get("pipeline"));
   pipeline.start();
+  std::unique_ptr<DeliveryService> delivery;
+  if (settings.http_delivery == "outbox") {
+    delivery = std::make_unique<DeliveryService>(
+        [&settings] { return std::make_unique<MySqlFlowRepository>(settings); },
+        [] { return std::make_unique<CurlHttpPoster>(); }, delivery_options(settings), metrics,
+        logging.get("delivery"));
+    delivery->start();
+  }
   client.start();
 
   std::unique_ptr<MetricsServer> metrics_server;
@@ -132,25 +244,47 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
     metrics_server = std::make_unique<MetricsServer>(settings.metrics_address, metrics, settings,
                                                      logging.get("metrics"));
   }
+  WatchdogFeeder watchdog(notifier);
   notifier.ready();
-  log->info("ready");
+  notifier.status("running: " + std::to_string(flows.snapshot()->flows().size()) + " flow(s)");
+  if (watchdog.enabled()) {
+    log->info("ready (systemd watchdog every {} ms)", watchdog.interval().count() / 2000);
+  } else {
+    log->info("ready");
+  }
 
   auto last_summary = std::chrono::steady_clock::now();
   const auto summary_every = std::chrono::seconds(settings.summary_interval_seconds);
-  client.run_forever(
+  bool was_stuck = false;
+  const int sig = client.run_forever(
       signals, [&logging] { logging.reopen(); },
       [&] {
         // The watchdog is fed only while the dispatcher keeps moving.
-        if (steady_now_ms() - metrics.last_progress_ms.load() < 10000) notifier.watchdog();
+        const bool stuck = steady_now_ms() - metrics.last_progress_ms.load() >= kStuckAfterMs;
+        if (stuck != was_stuck) {
+          was_stuck = stuck;
+          if (stuck) {
+            log->error("the processing loop made no progress for {} s; not feeding the watchdog",
+                       kStuckAfterMs / 1000);
+          } else {
+            log->info("the processing loop moves again");
+          }
+        }
+        watchdog.tick(!stuck);
         if (std::chrono::steady_clock::now() - last_summary >= summary_every) {
           last_summary = std::chrono::steady_clock::now();
-          log->info("{}", summary(metrics, spool));
+          const std::string line = summary(metrics, spool);
+          log->info("{}", line);
+          notifier.status(line);
         }
       });
 
   notifier.stopping();
-  client.stop();  // no new messages
+  notifier.status(std::string("stopping (") + (sig == SIGTERM ? "SIGTERM" : "SIGINT") + ")");
+  deadline.emplace(std::chrono::seconds(settings.shutdown_timeout_seconds), log);
+  client.stop();  // no new messages; disconnects cleanly
   pipeline.stop(std::chrono::seconds(settings.shutdown_timeout_seconds));
+  if (delivery) delivery->stop();
   log->info("{}", summary(metrics, spool));
   log->info("stopped");
   return 0;
@@ -173,7 +307,7 @@ int main(int argc, char** argv) {
     settings = settings_from(cl);
   } catch (const ConfigError& e) {
     std::cerr << "mqtt-gateway: " << e.what() << "\n";
-    return kExitConfig;
+    return kExitUsage;
   }
   CurlGlobal curl;
   mysql_global_init();
@@ -197,10 +331,13 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
       log->critical("fatal: {}", e.what());
       notifier.stopping();
-      return 1;
+      return dynamic_cast<const ConfigError*>(&e) ? kExitUsage : kExitFailure;
     }
+  } catch (const ConfigError& e) {
+    std::cerr << "mqtt-gateway: " << e.what() << "\n";
+    return kExitUsage;
   } catch (const std::exception& e) {
     std::cerr << "mqtt-gateway: " << e.what() << "\n";
-    return 1;
+    return kExitFailure;
   }
 }

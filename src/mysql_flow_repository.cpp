@@ -35,6 +35,9 @@ constexpr const char* kUpsertOffsetSql =
 constexpr const char* kInsertRecordsPrefix =
     "INSERT INTO data_records (flow_id, msg_id, topic, field_name, field_value) VALUES ";
 constexpr const char* kInsertRecordRow = "(?, ?, ?, ?, ?)";
+constexpr const char* kInsertDeliveriesPrefix =
+    "INSERT INTO deliveries (flow_id, msg_id, topic, payload, created_ms, next_attempt_ms) VALUES ";
+constexpr const char* kInsertDeliveryRow = "(?, ?, ?, ?, ?, ?)";
 constexpr const char* kInsertRejectedPrefix =
     "INSERT INTO rejected_messages (flow_id, topic, payload, payload_truncated, reason, spool_id, "
     "spool_seq) VALUES ";
@@ -158,6 +161,32 @@ class MySqlFlowTransaction final : public FlowTransaction {
       }
     } catch (const sql::SQLException& e) {
       rethrow(e, "insert data_records");
+    }
+  }
+
+  void insert_deliveries(std::span<const OutboxEntry> rows) override {
+    try {
+      std::size_t done = 0;
+      for (std::size_t chunk : kChunkSizes) {
+        while (rows.size() - done >= chunk) {
+          auto& stmt =
+              db_.prepare(repeated_rows(kInsertDeliveriesPrefix, kInsertDeliveryRow, chunk));
+          int p = 1;
+          for (std::size_t i = done; i < done + chunk; ++i) {
+            const OutboxEntry& r = rows[i];
+            stmt.setInt64(p++, flow_.id);
+            stmt.setInt64(p++, r.msg_id);
+            stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
+            stmt.setString(p++, sql::SQLString(r.payload.data(), r.payload.size()));
+            stmt.setInt64(p++, r.created_ms);
+            stmt.setInt64(p++, r.created_ms);
+          }
+          stmt.executeUpdate();
+          done += chunk;
+        }
+      }
+    } catch (const sql::SQLException& e) {
+      rethrow(e, "insert deliveries");
     }
   }
 
@@ -334,6 +363,128 @@ bool MySqlFlowRepository::ping() {
   }
 }
 
+std::vector<DueFlow> MySqlFlowRepository::pending_flows() {
+  try {
+    auto& stmt = impl_->prepare(
+        "SELECT d.flow_id, d.next_attempt_ms FROM deliveries d JOIN (SELECT flow_id, MIN(msg_id) "
+        "AS head FROM deliveries GROUP BY flow_id) h ON h.flow_id = d.flow_id AND h.head = "
+        "d.msg_id");
+    std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
+    std::vector<DueFlow> due;
+    while (rs->next()) due.push_back(DueFlow{rs->getInt64(1), rs->getInt64(2)});
+    rs.reset();
+    impl_->conn->commit();
+    return due;
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "list pending deliveries");
+  }
+}
+
+std::optional<DeliveryTarget> MySqlFlowRepository::delivery_target(std::int64_t flow_id) {
+  try {
+    auto& stmt = impl_->prepare("SELECT code, endpoint_url FROM flows WHERE id = ?");
+    stmt.setInt64(1, flow_id);
+    std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
+    std::optional<DeliveryTarget> target;
+    if (rs->next()) target = DeliveryTarget{rs->getString(1), nullable_string(*rs, 2)};
+    rs.reset();
+    impl_->conn->commit();
+    return target;
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "read delivery target");
+  }
+}
+
+std::vector<PendingDelivery> MySqlFlowRepository::next_deliveries(std::int64_t flow_id,
+                                                                  std::size_t limit) {
+  try {
+    auto& stmt = impl_->prepare(
+        "SELECT msg_id, topic, payload, attempts, created_ms, next_attempt_ms FROM deliveries "
+        "WHERE flow_id = ? ORDER BY msg_id LIMIT ?");
+    stmt.setInt64(1, flow_id);
+    stmt.setInt64(2, static_cast<std::int64_t>(limit));
+    std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
+    std::vector<PendingDelivery> out;
+    while (rs->next()) {
+      PendingDelivery d;
+      d.flow_id = flow_id;
+      d.msg_id = rs->getInt64(1);
+      d.topic = rs->getString(2);
+      d.payload = rs->getString(3);
+      d.attempts = rs->getInt(4);
+      d.created_ms = rs->getInt64(5);
+      d.next_attempt_ms = rs->getInt64(6);
+      out.push_back(std::move(d));
+    }
+    rs.reset();
+    impl_->conn->commit();
+    return out;
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "read deliveries");
+  }
+}
+
+void MySqlFlowRepository::delivered(std::int64_t flow_id, std::int64_t first_msg_id,
+                                    std::int64_t last_msg_id) {
+  try {
+    auto& stmt = impl_->prepare(
+        "DELETE FROM deliveries WHERE flow_id = ? AND msg_id BETWEEN ? AND ?");
+    stmt.setInt64(1, flow_id);
+    stmt.setInt64(2, first_msg_id);
+    stmt.setInt64(3, last_msg_id);
+    stmt.executeUpdate();
+    impl_->conn->commit();
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "delete delivered");
+  }
+}
+
+void MySqlFlowRepository::retry_later(const PendingDelivery& d, int status,
+                                      std::string_view error) {
+  try {
+    auto& stmt = impl_->prepare(
+        "UPDATE deliveries SET attempts = ?, next_attempt_ms = ?, last_status = ?, last_error = ? "
+        "WHERE flow_id = ? AND msg_id = ?");
+    stmt.setInt(1, d.attempts);
+    stmt.setInt64(2, d.next_attempt_ms);
+    stmt.setInt(3, status);
+    stmt.setString(4, std::string(utf8_prefix(error, 1024)));
+    stmt.setInt64(5, d.flow_id);
+    stmt.setInt64(6, d.msg_id);
+    stmt.executeUpdate();
+    impl_->conn->commit();
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "record delivery attempt");
+  }
+}
+
+void MySqlFlowRepository::give_up(const PendingDelivery& d, int status, std::string_view reason) {
+  try {
+    auto& ins = impl_->prepare(
+        "INSERT INTO rejected_messages (flow_id, topic, payload, payload_truncated, reason, "
+        "msg_id, attempts, last_status) VALUES (?, ?, ?, 0, ?, ?, ?, ?)");
+    ins.setInt64(1, d.flow_id);
+    ins.setString(2, std::string(utf8_prefix(d.topic, 1024)));
+    ins.setString(3, d.payload);
+    ins.setString(4, std::string(utf8_prefix(reason, 1024)));
+    ins.setInt64(5, d.msg_id);
+    ins.setInt(6, d.attempts);
+    ins.setInt(7, status);
+    ins.executeUpdate();
+    auto& del = impl_->prepare("DELETE FROM deliveries WHERE flow_id = ? AND msg_id = ?");
+    del.setInt64(1, d.flow_id);
+    del.setInt64(2, d.msg_id);
+    del.executeUpdate();
+    impl_->conn->commit();
+  } catch (const sql::SQLException& e) {
+    try {
+      impl_->conn->rollback();
+    } catch (const sql::SQLException&) {
+    }
+    rethrow(e, "give up delivery");
+  }
+}
+
 void MySqlFlowRepository::apply_script(std::string_view sql) {
   // Statements end with ';' at the end of a line; comments start with "--". Enough for our DDL.
   std::istringstream in{std::string(sql)};
@@ -357,8 +508,8 @@ void MySqlFlowRepository::apply_script(std::string_view sql) {
 }
 
 std::vector<std::string> MySqlFlowRepository::missing_tables() {
-  static constexpr std::array<const char*, 5> kTables = {
-      "mqtt_servers", "flows", "data_records", "rejected_messages", "spool_offsets"};
+  static constexpr std::array<const char*, 6> kTables = {
+      "mqtt_servers", "flows", "data_records", "rejected_messages", "spool_offsets", "deliveries"};
   std::vector<std::string> missing;
   try {
     auto& stmt = impl_->prepare(

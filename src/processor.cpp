@@ -47,12 +47,12 @@ std::string Processor::check(const Flow& flow, const InboundMessage& m) {
   if (!schema.ok()) return "flow schema error: " + schema.error;
   ValidationResult valid = validate_payload(m.parsed.object, schema.schema);
   if (!valid.ok()) return valid.error;
+  if (m.topic.size() > options_.max_topic_length) {
+    return "topic longer than " + std::to_string(options_.max_topic_length) + " bytes";
+  }
   if (*action == FlowAction::kPostEndpoint) {
     if (!flow.endpoint_url || flow.endpoint_url->empty()) return "flow has no endpoint_url";
     return {};
-  }
-  if (m.topic.size() > options_.max_topic_length) {
-    return "topic longer than " + std::to_string(options_.max_topic_length) + " bytes";
   }
   if (auto bad = check_field_names(m.parsed.object, options_.max_field_name_length)) return *bad;
   return {};
@@ -87,6 +87,11 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
   std::uint64_t last_seq = 0;
   std::vector<DataRecord> rows;
   std::vector<RejectedMessage> rejects;
+  std::vector<OutboxEntry> outbox;
+  const bool post_now = post_endpoint && options_.post_inline;
+  const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count();
   rows.reserve(batch.size() * 4);
 
   for (const InboundMessage* m : batch) {
@@ -96,7 +101,7 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
     }
     last_seq = std::max(last_seq, m->seq);
     std::string why = check(flow, *m);
-    if (why.empty() && post_endpoint) {
+    if (why.empty() && post_now) {
       HttpResult r = post(flow, *m, msg_id + 1);
       if (r.ok()) {
         ++result.posted;
@@ -115,12 +120,18 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
     ++msg_id;
     if (result.first_msg_id == 0) result.first_msg_id = msg_id;
     ++result.accepted;
-    if (!post_endpoint) append_rows(rows, msg_id, *m);
+    if (!post_endpoint) {
+      append_rows(rows, msg_id, *m);
+    } else if (!post_now) {
+      outbox.push_back(OutboxEntry{msg_id, m->topic, m->payload, now_ms});
+      ++result.queued;
+    }
   }
   result.last_msg_id = msg_id;
 
   if (!rows.empty()) tx->insert_records(rows);
   if (!rejects.empty()) tx->insert_rejected(rejects);
+  if (!outbox.empty()) tx->insert_deliveries(outbox);
   tx->advance(msg_id, last_seq);
   tx->commit();
   return result;

@@ -189,6 +189,11 @@ std::optional<std::string> check_topic_safe(std::string_view value) {
   return std::nullopt;
 }
 
+std::optional<std::string> check_http_delivery(std::string_view value) {
+  if (value != "outbox" && value != "inline") return "expected outbox or inline";
+  return std::nullopt;
+}
+
 std::optional<std::string> check_host_port(std::string_view value) {
   if (!parse_host_port(value)) {
     return "expected host:port (e.g. 127.0.0.1:9100) with a port between 1 and 65535";
@@ -255,6 +260,7 @@ const std::vector<Variable>& variables() {
       integer("HTTP_MAX_ATTEMPTS", &S::http_max_attempts, 1, 1000),
       integer("HTTP_MAX_AGE_SECONDS", &S::http_max_age_seconds, 1, 30 * kDay),
       integer("HTTP_RETRY_MAX_SECONDS", &S::http_retry_max_seconds, 1, kDay),
+      text("HTTP_DELIVERY", &S::http_delivery, Presence::kOptional, check_http_delivery),
       // Spool.
       text("SPOOL_DIR", &S::spool_dir),
       fsync_policy("SPOOL_FSYNC"),

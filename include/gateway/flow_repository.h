@@ -36,6 +36,14 @@ struct RejectedMessage {
   std::uint64_t spool_seq = 0;
 };
 
+// One deliveries row: a POST_ENDPOINT message numbered by the flow transaction, POSTed later.
+struct OutboxEntry {
+  std::int64_t msg_id = 0;
+  std::string_view topic;
+  std::string_view payload;  // the payload as received
+  std::int64_t created_ms = 0;  // Unix ms; also the first attempt's due time
+};
+
 // A transaction holding the lock on one flow row. Destroying it without commit() rolls back.
 class FlowTransaction {
  public:
@@ -47,6 +55,7 @@ class FlowTransaction {
   virtual std::uint64_t committed_seq() const = 0;
   virtual void insert_records(std::span<const DataRecord> rows) = 0;
   virtual void insert_rejected(std::span<const RejectedMessage> rows) = 0;
+  virtual void insert_deliveries(std::span<const OutboxEntry> rows) = 0;
   // Sets flows.last_msg_id and, when last_seq > 0, the flow's spool offset.
   virtual void advance(std::int64_t last_msg_id, std::uint64_t last_seq) = 0;
   virtual void commit() = 0;

@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "gateway/delivery_repository.h"
 #include "gateway/flow_repository.h"
 #include "gateway/settings.h"
 
@@ -27,7 +28,8 @@ class MySqlThreadScope {
   MySqlThreadScope& operator=(const MySqlThreadScope&) = delete;
 };
 
-class MySqlFlowRepository final : public FlowRepository {
+// One database session serving both ports: the flow transaction and the POST outbox.
+class MySqlFlowRepository final : public FlowRepository, public DeliveryRepository {
  public:
   // Connects at once. Throws DbUnavailable when the server cannot be reached, gateway::Error for
   // a refused login (the message names host, port, database and user, never the password).
@@ -39,6 +41,14 @@ class MySqlFlowRepository final : public FlowRepository {
   std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
                                              std::string_view spool_id) override;
   bool ping() override;
+
+  std::vector<DueFlow> pending_flows() override;
+  std::optional<DeliveryTarget> delivery_target(std::int64_t flow_id) override;
+  std::vector<PendingDelivery> next_deliveries(std::int64_t flow_id, std::size_t limit) override;
+  void delivered(std::int64_t flow_id, std::int64_t first_msg_id,
+                 std::int64_t last_msg_id) override;
+  void retry_later(const PendingDelivery& d, int status, std::string_view error) override;
+  void give_up(const PendingDelivery& d, int status, std::string_view reason) override;
 
   // Runs every statement of an SQL script (config/schema.sql); used by --init-db.
   void apply_script(std::string_view sql);

@@ -35,6 +35,9 @@ struct ProcessorOptions {
   std::size_t rejected_payload_max_bytes = 65536;  // longer payloads are cut in rejected_messages
   std::size_t max_field_name_length = 255;         // data_records.field_name
   std::size_t max_topic_length = 1024;             // data_records.topic
+  // POST_ENDPOINT: false records the message in the outbox (deliveries) for the delivery workers;
+  // true POSTs while the flow row is locked, one try (the reference; HTTP_DELIVERY=inline).
+  bool post_inline = false;
 };
 
 // A spooled message, parsed once and shared by every flow it matches.
@@ -59,7 +62,8 @@ struct BatchResult {
   std::size_t accepted = 0;  // stored or posted, numbered first_msg_id..last_msg_id
   std::size_t rejected = 0;  // written to rejected_messages
   std::size_t skipped = 0;   // committed by an earlier run (replay after a crash)
-  std::size_t posted = 0;    // of the accepted ones, delivered by POST
+  std::size_t posted = 0;    // of the accepted ones, delivered by POST (inline)
+  std::size_t queued = 0;    // of the accepted ones, recorded in the outbox for delivery
   std::int64_t first_msg_id = 0;
   std::int64_t last_msg_id = 0;
   bool flow_missing = false;           // the flow row is gone: nothing was done

@@ -81,6 +81,9 @@ struct Settings {
   int http_max_attempts = 10;        // HTTP_MAX_ATTEMPTS before a message is given up, 1..1000
   int http_max_age_seconds = 86400;  // HTTP_MAX_AGE_SECONDS a message may wait, 1..30 days
   int http_retry_max_seconds = 300;  // HTTP_RETRY_MAX_SECONDS: cap of the retry backoff
+  // HTTP_DELIVERY: "outbox" (POST after the commit, retried, in order) or "inline" (the
+  // reference: POST while the flow row is locked, one try; the benchmark's baseline).
+  std::string http_delivery = "outbox";
 
   // Spool (the on-disk queue between MQTT and the sinks).
   std::string spool_dir = "./spool";                // SPOOL_DIR

