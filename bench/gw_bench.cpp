@@ -1,1 +1,615 @@
-int main() { return 0; }
+// gw-bench: the load generator and the measuring probes of the gateway benchmark. bench/run.sh
+// starts the services and the gateway and calls these subcommands; each measuring one prints one
+// JSON result line on stdout (human-readable progress goes to stderr), and `report` turns a file
+// of those lines into the table.
+//
+//   publish    Paho QoS 1 publisher: N messages over K flows (topics PREFIX/1..K), as fast as
+//              possible with at most 1000 unacknowledged, or at a fixed rate. Payload:
+//              {"seq":N,"sent_us":T,"temperature":x,"humidity":y}, seq 1..N over all flows.
+//   subscribe  the do-nothing Paho subscriber (the ceiling): counts in the message callback;
+//              rate, latency (receive time - sent_us), lost/duplicated by seq.
+//   collect    watches a gateway's database until N messages are stored (or progress stalls);
+//              rate (first publish, or --t0-us, to the last created_at), latency (created_at -
+//              sent_us), lost/duplicated by seq, and the gateway's CPU time and peak RSS (/proc).
+//   idle       the CPU time a process uses over a few seconds.
+//   report     prints the table and checks the targets of issue 4.
+//
+// Single-threaded except for Paho's callback thread in `subscribe` (see Receiver).
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cppconn/connection.h>
+#include <cppconn/driver.h>
+#include <cppconn/exception.h>
+#include <cppconn/resultset.h>
+#include <cppconn/statement.h>
+#include <mqtt/async_client.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+namespace {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+// Wall clock in µs since the epoch: the same clock MariaDB's CURRENT_TIMESTAMP(6) reads.
+std::int64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void touch(const std::string& path) {
+  if (!path.empty()) std::ofstream(path) << "ready\n";
+}
+
+// ---------------------------------------------------------------------------------------- /proc
+
+// utime + stime of a process in µs, or nullopt if it is gone.
+std::optional<std::int64_t> process_cpu_us(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto paren = stat.rfind(')');
+  if (paren == std::string::npos) return std::nullopt;
+  std::istringstream fields(stat.substr(paren + 2));
+  std::string f;
+  std::int64_t utime = 0, stime = 0;
+  // After "(comm) " comes field 3 (state); utime and stime are fields 14 and 15.
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14) utime = std::stoll(f);
+    if (i == 15) stime = std::stoll(f);
+  }
+  return (utime + stime) * 1000000 / sysconf(_SC_CLK_TCK);
+}
+
+// VmHWM (peak resident set) in KiB, or nullopt.
+std::optional<std::int64_t> process_peak_rss_kib(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return std::nullopt;
+}
+
+// ------------------------------------------------------------------------------------ statistics
+
+double percentile_ms(std::vector<std::int64_t>& us, double p) {
+  if (us.empty()) return NAN;
+  const auto k = static_cast<std::size_t>(std::ceil(p * static_cast<double>(us.size()))) - 1;
+  std::nth_element(us.begin(), us.begin() + static_cast<std::ptrdiff_t>(k), us.end());
+  return static_cast<double>(us[k]) / 1000.0;
+}
+
+// What a consumer (subscriber or gateway) did with the messages seq 1..expected.
+struct Tally {
+  std::int64_t expected = 0;
+  std::int64_t unique = 0;  // distinct seqs in 1..expected
+  std::int64_t dup = 0;     // deliveries beyond the first of a seq
+  std::int64_t lost = 0;
+  std::int64_t first_sent_us = 0;  // smallest sent_us seen
+  std::int64_t last_done_us = 0;   // latest receive / commit time
+  std::vector<std::int64_t> latency_us;
+};
+
+struct Delivery {
+  std::int64_t seq;
+  std::int64_t sent_us;
+  std::int64_t done_us;
+};
+
+Tally tally(const std::vector<Delivery>& deliveries, std::int64_t expected) {
+  Tally t;
+  t.expected = expected;
+  std::vector<bool> seen(static_cast<std::size_t>(expected) + 1, false);
+  t.first_sent_us = INT64_MAX;
+  t.latency_us.reserve(deliveries.size());
+  for (const Delivery& d : deliveries) {
+    if (d.seq >= 1 && d.seq <= expected) {
+      if (seen[static_cast<std::size_t>(d.seq)]) {
+        ++t.dup;
+      } else {
+        seen[static_cast<std::size_t>(d.seq)] = true;
+        ++t.unique;
+      }
+    }
+    t.first_sent_us = std::min(t.first_sent_us, d.sent_us);
+    t.last_done_us = std::max(t.last_done_us, d.done_us);
+    t.latency_us.push_back(d.done_us - d.sent_us);
+  }
+  if (deliveries.empty()) t.first_sent_us = 0;
+  t.lost = expected - t.unique;
+  return t;
+}
+
+// The common part of a result line. t0_us: start of the measured interval (0 = first publish).
+json result_json(const std::string& name, const std::string& kind, const std::string& mode,
+                 Tally& t, std::int64_t t0_us) {
+  const std::int64_t start = t0_us ? t0_us : t.first_sent_us;
+  const double seconds = static_cast<double>(t.last_done_us - start) / 1e6;
+  json r;
+  r["case"] = name;
+  r["kind"] = kind;
+  r["mode"] = mode;
+  r["messages"] = t.expected;
+  r["stored"] = t.unique;
+  r["lost"] = t.lost;
+  r["dup"] = t.dup;
+  r["seconds"] = seconds;
+  r["rate"] = seconds > 0 ? static_cast<double>(t.unique) / seconds : 0.0;
+  r["p50_ms"] = percentile_ms(t.latency_us, 0.50);
+  r["p99_ms"] = percentile_ms(t.latency_us, 0.99);
+  return r;
+}
+
+// Reads `"key":<integer>` from a flat JSON payload without a full parse (the ceiling subscriber
+// must do as little as possible). -1 if absent.
+std::int64_t int_field(std::string_view payload, std::string_view key) {
+  std::string pattern = "\"";
+  pattern.append(key).append("\":");
+  const auto at = payload.find(pattern);
+  if (at == std::string_view::npos) return -1;
+  return std::strtoll(payload.data() + at + pattern.size(), nullptr, 10);
+}
+
+std::string uri(const std::string& host, int port) {
+  return "tcp://" + host + ":" + std::to_string(port);
+}
+
+// --------------------------------------------------------------------------------------- publish
+
+struct PublishArgs {
+  std::string host = "127.0.0.1";
+  int port = 1883;
+  std::string prefix = "bench";
+  int flows = 1;
+  std::int64_t count = 100000;
+  double rate = 0;  // messages/s; 0 = as fast as possible
+  int qos = 1;
+  std::size_t outstanding = 1000;
+  std::string client_id;
+};
+
+int publish(const PublishArgs& a) {
+  const std::string id = a.client_id.empty() ? "gw-bench-pub-" + std::to_string(getpid()) : a.client_id;
+  mqtt::async_client client(uri(a.host, a.port), id, mqtt::create_options(MQTTVERSION_3_1_1));
+  auto opts = mqtt::connect_options_builder()
+                  .mqtt_version(MQTTVERSION_3_1_1)
+                  .clean_session(true)
+                  .keep_alive_interval(30s)
+                  .max_inflight(static_cast<int>(a.outstanding))
+                  .finalize();
+  client.connect(opts)->wait_for(10s);
+  if (!client.is_connected()) throw std::runtime_error("publish: cannot connect to " + uri(a.host, a.port));
+
+  std::vector<std::string> topics;
+  for (int k = 1; k <= a.flows; ++k) topics.push_back(a.prefix + "/" + std::to_string(k));
+  std::deque<mqtt::delivery_token_ptr> pending;
+  const auto started = std::chrono::steady_clock::now();
+  const std::int64_t first_us = now_us();
+  char payload[160];
+  for (std::int64_t seq = 1; seq <= a.count; ++seq) {
+    if (a.rate > 0) {
+      std::this_thread::sleep_until(
+          started + std::chrono::microseconds(static_cast<std::int64_t>(
+                        static_cast<double>(seq - 1) * 1e6 / a.rate)));
+    }
+    while (pending.size() >= a.outstanding) {
+      if (!pending.front()->wait_for(30s)) throw std::runtime_error("publish: no PUBACK for 30 s");
+      pending.pop_front();
+    }
+    // Values vary a little so that the payloads are not all the same size.
+    const int n = std::snprintf(payload, sizeof payload,
+                                "{\"seq\":%" PRId64 ",\"sent_us\":%" PRId64
+                                ",\"temperature\":%.1f,\"humidity\":%.1f}",
+                                seq, now_us(), 18.0 + static_cast<double>(seq % 97) / 10.0,
+                                35.0 + static_cast<double>(seq % 251) / 10.0);
+    const auto& topic = topics[static_cast<std::size_t>((seq - 1) % a.flows)];
+    pending.push_back(client.publish(topic, payload, static_cast<std::size_t>(n), a.qos, false));
+  }
+  for (auto& t : pending) {
+    if (!t->wait_for(30s)) throw std::runtime_error("publish: no PUBACK for 30 s");
+  }
+  const double seconds = static_cast<double>(now_us() - first_us) / 1e6;
+  client.disconnect()->wait_for(10s);
+  std::fprintf(stderr, "publish: %" PRId64 " messages to %s/1..%d in %.2f s (%.0f msg/s, qos %d)\n",
+               a.count, a.prefix.c_str(), a.flows, seconds, static_cast<double>(a.count) / seconds,
+               a.qos);
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------- subscribe
+
+struct SubscribeArgs {
+  std::string host = "127.0.0.1";
+  int port = 1883;
+  std::string filter;
+  std::string client_id;
+  std::int64_t count = 100000;
+  int qos = 1;
+  bool persistent = false;    // clean_session=false, like the gateway
+  bool session_only = false;  // connect, subscribe, disconnect: leaves the session to queue
+  bool from_connect = false;  // measure from the connect (a backlog) instead of the first publish
+  double stall_seconds = 20;
+  std::string ready_file;
+  std::string name = "ceiling", kind = "ceiling", mode = "burst";
+};
+
+// Records deliveries from Paho's callback thread; the main thread polls count().
+class Receiver {
+ public:
+  explicit Receiver(std::size_t capacity) : slots_(capacity) {}
+  void on_message(std::string_view payload) {
+    const std::int64_t done = now_us();
+    const std::size_t i = n_.load(std::memory_order_relaxed);
+    if (i < slots_.size()) slots_[i] = {int_field(payload, "seq"), int_field(payload, "sent_us"), done};
+    n_.store(i + 1, std::memory_order_release);  // only this thread writes n_
+  }
+  std::size_t count() const { return n_.load(std::memory_order_acquire); }
+  std::vector<Delivery> deliveries() const {
+    return {slots_.begin(), slots_.begin() + static_cast<std::ptrdiff_t>(std::min(count(), slots_.size()))};
+  }
+
+ private:
+  std::vector<Delivery> slots_;
+  std::atomic<std::size_t> n_{0};
+};
+
+std::int64_t own_cpu_us() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000LL + ru.ru_utime.tv_usec +
+         ru.ru_stime.tv_usec;
+}
+
+int subscribe(const SubscribeArgs& a) {
+  Receiver receiver(static_cast<std::size_t>(a.count) * 2);
+  mqtt::async_client client(uri(a.host, a.port), a.client_id, mqtt::create_options(MQTTVERSION_3_1_1));
+  client.set_message_callback([&receiver](mqtt::const_message_ptr m) {
+    const auto& p = m->get_payload_ref();
+    receiver.on_message(std::string_view(p.data(), p.size()));
+  });
+  auto opts = mqtt::connect_options_builder()
+                  .mqtt_version(MQTTVERSION_3_1_1)
+                  .clean_session(!a.persistent)
+                  .keep_alive_interval(30s)
+                  .finalize();
+  const std::int64_t cpu0 = own_cpu_us();
+  const std::int64_t t0 = now_us();
+  client.connect(opts)->wait_for(10s);
+  if (!client.is_connected()) throw std::runtime_error("subscribe: cannot connect to " + uri(a.host, a.port));
+  client.subscribe(a.filter, a.qos)->wait_for(10s);
+  touch(a.ready_file);
+  if (a.session_only) {
+    client.disconnect()->wait_for(10s);
+    std::fprintf(stderr, "subscribe: session %s on %s created\n", a.client_id.c_str(), a.filter.c_str());
+    return 0;
+  }
+
+  std::size_t last = 0;
+  auto last_progress = std::chrono::steady_clock::now();
+  while (receiver.count() < static_cast<std::size_t>(a.count)) {
+    std::this_thread::sleep_for(20ms);
+    if (receiver.count() != last) {
+      last = receiver.count();
+      last_progress = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - last_progress >
+               std::chrono::duration<double>(a.stall_seconds)) {
+      std::fprintf(stderr, "subscribe: stalled at %zu of %" PRId64 " messages\n", last, a.count);
+      break;
+    }
+  }
+  const std::int64_t cpu = own_cpu_us() - cpu0;
+  client.disconnect()->wait_for(10s);
+
+  Tally t = tally(receiver.deliveries(), a.count);
+  json r = result_json(a.name, a.kind, a.mode, t, a.from_connect ? t0 : 0);
+  r["cpu_us_per_msg"] = t.unique ? static_cast<double>(cpu) / static_cast<double>(t.unique) : 0.0;
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  r["peak_rss_mb"] = static_cast<double>(ru.ru_maxrss) / 1024.0;
+  std::cout << r.dump() << std::endl;
+  std::fprintf(stderr, "subscribe: %s\n", r.dump().c_str());
+  return 0;
+}
+
+// --------------------------------------------------------------------------------------- collect
+
+struct CollectArgs {
+  std::string db_host = "127.0.0.1";
+  int db_port = 3306;
+  std::string db_user = "gw";
+  std::string db_password;
+  std::string db;
+  std::int64_t count = 100000;
+  int pid = 0;                 // the gateway: CPU and peak RSS
+  bool cpu_from_start = false; // count the gateway's CPU since it started (backlog runs)
+  std::int64_t t0_us = 0;      // start of the interval; 0 = the first publish
+  double stall_seconds = 20;
+  std::string ready_file;
+  std::string name = "gateway", kind = "gateway", mode = "burst";
+};
+
+// "1712345678.123456" -> µs.
+std::int64_t decimal_seconds_to_us(const std::string& s) {
+  const auto dot = s.find('.');
+  std::int64_t us = std::stoll(s.substr(0, dot)) * 1000000;
+  if (dot != std::string::npos) {
+    std::string frac = s.substr(dot + 1, 6);
+    frac.resize(6, '0');
+    us += std::stoll(frac);
+  }
+  return us;
+}
+
+int collect(const CollectArgs& a) {
+  sql::Driver* driver = get_driver_instance();
+  sql::ConnectOptionsMap props;
+  props["hostName"] = "tcp://" + a.db_host + ":" + std::to_string(a.db_port);
+  props["userName"] = a.db_user;
+  props["password"] = a.db_password;
+  props["schema"] = a.db;
+  std::unique_ptr<sql::Connection> conn(driver->connect(props));
+  std::unique_ptr<sql::Statement> st(conn->createStatement());
+  // What is committed; a message counts once, however many fields it has.
+  auto stored = [&] {
+    std::unique_ptr<sql::ResultSet> rs(st->executeQuery("SELECT COALESCE(SUM(last_msg_id), 0) FROM flows"));
+    rs->next();
+    return rs->getInt64(1);
+  };
+
+  std::int64_t cpu0 = 0;
+  if (a.pid && !a.cpu_from_start) cpu0 = process_cpu_us(a.pid).value_or(0);
+  touch(a.ready_file);
+
+  std::int64_t last = -1;
+  auto last_progress = std::chrono::steady_clock::now();
+  for (;;) {
+    const std::int64_t n = stored();
+    if (n >= a.count) break;
+    if (n != last) {
+      last = n;
+      last_progress = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - last_progress >
+               std::chrono::duration<double>(a.stall_seconds)) {
+      std::fprintf(stderr, "collect: stalled at %" PRId64 " of %" PRId64 " messages\n", n, a.count);
+      break;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  // The process figures first, before this probe's own big query below.
+  std::optional<std::int64_t> cpu, rss;
+  if (a.pid) {
+    if (auto c = process_cpu_us(a.pid)) cpu = *c - cpu0;
+    rss = process_peak_rss_kib(a.pid);
+  }
+
+  // created_at is the time of the INSERT, inside the transaction: it precedes the COMMIT by the
+  // commit's own duration (one redo-log flush).
+  std::unique_ptr<sql::ResultSet> rs(st->executeQuery(
+      "SELECT s.field_value, t.field_value, UNIX_TIMESTAMP(s.created_at) "
+      "FROM data_records s JOIN data_records t ON t.flow_id = s.flow_id AND t.msg_id = s.msg_id "
+      "AND t.field_name = 'sent_us' WHERE s.field_name = 'seq'"));
+  std::vector<Delivery> deliveries;
+  deliveries.reserve(static_cast<std::size_t>(a.count));
+  while (rs->next()) {
+    deliveries.push_back({std::stoll(std::string(rs->getString(1))),
+                          std::stoll(std::string(rs->getString(2))),
+                          decimal_seconds_to_us(std::string(rs->getString(3)))});
+  }
+  Tally t = tally(deliveries, a.count);
+  json r = result_json(a.name, a.kind, a.mode, t, a.t0_us);
+  r["cpu_us_per_msg"] = cpu && t.unique ? json(static_cast<double>(*cpu) / static_cast<double>(t.unique)) : json();
+  r["peak_rss_mb"] = rss ? json(static_cast<double>(*rss) / 1024.0) : json();
+  std::cout << r.dump() << std::endl;
+  std::fprintf(stderr, "collect: %s\n", r.dump().c_str());
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------------ idle
+
+int idle(int pid, double seconds) {
+  const auto before = process_cpu_us(pid);
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  const auto after = process_cpu_us(pid);
+  if (!before || !after) throw std::runtime_error("idle: process " + std::to_string(pid) + " is gone");
+  json r{{"case", "idle"}, {"kind", "idle"}, {"seconds", seconds},
+         {"cpu_ms", static_cast<double>(*after - *before) / 1000.0}};
+  std::cout << r.dump() << std::endl;
+  std::fprintf(stderr, "idle: %s\n", r.dump().c_str());
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------- report
+
+std::string num(const json& v, const char* fmt) {
+  if (!v.is_number()) return "-";
+  const double d = v.get<double>();
+  if (std::isnan(d)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, fmt, d);
+  return buf;
+}
+
+std::string ratio(double a, const std::optional<double>& b) {
+  if (!b || *b <= 0) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2fx", a / *b);
+  return buf;
+}
+
+int report(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<json> rows;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line[0] == '{') rows.push_back(json::parse(line));
+  }
+  auto rate_of = [&](const std::string& kind, const std::string& mode) -> std::optional<double> {
+    for (const json& r : rows) {
+      if (r.value("kind", "") == kind && r.value("mode", "") == mode) return r["rate"].get<double>();
+    }
+    return std::nullopt;
+  };
+  const auto baseline = rate_of("baseline", "burst");
+
+  std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %9s\n", "case", "msgs", "msgs/s",
+              "vs ceiling", "vs baseline", "p50 ms", "p99 ms", "lost", "dup", "CPU us/msg",
+              "peak RSS");
+  std::optional<double> idle_ms, idle_s;
+  for (const json& r : rows) {
+    const std::string kind = r.value("kind", "");
+    if (kind == "idle") {
+      idle_ms = r["cpu_ms"].get<double>();
+      idle_s = r["seconds"].get<double>();
+      continue;
+    }
+    const std::string mode = r.value("mode", "");
+    const double rate = r["rate"].get<double>();
+    const bool paced = mode == "paced";  // a fixed offered rate: its msgs/s says nothing
+    std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %9s\n",
+                r.value("case", "?").c_str(), num(r["messages"], "%.0f").c_str(),
+                num(r["rate"], "%.0f").c_str(),
+                kind == "ceiling" || paced ? "-" : ratio(rate, rate_of("ceiling", mode)).c_str(),
+                kind != "gateway" || paced ? "-" : ratio(rate, baseline).c_str(),
+                num(r["p50_ms"], "%.2f").c_str(), num(r["p99_ms"], "%.2f").c_str(),
+                num(r["lost"], "%.0f").c_str(), num(r["dup"], "%.0f").c_str(),
+                num(r["cpu_us_per_msg"], "%.1f").c_str(),
+                (num(r["peak_rss_mb"], "%.1f") + " MB").c_str());
+  }
+  if (idle_ms) std::printf("gateway idle: %.0f ms CPU over %.0f s\n", *idle_ms, *idle_s);
+
+  // The targets of issue 4.
+  auto find = [&](const std::string& kind, const std::string& mode) -> const json* {
+    for (const json& r : rows) {
+      if (r.value("kind", "") == kind && r.value("mode", "") == mode) return &r;
+    }
+    return nullptr;
+  };
+  std::printf("\ntargets:\n");
+  auto check = [](const char* what, bool have, bool ok, const std::string& value) {
+    std::printf("  %-52s %-5s %s\n", what, !have ? "n/a" : ok ? "ok" : "MISS", value.c_str());
+  };
+  const json* burst = find("gateway", "burst");
+  const json* backlog = find("gateway", "backlog");
+  const json* paced = find("gateway", "paced");
+  const auto ceiling_backlog = rate_of("ceiling", "backlog");
+  auto d = [](const json* r, const char* key) { return r && (*r)[key].is_number() ? (*r)[key].get<double>() : NAN; };
+  check("burst >= 10,750 msg/s, zero lost", burst != nullptr,
+        d(burst, "rate") >= 10750 && d(burst, "lost") == 0,
+        num(d(burst, "rate"), "%.0f msg/s") + ", lost " + num(d(burst, "lost"), "%.0f"));
+  check("backlog drain >= 70% of the do-nothing subscriber", backlog && ceiling_backlog,
+        ceiling_backlog && d(backlog, "rate") >= 0.7 * *ceiling_backlog,
+        ceiling_backlog ? num(d(backlog, "rate") / *ceiling_backlog * 100, "%.0f%%") : "-");
+  check("burst >= 10x the batching-off baseline", burst && baseline,
+        baseline && d(burst, "rate") >= 10 * *baseline,
+        baseline ? num(d(burst, "rate") / *baseline, "%.1fx") : "-");
+  check("p99 latency at 1,000 msg/s <= 20 ms", paced != nullptr, d(paced, "p99_ms") <= 20,
+        num(d(paced, "p99_ms"), "%.2f ms"));
+  check("gateway CPU <= 25 us/message (burst)", burst != nullptr, d(burst, "cpu_us_per_msg") <= 25,
+        num(d(burst, "cpu_us_per_msg"), "%.1f us"));
+  double rss = 0;
+  for (const json& r : rows) {
+    if (r.value("kind", "") != "ceiling" && r.contains("peak_rss_mb") && r["peak_rss_mb"].is_number()) {
+      rss = std::max(rss, r["peak_rss_mb"].get<double>());
+    }
+  }
+  check("gateway peak RSS <= 50 MB (all gateway cases)", rss > 0, rss <= 50, num(rss, "%.1f MB"));
+  check("idle CPU ~0 (< 1% of a core)", idle_ms.has_value(),
+        idle_ms && *idle_ms < 0.01 * *idle_s * 1000, idle_ms ? num(*idle_ms, "%.0f ms") : "-");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"gw-bench: load generator and probes for the mqtt-gateway benchmark"};
+  app.require_subcommand(1);
+
+  PublishArgs pa;
+  auto* pub = app.add_subcommand("publish", "publish N messages (QoS 1 by default)");
+  pub->add_option("--host", pa.host);
+  pub->add_option("--port", pa.port)->required();
+  pub->add_option("--topic-prefix", pa.prefix, "topics are PREFIX/1..K")->required();
+  pub->add_option("--flows", pa.flows, "K")->check(CLI::Range(1, 10000));
+  pub->add_option("--count", pa.count)->check(CLI::PositiveNumber);
+  pub->add_option("--rate", pa.rate, "messages/s; 0 = as fast as possible");
+  pub->add_option("--qos", pa.qos)->check(CLI::Range(0, 2));
+  pub->add_option("--max-outstanding", pa.outstanding)->check(CLI::Range(1, 65535));
+  pub->add_option("--client-id", pa.client_id);
+
+  SubscribeArgs sa;
+  auto* sub = app.add_subcommand("subscribe", "the do-nothing subscriber (the ceiling)");
+  sub->add_option("--host", sa.host);
+  sub->add_option("--port", sa.port)->required();
+  sub->add_option("--filter", sa.filter)->required();
+  sub->add_option("--client-id", sa.client_id)->required();
+  sub->add_option("--count", sa.count)->check(CLI::PositiveNumber);
+  sub->add_option("--qos", sa.qos)->check(CLI::Range(0, 2));
+  sub->add_flag("--persistent", sa.persistent, "clean_session=false");
+  sub->add_flag("--session-only", sa.session_only, "create the session and disconnect");
+  sub->add_flag("--from-connect", sa.from_connect, "measure from the connect (backlog drain)");
+  sub->add_option("--stall-seconds", sa.stall_seconds);
+  sub->add_option("--ready-file", sa.ready_file, "written once subscribed");
+  sub->add_option("--case", sa.name);
+  sub->add_option("--mode", sa.mode, "burst | backlog | paced");
+
+  CollectArgs ca;
+  auto* col = app.add_subcommand("collect", "measure what a gateway stored");
+  col->add_option("--db-host", ca.db_host);
+  col->add_option("--db-port", ca.db_port)->required();
+  col->add_option("--db-user", ca.db_user);
+  col->add_option("--db", ca.db)->required();
+  col->add_option("--count", ca.count)->check(CLI::PositiveNumber);
+  col->add_option("--pid", ca.pid, "the gateway process");
+  col->add_flag("--cpu-from-start", ca.cpu_from_start, "CPU since the process started");
+  col->add_option("--t0-us", ca.t0_us, "start of the interval (µs since the epoch)");
+  col->add_option("--stall-seconds", ca.stall_seconds);
+  col->add_option("--ready-file", ca.ready_file, "written once the CPU baseline is taken");
+  col->add_option("--case", ca.name);
+  col->add_option("--kind", ca.kind, "gateway | baseline");
+  col->add_option("--mode", ca.mode, "burst | backlog | paced");
+
+  int idle_pid = 0;
+  double idle_seconds = 5;
+  auto* idl = app.add_subcommand("idle", "CPU time of a process over a few seconds");
+  idl->add_option("--pid", idle_pid)->required();
+  idl->add_option("--seconds", idle_seconds);
+
+  std::string results;
+  auto* rep = app.add_subcommand("report", "print the table of a results file");
+  rep->add_option("file", results)->required();
+
+  CLI11_PARSE(app, argc, argv);
+  // The password comes from the environment, not the command line (ps shows that).
+  if (const char* pw = std::getenv("MYSQL_PWD")) ca.db_password = pw;
+
+  try {
+    if (*pub) return publish(pa);
+    if (*sub) return subscribe(sa);
+    if (*col) return collect(ca);
+    if (*idl) return idle(idle_pid, idle_seconds);
+    if (*rep) return report(results);
+  } catch (const sql::SQLException& e) {
+    std::fprintf(stderr, "gw-bench: database: %s (error %d)\n", e.what(), e.getErrorCode());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gw-bench: %s\n", e.what());
+  }
+  return 1;
+}

@@ -22,6 +22,10 @@ std::variant<CommandLine, int> parse_command_line(int argc, const char* const* a
   app.add_flag("--init-db", cl.init_db, "Create the database tables (idempotent), then exit")
       ->excludes(check);
   app.set_version_flag("--version", std::string("mqtt-gateway ") + GATEWAY_VERSION);
+  app.footer(
+      "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the flows and reopens the log "
+      "file.\nExit status: 0 ok; 1 failure (database, broker, disk, --check found a problem); 2 "
+      "bad command line or settings.");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {

@@ -3,11 +3,17 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include <thread>
 
 #include "gateway/errors.h"
 
 namespace gateway {
+namespace {
+
+constexpr std::size_t kServerThreads = 2;
+
+}  // namespace
 
 std::string health_problem(const Metrics& m, std::int64_t now_ms, std::int64_t limit_ms) {
   const std::int64_t broker_down = m.broker_down_since_ms.load();
@@ -30,10 +36,13 @@ struct MetricsServer::Impl {
 MetricsServer::MetricsServer(const std::string& address, const Metrics& metrics,
                              const Settings& settings, std::shared_ptr<spdlog::logger> log)
     : impl_(std::make_unique<Impl>()) {
-  const auto colon = address.rfind(':');
-  const std::string host = address.substr(0, colon);
-  const int port = std::stoi(address.substr(colon + 1));
+  const std::optional<HostPort> where = parse_host_port(address);
+  if (!where) throw ConfigError("METRICS_ADDRESS: expected host:port, got '" + address + "'");
   const std::int64_t limit_ms = 1000LL * settings.health_unreachable_seconds;
+  // A scrape every few seconds needs no more; the default pool has a thread per core and more.
+  impl_->server.new_task_queue = [] { return new httplib::ThreadPool(kServerThreads); };
+  impl_->server.set_read_timeout(5, 0);
+  impl_->server.set_write_timeout(5, 0);
   impl_->server.Get("/metrics", [&metrics](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics.prometheus_text(), "text/plain; version=0.0.4");
   });
@@ -43,11 +52,12 @@ MetricsServer::MetricsServer(const std::string& address, const Metrics& metrics,
     res.status = problem.empty() ? 200 : 503;
     res.set_content(problem.empty() ? "ok\n" : problem + "\n", "text/plain");
   });
-  impl_->port = port == 0 ? impl_->server.bind_to_any_port(host)
-                          : (impl_->server.bind_to_port(host, port) ? port : -1);
-  if (impl_->port <= 0) throw ConfigError("METRICS_ADDRESS: cannot listen on " + address);
+  if (!impl_->server.bind_to_port(where->host, where->port)) {
+    throw ConfigError("METRICS_ADDRESS: cannot listen on " + address);
+  }
+  impl_->port = where->port;
   impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });
-  log->info("metrics and health on http://{}:{}/metrics and /healthz", host, impl_->port);
+  log->info("metrics and health on http://{}/metrics and /healthz", address);
 }
 
 MetricsServer::~MetricsServer() {

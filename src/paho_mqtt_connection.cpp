@@ -1,6 +1,12 @@
 #include "gateway/paho_mqtt_connection.h"
 
+// Paho C++ 1.2 exposes a message's packet id (needed to recognise broker redeliveries) only
+// through message::c_struct(), which its headers compile in under UNIT_TESTS. Under that macro the
+// 1.2 headers add nothing but such inline accessors (checked: message, *_options), so the class
+// layouts match the installed library.
+#define UNIT_TESTS 1
 #include <mqtt/async_client.h>
+#undef UNIT_TESTS
 #include <spdlog/spdlog.h>
 
 #include <atomic>

@@ -1,4 +1,5 @@
 // The command line (CLI11): mqtt-gateway [--env-file PATH] [--check | --init-db] [--version].
+// Parsing is pure apart from the two streams; no global state.
 #pragma once
 
 #include <filesystem>
@@ -15,7 +16,8 @@ struct CommandLine {
 };
 
 // Returns the options, or the exit code when the program must stop here: 0 after --help or
-// --version (printed to `out`), 2 after a usage error (one line on `err`).
+// --version (printed to `out`), 2 after a usage error: an unknown option, a missing or bad value
+// (--env-file of a file that does not exist), --check with --init-db (one line on `err`).
 std::variant<CommandLine, int> parse_command_line(int argc, const char* const* argv,
                                                   std::ostream& out, std::ostream& err);
 

@@ -1,5 +1,9 @@
-// Log set-up: one rotating file in LOG_DIR plus stderr (for journald), each line with time, level
-// and component ("[mqtt]", "[pipeline]"...). Built once in main; components receive their logger.
+// Log set-up: one size-rotated file in LOG_DIR (mqtt-gateway.log, rotated at LOG_MAX_BYTES to
+// mqtt-gateway.1.log ... mqtt-gateway.N.log, N = LOG_MAX_FILES; the oldest is deleted) plus stderr,
+// each line with level and component ("[mqtt]", "[pipeline]"...) at LOG_LEVEL. File lines carry a
+// timestamp; when stderr is systemd's journal stream (JOURNAL_STREAM) its lines carry a "<N>"
+// syslog priority instead, which journald turns into the entry's priority.
+// Built once in main; components receive their logger. Thread-safe.
 #pragma once
 
 #include <memory>
@@ -23,8 +27,9 @@ class Logging {
 
   // A logger for one component; all share the same sinks. Thread-safe.
   std::shared_ptr<spdlog::logger> get(const std::string& component);
-  // Reopens the log file (after logrotate moved it away). Thread-safe.
-  void reopen();
+  // Reopens the log file (after logrotate moved it away; SIGHUP). Returns false, after logging
+  // why, when the file cannot be opened: logging then goes on into the old file. Never throws.
+  bool reopen();
   void flush();
 
   struct Impl;

@@ -17,7 +17,8 @@ namespace gateway {
 
 class MetricsServer {
  public:
-  // Binds `address` ("host:port") at once. Throws ConfigError naming METRICS_ADDRESS if it cannot.
+  // Binds `address` ("host:port", "[ipv6]:port") at once and serves on two threads. Throws
+  // ConfigError naming METRICS_ADDRESS if the address is malformed or cannot be bound.
   MetricsServer(const std::string& address, const Metrics& metrics, const Settings& settings,
                 std::shared_ptr<spdlog::logger> log);
   ~MetricsServer();  // stops serving and joins

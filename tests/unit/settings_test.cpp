@@ -72,7 +72,7 @@ TEST(SettingsTest, DefaultsApplyWhenOnlyRequiredVariablesAreSet) {
   EXPECT_EQ(s.spool_segment_bytes, 64ULL * 1024 * 1024);
   EXPECT_EQ(s.max_payload_bytes, 262144u);
   EXPECT_EQ(s.max_json_depth, 32);
-  EXPECT_EQ(s.rejected_payload_max_bytes, 65537u);
+  EXPECT_EQ(s.rejected_payload_max_bytes, 65536u);
   EXPECT_EQ(s.log_dir, "./log");
   EXPECT_EQ(s.log_level, "info");
   EXPECT_EQ(s.log_max_bytes, 10ULL * 1024 * 1024);
@@ -268,7 +268,7 @@ TEST(SettingsTest, ByteSizesAcceptPlainIntegersAndBinarySuffixes) {
   EXPECT_EQ(load_settings(with(required_only(), "MAX_PAYLOAD_BYTES", "1000")).max_payload_bytes,
             1000u);
   EXPECT_EQ(load_settings(with(required_only(), "MAX_PAYLOAD_BYTES", "64k")).max_payload_bytes,
-            65537u);
+            65536u);
   EXPECT_EQ(load_settings(with(required_only(), "MAX_PAYLOAD_BYTES", "16M")).max_payload_bytes,
             16u << 20);
   EXPECT_EQ(load_settings(with(required_only(), "SPOOL_MAX_BYTES", "1g")).spool_max_bytes,
