@@ -193,7 +193,7 @@ bool Pipeline::run_batch(std::int64_t flow_id, const std::vector<MessagePtr>& ba
       if (r.flow_missing) {
         log_->error("flow {} no longer exists; {} message(s) dropped", flow_id, part.size());
       } else {
-        const std::size_t stored = r.accepted - r.posted;
+        const std::size_t stored = r.accepted - r.posted - r.queued;  // queued: posted later
         metrics_.stored.fetch_add(stored, std::memory_order_relaxed);
         metrics_.posted.fetch_add(r.posted, std::memory_order_relaxed);
         metrics_.rejected.fetch_add(r.rejected, std::memory_order_relaxed);

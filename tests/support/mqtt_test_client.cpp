@@ -71,7 +71,9 @@ void disconnect_quietly(mqtt::async_client& client) {
 }  // namespace
 
 struct MqttTestClient::Impl {
-  Impl(const std::string& uri, std::string id_) : id(std::move(id_)), client(uri, id) {}
+  // Paho queues at most 100 unsent commands by default (error -12 beyond): allow the full window.
+  Impl(const std::string& uri, std::string id_)
+      : id(std::move(id_)), client(uri, id, mqtt::create_options(MQTTVERSION_3_1_1, 10000)) {}
   std::string id;
   mqtt::async_client client;
 };
