@@ -96,14 +96,15 @@ std::filesystem::path next_output_file(const std::filesystem::path& dir) {
 
 }  // namespace
 
-TempDir::TempDir(std::string_view prefix) {
+TempDir::TempDir(std::string_view prefix, bool keep_if_test_failed)
+    : keep_if_test_failed_(keep_if_test_failed) {
   std::string pattern = (std::filesystem::temp_directory_path() / prefix).string() + "XXXXXX";
   if (::mkdtemp(pattern.data()) == nullptr) throw system_failure("mkdtemp " + pattern, errno);
   path_ = pattern;
 }
 
 TempDir::~TempDir() {
-  if (keep_ || current_test_failed()) {
+  if (keep_ || (keep_if_test_failed_ && current_test_failed())) {
     std::cerr << "[ keeping  ] " << path_.string() << "\n";
     return;
   }

@@ -1,7 +1,7 @@
 #include "support/http_sink.h"
 
-// The same feature macros Debian's libcpp-httplib was built with (its .pc Cflags), so that the
-// library's and our view of httplib::Request agree.
+// The feature macros Debian's libcpp-httplib was built with (CMake passes them from its .pc
+// Cflags; repeated here for standalone builds), so the library's and our httplib::Request agree.
 #ifndef CPPHTTPLIB_OPENSSL_SUPPORT
 #define CPPHTTPLIB_OPENSSL_SUPPORT
 #endif

@@ -98,7 +98,10 @@ void run_services_command(std::string_view action) {
   env.emplace("GW_RUN_DIR", services.run_dir);  // no-op when already set
 
   const std::string description = services.services_script + " " + std::string(action);
-  GatewayProcess script(services.services_script, {std::string(action)}, std::move(env));
+  // The script's output goes into the exception below, so its directory is never kept.
+  const TempDir dir("gw_services_", /*keep_if_test_failed=*/false);
+  GatewayProcess script(services.services_script, {std::string(action)}, std::move(env),
+                        dir.path());
   const std::optional<int> status = script.wait_exit(kServicesCommandTimeout);
   if (!status) {
     script.kill(SIGKILL);

@@ -1,0 +1,97 @@
+// FakeHttpPoster: a scripted HttpPoster for unit tests. It records every request and answers
+// from a queue of results (then from a default result, 200 unless changed).
+// Thread-safe (one mutex), so a test may inspect it while worker threads post.
+#pragma once
+
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gateway/http_poster.h"
+
+namespace gateway::testing {
+
+class FakeHttpPoster final : public HttpPoster {
+ public:
+  // A plain answer with this status ("HTTP <status>" as error unless 2xx).
+  static HttpResult status_result(int status, std::string retry_after = {}) {
+    HttpResult result;
+    result.status = status;
+    if (!result.ok()) result.error = "HTTP " + std::to_string(status);
+    result.retry_after = std::move(retry_after);
+    return result;
+  }
+  // A transport failure (status 0), e.g. refused connection or timeout.
+  static HttpResult transport_error(std::string error = "Couldn't connect to server (curl 7)",
+                                    bool timed_out = false) {
+    HttpResult result;
+    result.error = std::move(error);
+    result.timed_out = timed_out;
+    return result;
+  }
+
+  // Records the request, runs the on_post hook (outside the lock), then returns the next
+  // scripted result or the default one.
+  HttpResult post(const HttpRequest& request) override {
+    std::function<void(const HttpRequest&)> hook;
+    HttpResult result;
+    {
+      std::lock_guard lock(mu_);
+      requests_.push_back(request);
+      hook = on_post_;
+      if (results_.empty()) {
+        result = default_result_;
+      } else {
+        result = std::move(results_.front());
+        results_.pop_front();
+      }
+    }
+    if (hook) hook(request);
+    return result;
+  }
+
+  // Queues results consumed in order by the next posts.
+  void push_result(HttpResult result) {
+    std::lock_guard lock(mu_);
+    results_.push_back(std::move(result));
+  }
+  void push_statuses(const std::vector<int>& statuses) {
+    for (const int status : statuses) push_result(status_result(status));
+  }
+  // The answer once the queue is empty.
+  void set_default_result(HttpResult result) {
+    std::lock_guard lock(mu_);
+    default_result_ = std::move(result);
+  }
+  // Called on the posting thread for every request (e.g. to block or to count).
+  void set_on_post(std::function<void(const HttpRequest&)> hook) {
+    std::lock_guard lock(mu_);
+    on_post_ = std::move(hook);
+  }
+
+  std::vector<HttpRequest> requests() const {
+    std::lock_guard lock(mu_);
+    return requests_;
+  }
+  std::size_t count() const {
+    std::lock_guard lock(mu_);
+    return requests_.size();
+  }
+  void clear_requests() {
+    std::lock_guard lock(mu_);
+    requests_.clear();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<HttpRequest> requests_;                // guarded by mu_
+  std::deque<HttpResult> results_;                   // guarded by mu_
+  HttpResult default_result_ = status_result(200);   // guarded by mu_
+  std::function<void(const HttpRequest&)> on_post_;  // guarded by mu_
+};
+
+}  // namespace gateway::testing
