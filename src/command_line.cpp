@@ -1,7 +1,6 @@
 #include "gateway/command_line.h"
 
 #include <CLI/CLI.hpp>
-
 #include <ostream>
 
 #include "schema_sql.h"
@@ -11,9 +10,10 @@ namespace gateway {
 std::variant<CommandLine, int> parse_command_line(int argc, const char* const* argv,
                                                   std::ostream& out, std::ostream& err) {
   CommandLine cl;
-  CLI::App app{"mqtt-gateway: MQTT to MariaDB/HTTP gateway. Settings come from the environment "
-               "and a .env file; see .env.example.",
-               "mqtt-gateway"};
+  CLI::App app{
+      "mqtt-gateway: MQTT to MariaDB/HTTP gateway. Settings come from the environment "
+      "and a .env file; see .env.example.",
+      "mqtt-gateway"};
   std::string env_file;
   app.add_option("--env-file", env_file, "Read settings from this file instead of ./.env")
       ->check(CLI::ExistingFile);

@@ -40,8 +40,8 @@ class SyslogPriorityFlag : public spdlog::custom_flag_formatter {
   }
 };
 
-// True when stderr is the journal stream systemd connected (JOURNAL_STREAM is "device:inode" of it),
-// not merely inherited from a parent that was.
+// True when stderr is the journal stream systemd connected (JOURNAL_STREAM is "device:inode" of
+// it), not merely inherited from a parent that was.
 bool stderr_is_journal() {
   const char* stream = std::getenv("JOURNAL_STREAM");
   struct stat st {};
@@ -58,7 +58,8 @@ struct Logging::Impl {
   std::size_t max_files;
   spdlog::level::level_enum level;
   // A dist sink in front of the file sink lets reopen() swap the file without touching loggers.
-  std::shared_ptr<spdlog::sinks::dist_sink_mt> file = std::make_shared<spdlog::sinks::dist_sink_mt>();
+  std::shared_ptr<spdlog::sinks::dist_sink_mt> file =
+      std::make_shared<spdlog::sinks::dist_sink_mt>();
   std::shared_ptr<spdlog::sinks::stderr_sink_mt> err =
       std::make_shared<spdlog::sinks::stderr_sink_mt>();
   std::mutex mu;
@@ -103,8 +104,8 @@ std::shared_ptr<spdlog::logger> Logging::get(const std::string& component) {
     if (l->name() == component) return l;
   }
   // The loggers never set a pattern themselves: each sink keeps its own (file vs journal).
-  auto l = std::make_shared<spdlog::logger>(component,
-                                            spdlog::sinks_init_list{impl_->file, impl_->err});
+  auto l =
+      std::make_shared<spdlog::logger>(component, spdlog::sinks_init_list{impl_->file, impl_->err});
   l->set_level(impl_->level);
   l->flush_on(spdlog::level::info);
   impl_->loggers.push_back(l);

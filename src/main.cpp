@@ -1,9 +1,8 @@
 // The composition root: settings, logging, adapters, the spool, the pipeline and the MQTT client
 // are built here, in this order, and torn down in reverse by scope. Nothing else lives here.
 #include <signal.h>
-#include <unistd.h>
-
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <condition_variable>
 #include <cstdlib>
@@ -197,10 +196,9 @@ std::string summary(const Metrics& m, const Spool& spool) {
   return fmt::format(
       "summary: received {}, stored {}, posted {}, rejected {}, redeliveries dropped {}, backlog "
       "{}, spool {:.1f} MiB{}, broker {}, database {}",
-      m.received.load(), m.stored.load(), m.posted.load(), m.rejected.load(),
-      m.redeliveries.load(), m.backlog.load(), static_cast<double>(st.bytes) / (1 << 20),
-      st.full ? " (FULL)" : "", m.broker_connected ? "up" : "down",
-      m.db_connected ? "up" : "down");
+      m.received.load(), m.stored.load(), m.posted.load(), m.rejected.load(), m.redeliveries.load(),
+      m.backlog.load(), static_cast<double>(st.bytes) / (1 << 20), st.full ? " (FULL)" : "",
+      m.broker_connected ? "up" : "down", m.db_connected ? "up" : "down");
 }
 
 int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,

@@ -68,9 +68,10 @@ std::string Metrics::prometheus_text() const {
   counter(o, "gateway_db_errors_total", "Failed database attempts (retried).", db_errors);
   counter(o, "gateway_backlog_messages", "Spooled messages not yet processed.", backlog, "gauge");
   counter(o, "gateway_spool_bytes", "Bytes in the spool.", spool_bytes, "gauge");
-  counter(o, "gateway_broker_connected", "1 while connected to the broker.", broker_connected ? 1 : 0,
+  counter(o, "gateway_broker_connected", "1 while connected to the broker.",
+          broker_connected ? 1 : 0, "gauge");
+  counter(o, "gateway_db_connected", "1 while the database answers.", db_connected ? 1 : 0,
           "gauge");
-  counter(o, "gateway_db_connected", "1 while the database answers.", db_connected ? 1 : 0, "gauge");
   counter(o, "gateway_last_reload_timestamp_seconds", "Unix time of the last flow reload.",
           static_cast<std::uint64_t>(last_reload_unix.load()), "gauge");
 

@@ -46,12 +46,12 @@ MetricsServer::MetricsServer(const std::string& address, const Metrics& metrics,
   impl_->server.Get("/metrics", [&metrics](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics.prometheus_text(), "text/plain; version=0.0.4");
   });
-  impl_->server.Get("/healthz", [&metrics, limit_ms](const httplib::Request&,
-                                                     httplib::Response& res) {
-    const std::string problem = health_problem(metrics, steady_now_ms(), limit_ms);
-    res.status = problem.empty() ? 200 : 503;
-    res.set_content(problem.empty() ? "ok\n" : problem + "\n", "text/plain");
-  });
+  impl_->server.Get(
+      "/healthz", [&metrics, limit_ms](const httplib::Request&, httplib::Response& res) {
+        const std::string problem = health_problem(metrics, steady_now_ms(), limit_ms);
+        res.status = problem.empty() ? 200 : 503;
+        res.set_content(problem.empty() ? "ok\n" : problem + "\n", "text/plain");
+      });
   if (!impl_->server.bind_to_port(where->host, where->port)) {
     throw ConfigError("METRICS_ADDRESS: cannot listen on " + address);
   }

@@ -20,15 +20,15 @@ struct FlowCounters {
 
 class Metrics {
  public:
-  std::atomic<std::uint64_t> received{0};       // spooled messages
-  std::atomic<std::uint64_t> redeliveries{0};   // broker redeliveries recognised and dropped
-  std::atomic<std::uint64_t> unrouted{0};       // messages no flow matched
-  std::atomic<std::uint64_t> stored{0};         // messages stored (STORE_DB)
-  std::atomic<std::uint64_t> posted{0};         // messages delivered (POST_ENDPOINT)
-  std::atomic<std::uint64_t> rejected{0};       // dead letters
-  std::atomic<std::uint64_t> transactions{0};   // committed flow transactions
-  std::atomic<std::uint64_t> db_errors{0};      // failed attempts (retried)
-  std::atomic<std::uint64_t> backlog{0};        // spooled messages not yet fully processed
+  std::atomic<std::uint64_t> received{0};      // spooled messages
+  std::atomic<std::uint64_t> redeliveries{0};  // broker redeliveries recognised and dropped
+  std::atomic<std::uint64_t> unrouted{0};      // messages no flow matched
+  std::atomic<std::uint64_t> stored{0};        // messages stored (STORE_DB)
+  std::atomic<std::uint64_t> posted{0};        // messages delivered (POST_ENDPOINT)
+  std::atomic<std::uint64_t> rejected{0};      // dead letters
+  std::atomic<std::uint64_t> transactions{0};  // committed flow transactions
+  std::atomic<std::uint64_t> db_errors{0};     // failed attempts (retried)
+  std::atomic<std::uint64_t> backlog{0};       // spooled messages not yet fully processed
   std::atomic<std::uint64_t> spool_bytes{0};
   std::atomic<bool> broker_connected{false};
   std::atomic<bool> db_connected{false};

@@ -115,7 +115,8 @@ HttpAnswer http_get(int port, const std::string& path) {
   // "HTTP/1.1 200 OK\r\n...\r\n\r\nbody"
   const auto space = raw.find(' ');
   const auto header_end = raw.find("\r\n\r\n");
-  if (raw.rfind("HTTP/1.", 0) != 0 || space == std::string::npos || header_end == std::string::npos) {
+  if (raw.rfind("HTTP/1.", 0) != 0 || space == std::string::npos ||
+      header_end == std::string::npos) {
     return answer;
   }
   answer.status = std::atoi(raw.c_str() + space + 1);
@@ -239,7 +240,8 @@ class DatabaseRestarter {
   bool stopped_ = false;
 };
 
-// ---- the command line ----------------------------------------------------------------------------
+// ---- the command line
+// ----------------------------------------------------------------------------
 
 class OpsCommandLine : public GatewayE2eTest {};
 
@@ -293,7 +295,8 @@ TEST_F(OpsCommandLine, BadSettingIsOneLineNamingItAndExitCodeTwo) {
 
 TEST_F(OpsCommandLine, CheckListsTheBrokerAndTheEnabledFlowsAndExitsZero) {
   db_.insert_flow("stored", prefix_ + "/s/+", "STORE_DB", std::nullopt);
-  db_.insert_flow("posted", prefix_ + "/p/#", "POST_ENDPOINT", std::nullopt, "http://127.0.0.1:9/x");
+  db_.insert_flow("posted", prefix_ + "/p/#", "POST_ENDPOINT", std::nullopt,
+                  "http://127.0.0.1:9/x");
   db_.insert_flow("off", prefix_ + "/off", "STORE_DB", std::nullopt, std::nullopt, false);
   const Outcome o = run_gateway({"--check"}, env());
   EXPECT_EQ(o.code, 0) << o.output;
@@ -353,10 +356,12 @@ TEST_F(OpsCommandLine, InitDbCreatesTheSchemaOnAnEmptyDatabaseAndIsIdempotent) {
     EXPECT_EQ(o.code, 0) << "round " << round << ": " << o.output;
     EXPECT_NE(o.output.find("schema applied"), std::string::npos) << o.output;
   }
-  EXPECT_EQ(empty.query_int("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '" +
-                            empty.name() + "' AND table_name IN ('flows', 'mqtt_servers', "
-                                           "'data_records', 'rejected_messages')"),
-            4);
+  EXPECT_EQ(
+      empty.query_int("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '" +
+                      empty.name() +
+                      "' AND table_name IN ('flows', 'mqtt_servers', "
+                      "'data_records', 'rejected_messages')"),
+      4);
 
   // The schema is there now; what is missing is a broker row.
   o = run_gateway({"--check"}, e);
@@ -385,12 +390,13 @@ TEST_F(OpsCommandLine, EnvFileSuppliesTheSettingsAndTheEnvironmentWins) {
   EXPECT_NE(o.output.find("schema: ok"), std::string::npos) << o.output;
 
   // Without the environment's DB_PORT, the file's unreachable port is used and named.
-  const Outcome bad = run_gateway({"--env-file", file.string(), "--check"},
-                                  {{"DB_CONNECT_TIMEOUT_SECONDS", "2"}});
+  const Outcome bad =
+      run_gateway({"--env-file", file.string(), "--check"}, {{"DB_CONNECT_TIMEOUT_SECONDS", "2"}});
   EXPECT_EQ(bad.code, 1) << bad.output;
 }
 
-// ---- the daemon ----------------------------------------------------------------------------------
+// ---- the daemon
+// ----------------------------------------------------------------------------------
 
 class OpsDaemon : public GatewayE2eTest {
  protected:
@@ -409,7 +415,8 @@ TEST_F(OpsDaemon, StartUpLogsVersionAndSettingsWithoutThePasswordThenSummaryLine
   std::this_thread::sleep_for(3s);
   const std::string out = gateway_->output();
   std::size_t summaries = 0;
-  for (auto at = out.find("summary: "); at != std::string::npos; at = out.find("summary: ", at + 1)) {
+  for (auto at = out.find("summary: "); at != std::string::npos;
+       at = out.find("summary: ", at + 1)) {
     ++summaries;
   }
   EXPECT_GE(summaries, 3u) << out;
@@ -464,6 +471,7 @@ TEST_F(OpsDaemon, SigtermDuringLoadExitsZeroAndLosesNothing) {
   const auto took = std::chrono::steady_clock::now() - signalled;
   const std::int64_t at_exit = count(stored_sql);
   load.join();
+  RecordProperty("stored_at_first_exit", std::to_string(at_exit));
   ASSERT_TRUE(started) << gateway_->output();
   ASSERT_TRUE(published) << publish_error;
   EXPECT_EQ(code, 0) << gateway_->output();
@@ -476,14 +484,39 @@ TEST_F(OpsDaemon, SigtermDuringLoadExitsZeroAndLosesNothing) {
 
   // The rest comes from the spool and from the broker's session on the next start.
   start_gateway(dir.path());
-  EXPECT_TRUE(wait_for_count(
-      "SELECT COUNT(DISTINCT field_value) FROM data_records WHERE flow_id = " + std::to_string(flow),
-      kMessages, 40s))
+  EXPECT_TRUE(
+      wait_for_count("SELECT COUNT(DISTINCT field_value) FROM data_records WHERE flow_id = " +
+                         std::to_string(flow),
+                     kMessages, 40s))
       << at_exit << " at the first exit, now " << count(stored_sql);
   EXPECT_EQ(count("SELECT COUNT(DISTINCT field_value) FROM data_records WHERE flow_id = " +
                   std::to_string(flow)),
             kMessages);
   EXPECT_EQ(count("SELECT COUNT(*) FROM rejected_messages"), 0);
+}
+
+TEST_F(OpsDaemon, ShutdownIsBoundedByShutdownTimeoutEvenWhenAPostHangs) {
+  HttpSink sink;
+  sink.set_delay(25s);  // answers long after the shutdown deadline
+  db_.insert_flow("slow", prefix_ + "/slow", "POST_ENDPOINT", std::nullopt, sink.url("/slow"));
+  extra_env_["SHUTDOWN_TIMEOUT_SECONDS"] = "2";
+  extra_env_["HTTP_TIMEOUT_SECONDS"] = "60";
+  start_gateway();
+  publisher().publish(prefix_ + "/slow", R"({"v": 1})");
+  ASSERT_TRUE(sink.wait_for_count(1, 10s)) << gateway_->output();
+
+  const auto signalled = std::chrono::steady_clock::now();
+  gateway_->kill(SIGTERM);
+  const auto code = gateway_->wait_exit(15s);
+  ASSERT_TRUE(code.has_value()) << "still running 15 s after SIGTERM";
+  EXPECT_LT(std::chrono::steady_clock::now() - signalled, 6s);
+  // Either the POST was abandoned cleanly, or the deadline ended the process and said so.
+  if (*code != 0) {
+    EXPECT_EQ(*code, 1);
+    EXPECT_NE(gateway_->output().find("shutdown did not finish within SHUTDOWN_TIMEOUT_SECONDS=2"),
+              std::string::npos)
+        << gateway_->output();
+  }
 }
 
 TEST_F(OpsDaemon, SighupLoadsANewFlowAtOnceAndReopensTheLogFile) {
@@ -525,7 +558,9 @@ TEST_F(OpsDaemon, LogRotationKeepsTheConfiguredNumberOfFiles) {
   publisher().publish_many(messages);
   ASSERT_TRUE(wait_for_count("SELECT COUNT(*) FROM rejected_messages", kMessages, 30s))
       << gateway_->output().substr(0, 4000);
-  ASSERT_GT(gateway_->output().size(), 5 * kMaxBytes) << "not enough logged to rotate";
+  // The rows are visible a moment before the lines are written.
+  ASSERT_TRUE(wait_until([&] { return gateway_->output().size() > 5 * kMaxBytes; }, 10s))
+      << "not enough logged to rotate: " << gateway_->output().size() << " bytes";
 
   std::set<std::string> names;
   for (const auto& entry : std::filesystem::directory_iterator(log_dir())) {
@@ -538,6 +573,27 @@ TEST_F(OpsDaemon, LogRotationKeepsTheConfiguredNumberOfFiles) {
             std::string::npos);
 }
 
+TEST_F(OpsDaemon, UnderJournaldStderrLinesCarrySyslogPrioritiesInsteadOfTimestamps) {
+  db_.insert_flow("j", prefix_ + "/j", "STORE_DB", R"({"n": "number"})");
+  // systemd sets JOURNAL_STREAM to stderr's device:inode; a shell does the same here.
+  GatewayProcess gw(
+      "/bin/sh",
+      {"-c", "JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$0\"", GATEWAY_BINARY},
+      env());
+  ASSERT_TRUE(gw.wait_for_output("ready", 20s)) << gw.output();
+  publisher().publish(prefix_ + "/j", "not json");
+  ASSERT_TRUE(gw.wait_for_output("rejected: flow j", 10s)) << gw.output();
+  const std::string out = gw.output();
+  EXPECT_NE(out.find(std::string("<6>[main] mqtt-gateway ") + GATEWAY_VERSION + " starting"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("<4>[pipeline] rejected: flow j"), std::string::npos) << out;
+  // The file keeps its timestamps.
+  const std::string log = read_file(gw.work_dir() / "log" / "mqtt-gateway.log");
+  EXPECT_NE(log.find(" info  [main] mqtt-gateway "), std::string::npos) << log;
+  EXPECT_EQ(log.find("<6>"), std::string::npos) << log;
+}
+
 TEST_F(OpsDaemon, MetricsCountersMatchWhatWasPublished) {
   HttpSink sink;
   db_.insert_flow("m", prefix_ + "/m", "STORE_DB", R"({"n": "number"})");
@@ -547,10 +603,12 @@ TEST_F(OpsDaemon, MetricsCountersMatchWhatWasPublished) {
   start_gateway();
   ASSERT_TRUE(gateway_->wait_for_output("metrics and health on", 5s)) << gateway_->output();
 
-  for (int i = 0; i < 5; ++i) publisher().publish(prefix_ + "/m", R"({"n": )" + std::to_string(i) + "}");
+  for (int i = 0; i < 5; ++i)
+    publisher().publish(prefix_ + "/m", R"({"n": )" + std::to_string(i) + "}");
   publisher().publish(prefix_ + "/m", "not json");
   publisher().publish(prefix_ + "/m", R"({"n": "seven"})");
-  for (int i = 0; i < 3; ++i) publisher().publish(prefix_ + "/p", R"({"k": )" + std::to_string(i) + "}");
+  for (int i = 0; i < 3; ++i)
+    publisher().publish(prefix_ + "/p", R"({"k": )" + std::to_string(i) + "}");
   ASSERT_TRUE(wait_for_count("SELECT last_msg_id FROM flows WHERE code = 'm'", 5));
   ASSERT_TRUE(wait_for_count("SELECT COUNT(*) FROM rejected_messages", 2));
   ASSERT_TRUE(sink.wait_for_count(3, 10s));
@@ -572,6 +630,8 @@ TEST_F(OpsDaemon, MetricsCountersMatchWhatWasPublished) {
   EXPECT_EQ(metric(text, R"(gateway_flow_messages_received_total{flow="p"})"), 3.0) << text;
   EXPECT_EQ(metric(text, "gateway_messages_received_total"), 10.0) << text;
   EXPECT_EQ(metric(text, "gateway_messages_stored_total"), 5.0) << text;
+  EXPECT_EQ(metric(text, R"(gateway_flow_messages_stored_total{flow="p"})").value_or(0), 0.0)
+      << text;
   EXPECT_EQ(metric(text, "gateway_messages_posted_total"), 3.0) << text;
   EXPECT_EQ(metric(text, "gateway_messages_rejected_total"), 2.0) << text;
   EXPECT_EQ(metric(text, "gateway_backlog_messages"), 0.0) << text;
