@@ -55,6 +55,10 @@ class GatewayE2eTest : public ::testing::Test {
 
   // Starts the gateway (in `dir` to reuse a previous run's spool) and waits until it is ready.
   GatewayProcess& start_gateway(const std::filesystem::path& dir = {}) {
+    // Keep the previous run's directory (spool, logs) alive for a restart in it.
+    if (gateway_) {
+      if (auto owned = gateway_->take_work_dir()) old_dirs_.push_back(std::move(owned));
+    }
     gateway_.reset();
     gateway_ = std::make_unique<GatewayProcess>(GATEWAY_BINARY, std::vector<std::string>{}, env(),
                                                 dir);
@@ -82,6 +86,7 @@ class GatewayE2eTest : public ::testing::Test {
   std::string prefix_;
   std::string client_id_;
   std::map<std::string, std::string> extra_env_;
+  std::vector<std::unique_ptr<TempDir>> old_dirs_;  // before gateway_: outlives it
   std::unique_ptr<GatewayProcess> gateway_;
   std::unique_ptr<MqttTestClient> publisher_;
 };
