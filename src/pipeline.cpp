@@ -64,7 +64,13 @@ void Pipeline::dispatch_loop() {
   for (;;) {
     {
       std::unique_lock lock(mu_);
-      space_cv_.wait(lock, [this] { return stopping_ || in_flight_.size() < options_.max_in_flight; });
+      // Waiting for room is progress too (the workers are retrying the database): keep the
+      // watchdog fed while the dispatcher itself is alive.
+      while (!space_cv_.wait_for(lock, std::chrono::seconds(1), [this] {
+        return stopping_ || in_flight_.size() < options_.max_in_flight;
+      })) {
+        metrics_.last_progress_ms.store(steady_now_ms(), std::memory_order_relaxed);
+      }
       if (stopping_) return;
     }
     std::optional<SpoolRecord> record = spool_.read_next(std::chrono::milliseconds(100));
