@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the whole test suite: build, unit/integration/e2e tests against
+# throwaway MariaDB + mosquitto, an ASan+UBSan build, fuzzers, clang-format, the systemd unit check
+# and a scan of the logs for leaked passwords. Exits non-zero if anything fails.
+#
+#   GW_SKIP_APT=1    skip apt-get (scripts/setup.sh)
+#   GW_SKIP_ASAN=1   skip the sanitizer build and its tests      } quick local runs only;
+#   GW_SKIP_FUZZ=1   skip the fuzzers                             } CI runs everything
+#   GW_FUZZ_SECONDS  run time of each fuzzer (default 30)
+set -euo pipefail
+
+REPO_DIR="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd -P)"
+cd "$REPO_DIR"
+PATH="${PATH:-/usr/bin:/bin}:/usr/sbin:/sbin"
+
+FUZZ_SECONDS="${GW_FUZZ_SECONDS:-30}"
+[[ $FUZZ_SECONDS =~ ^[0-9]+$ ]] || {
+  echo "test: GW_FUZZ_SECONDS must be a number of seconds" >&2
+  exit 2
+}
+
+export GW_RUN_DIR="$REPO_DIR/.run/test"
+# Not run-local's ports, so both can run at once.
+export GW_DB_PORT=3317 GW_MQTT_PORT=1894 GW_MQTT_TLS_PORT=8894
+SERVICES="$REPO_DIR/scripts/services.sh"
+
+STEP=0
+STEPS_TOTAL=9
+FAILED=()
+PASSED=()
+TESTS_PASSED=0
+TESTS_FAILED=0
+
+banner() {
+  STEP=$((STEP + 1))
+  printf '\n==== [%d/%d] %s ====\n' "$STEP" "$STEPS_TOTAL" "$*"
+}
+ok() { PASSED+=("$1"); }
+failed() {
+  FAILED+=("$1")
+  printf 'test: FAILED: %s\n' "$1" >&2
+}
+
+summary() {
+  printf '\n==== summary ====\n'
+  local s
+  for s in "${PASSED[@]}"; do printf 'ok      %s\n' "$s"; done
+  for s in "${FAILED[@]}"; do printf 'FAILED  %s\n' "$s"; done
+  # The ctest counts of this run (both builds), as one plain line.
+  printf 'tests: %d passed, %d failed\n' "$TESTS_PASSED" "$TESTS_FAILED"
+}
+
+services_started=0
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if ((services_started)); then bash "$SERVICES" stop || true; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "test: interrupted" >&2; exit 130' INT TERM
+
+# Runs ctest with the given arguments, adds its counts to the totals; returns its exit status.
+run_ctest() {
+  local log rc=0 line total nfail
+  log="$(mktemp)"
+  ctest --output-on-failure --timeout 600 --no-tests=error "$@" 2>&1 | tee "$log" || rc=$?
+  # "100% tests passed, 0 tests failed out of 57"
+  line="$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1 || true)"
+  if [[ -n $line ]]; then
+    total="$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$line")"
+    nfail="$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")"
+    TESTS_PASSED=$((TESTS_PASSED + total - nfail))
+    TESTS_FAILED=$((TESTS_FAILED + nfail))
+  fi
+  rm -f "$log"
+  return "$rc"
+}
+
+# ------------------------------------------------------------------------------------------------
+banner "setup (apt packages)"
+bash scripts/setup.sh
+ok setup
+
+banner "build build/ (RelWithDebInfo, -Werror)"
+# Nothing after this makes sense without the binaries: stop here if the build fails.
+if ! cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGATEWAY_WERROR=ON >/dev/null ||
+  ! cmake --build build -j2; then
+  failed "build build/"
+  summary
+  exit 1
+fi
+ok "build build/"
+
+banner "services (MariaDB 127.0.0.1:$GW_DB_PORT, mosquitto 127.0.0.1:$GW_MQTT_PORT, TLS $GW_MQTT_TLS_PORT)"
+# A fresh run dir: no databases, broker sessions or logs left over from an earlier run.
+bash "$SERVICES" stop >/dev/null 2>&1 || true
+rm -rf "$GW_RUN_DIR"
+services_started=1
+bash "$SERVICES" start
+set -a
+# shellcheck source=/dev/null
+source "$GW_RUN_DIR/services.env"
+set +a
+ok services
+
+banner "ctest build/ (all tests, serially: some restart the services)"
+if run_ctest --test-dir build; then ok "ctest build/"; else failed "ctest build/"; fi
+
+banner "ASan+UBSan build build-asan/ and its unit + integration tests"
+if [[ ${GW_SKIP_ASAN:-0} == 1 ]]; then
+  echo "test: GW_SKIP_ASAN=1: skipped"
+  PASSED+=("asan (skipped: GW_SKIP_ASAN=1)")
+elif cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGATEWAY_SANITIZE=ON \
+  -DGATEWAY_WERROR=ON -DGATEWAY_BUILD_BENCH=OFF >/dev/null &&
+  cmake --build build-asan -j2 --target unit_tests integration_tests; then
+  if ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1" \
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+    run_ctest --test-dir build-asan -L 'unit|integration'; then
+    ok "ctest build-asan/"
+  else
+    failed "ctest build-asan/"
+  fi
+else
+  failed "build build-asan/"
+fi
+
+banner "fuzzers (${FUZZ_SECONDS}s each)"
+# Sources each fuzzer links, besides its own file.
+fuzz_inputs() {
+  case "$1" in
+    payload_fuzzer) echo "src/payload.cpp src/payload_schema.cpp src/topic_filter.cpp" ;;
+    spool_fuzzer)
+      echo "src/spool.cpp -lz -lspdlog -lfmt -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL"
+      ;;
+    *) return 1 ;;
+  esac
+}
+run_fuzzer() { # name
+  local name="$1" bin="build/$1" log="build/fuzz/$1.log" corpus="build/fuzz/$1-corpus" inputs
+  local -a args
+  if ! inputs="$(fuzz_inputs "$name")"; then
+    failed "fuzz $name: no build recipe in scripts/test.sh"
+    return
+  fi
+  read -r -a args <<<"$inputs"
+  mkdir -p build/fuzz "$corpus"
+  if ! clang++-14 -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude "fuzz/$name.cpp" \
+    "${args[@]}" -o "$bin"; then
+    failed "fuzz $name: build"
+    return
+  fi
+  local -a dirs=("$corpus")
+  [[ -d fuzz/corpus/$name ]] && dirs+=("fuzz/corpus/$name")
+  if "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 \
+    -artifact_prefix="build/fuzz/$name-" -print_final_stats=1 "${dirs[@]}" >"$log" 2>&1; then
+    printf 'fuzz %s: %s\n' "$name" "$(grep -E '^Done [0-9]+ runs' "$log" | tail -n 1)"
+    ok "fuzz $name"
+  else
+    tail -n 60 "$log" >&2
+    failed "fuzz $name (log: $log)"
+  fi
+}
+if [[ ${GW_SKIP_FUZZ:-0} == 1 ]]; then
+  echo "test: GW_SKIP_FUZZ=1: skipped"
+  PASSED+=("fuzz (skipped: GW_SKIP_FUZZ=1)")
+else
+  found=0
+  for src in fuzz/*.cpp; do
+    [[ -s $src ]] || continue
+    found=1
+    run_fuzzer "$(basename "$src" .cpp)"
+  done
+  ((found)) || echo "test: no non-empty fuzz/*.cpp"
+fi
+
+banner "clang-format --dry-run --Werror"
+mapfile -d '' format_files < <(find src include tests bench fuzz -type f \( -name '*.h' -o -name '*.cpp' \) -print0 | sort -z)
+if clang-format --dry-run --Werror "${format_files[@]}"; then
+  ok "clang-format (${#format_files[@]} files)"
+else
+  failed "clang-format (run: clang-format -i on the files above)"
+fi
+
+banner "systemd-analyze verify systemd/mqtt-gateway.service"
+# verify insists that ExecStart exists: check a copy (same file name) that runs the built binary.
+unit_dir="$(mktemp -d)"
+sed "s|^ExecStart=/usr/bin/mqtt-gateway |ExecStart=$REPO_DIR/build/mqtt-gateway |" \
+  systemd/mqtt-gateway.service >"$unit_dir/mqtt-gateway.service"
+if ! grep -q "^ExecStart=$REPO_DIR/build/mqtt-gateway " "$unit_dir/mqtt-gateway.service"; then
+  failed "systemd unit: no 'ExecStart=/usr/bin/mqtt-gateway ' line to point at the build"
+elif verify_out="$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify "$unit_dir/mqtt-gateway.service" 2>&1)" &&
+  ! grep -F 'mqtt-gateway.service' <<<"$verify_out"; then
+  [[ -z $verify_out ]] || printf '%s\n' "$verify_out"
+  ok "systemd-analyze verify"
+else
+  printf '%s\n' "$verify_out" >&2
+  failed "systemd-analyze verify"
+fi
+rm -rf "$unit_dir"
+
+banner "no passwords in logs"
+# Every password the tests use: the fixed one and any *PASSWORD* value in services.env.
+mapfile -t secrets < <({
+  echo gwpass
+  sed -n 's/^[A-Z_]*PASSWORD[A-Z_]*=//p' "$GW_RUN_DIR/services.env"
+} | sort -u | grep -v '^$')
+log_files=()
+for dir in "$GW_RUN_DIR" build/Testing build-asan/Testing; do
+  [[ -d $dir ]] || continue
+  # Logs only: the database files may hold passwords legitimately (e.g. mqtt_servers.password).
+  while IFS= read -r -d '' f; do log_files+=("$f"); done < <(
+    find "$dir" -path "$GW_RUN_DIR/mariadb/data" -prune -o -type f \
+      \( -name '*.log' -o -name '*.log.[0-9]*' -o -path '*/log/*' -o -path '*/logs/*' \) -print0
+  )
+done
+leaks=""
+if ((${#log_files[@]})); then
+  grep_args=()
+  for s in "${secrets[@]}"; do grep_args+=(-e "$s"); done
+  leaks="$(grep -l -F "${grep_args[@]}" -- "${log_files[@]}" || true)"
+fi
+if [[ -n $leaks ]]; then
+  printf 'a test password appears in:\n%s\n' "$leaks" >&2
+  failed "passwords in logs"
+else
+  echo "checked ${#log_files[@]} log files for ${#secrets[@]} password(s): none found"
+  ok "no passwords in logs"
+fi
+
+summary
+((${#FAILED[@]} == 0))
