@@ -15,18 +15,16 @@
 //   report     prints the table and checks the targets of issue 4.
 //
 // Single-threaded except for Paho's callback thread in `subscribe` (see Receiver).
-#include <sys/resource.h>
-#include <unistd.h>
-
-#include <CLI/CLI.hpp>
 #include <cppconn/connection.h>
 #include <cppconn/driver.h>
 #include <cppconn/exception.h>
 #include <cppconn/resultset.h>
 #include <cppconn/statement.h>
 #include <mqtt/async_client.h>
-#include <nlohmann/json.hpp>
+#include <sys/resource.h>
+#include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -38,6 +36,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -188,8 +187,13 @@ struct PublishArgs {
 };
 
 int publish(const PublishArgs& a) {
-  const std::string id = a.client_id.empty() ? "gw-bench-pub-" + std::to_string(getpid()) : a.client_id;
-  mqtt::async_client client(uri(a.host, a.port), id, mqtt::create_options(MQTTVERSION_3_1_1));
+  const std::string id =
+      a.client_id.empty() ? "gw-bench-pub-" + std::to_string(getpid()) : a.client_id;
+  // Paho queues publishes it has not sent yet as "buffered" (default limit 100); the window of
+  // unacknowledged messages is what bounds them here.
+  mqtt::async_client client(
+      uri(a.host, a.port), id,
+      mqtt::create_options(MQTTVERSION_3_1_1, static_cast<int>(a.outstanding) + 1));
   auto opts = mqtt::connect_options_builder()
                   .mqtt_version(MQTTVERSION_3_1_1)
                   .clean_session(true)
@@ -197,7 +201,8 @@ int publish(const PublishArgs& a) {
                   .max_inflight(static_cast<int>(a.outstanding))
                   .finalize();
   client.connect(opts)->wait_for(10s);
-  if (!client.is_connected()) throw std::runtime_error("publish: cannot connect to " + uri(a.host, a.port));
+  if (!client.is_connected())
+    throw std::runtime_error("publish: cannot connect to " + uri(a.host, a.port));
 
   std::vector<std::string> topics;
   for (int k = 1; k <= a.flows; ++k) topics.push_back(a.prefix + "/" + std::to_string(k));
@@ -207,9 +212,8 @@ int publish(const PublishArgs& a) {
   char payload[160];
   for (std::int64_t seq = 1; seq <= a.count; ++seq) {
     if (a.rate > 0) {
-      std::this_thread::sleep_until(
-          started + std::chrono::microseconds(static_cast<std::int64_t>(
-                        static_cast<double>(seq - 1) * 1e6 / a.rate)));
+      std::this_thread::sleep_until(started + std::chrono::microseconds(static_cast<std::int64_t>(
+                                                  static_cast<double>(seq - 1) * 1e6 / a.rate)));
     }
     while (pending.size() >= a.outstanding) {
       if (!pending.front()->wait_for(30s)) throw std::runtime_error("publish: no PUBACK for 30 s");
@@ -259,12 +263,14 @@ class Receiver {
   void on_message(std::string_view payload) {
     const std::int64_t done = now_us();
     const std::size_t i = n_.load(std::memory_order_relaxed);
-    if (i < slots_.size()) slots_[i] = {int_field(payload, "seq"), int_field(payload, "sent_us"), done};
+    if (i < slots_.size())
+      slots_[i] = {int_field(payload, "seq"), int_field(payload, "sent_us"), done};
     n_.store(i + 1, std::memory_order_release);  // only this thread writes n_
   }
   std::size_t count() const { return n_.load(std::memory_order_acquire); }
   std::vector<Delivery> deliveries() const {
-    return {slots_.begin(), slots_.begin() + static_cast<std::ptrdiff_t>(std::min(count(), slots_.size()))};
+    return {slots_.begin(),
+            slots_.begin() + static_cast<std::ptrdiff_t>(std::min(count(), slots_.size()))};
   }
 
  private:
@@ -281,7 +287,8 @@ std::int64_t own_cpu_us() {
 
 int subscribe(const SubscribeArgs& a) {
   Receiver receiver(static_cast<std::size_t>(a.count) * 2);
-  mqtt::async_client client(uri(a.host, a.port), a.client_id, mqtt::create_options(MQTTVERSION_3_1_1));
+  mqtt::async_client client(uri(a.host, a.port), a.client_id,
+                            mqtt::create_options(MQTTVERSION_3_1_1));
   client.set_message_callback([&receiver](mqtt::const_message_ptr m) {
     const auto& p = m->get_payload_ref();
     receiver.on_message(std::string_view(p.data(), p.size()));
@@ -294,12 +301,14 @@ int subscribe(const SubscribeArgs& a) {
   const std::int64_t cpu0 = own_cpu_us();
   const std::int64_t t0 = now_us();
   client.connect(opts)->wait_for(10s);
-  if (!client.is_connected()) throw std::runtime_error("subscribe: cannot connect to " + uri(a.host, a.port));
+  if (!client.is_connected())
+    throw std::runtime_error("subscribe: cannot connect to " + uri(a.host, a.port));
   client.subscribe(a.filter, a.qos)->wait_for(10s);
   touch(a.ready_file);
   if (a.session_only) {
     client.disconnect()->wait_for(10s);
-    std::fprintf(stderr, "subscribe: session %s on %s created\n", a.client_id.c_str(), a.filter.c_str());
+    std::fprintf(stderr, "subscribe: session %s on %s created\n", a.client_id.c_str(),
+                 a.filter.c_str());
     return 0;
   }
 
@@ -339,9 +348,9 @@ struct CollectArgs {
   std::string db_password;
   std::string db;
   std::int64_t count = 100000;
-  int pid = 0;                 // the gateway: CPU and peak RSS
-  bool cpu_from_start = false; // count the gateway's CPU since it started (backlog runs)
-  std::int64_t t0_us = 0;      // start of the interval; 0 = the first publish
+  int pid = 0;                  // the gateway: CPU and peak RSS
+  bool cpu_from_start = false;  // count the gateway's CPU since it started (backlog runs)
+  std::int64_t t0_us = 0;       // start of the interval; 0 = the first publish
   double stall_seconds = 20;
   std::string ready_file;
   std::string name = "gateway", kind = "gateway", mode = "burst";
@@ -370,7 +379,8 @@ int collect(const CollectArgs& a) {
   std::unique_ptr<sql::Statement> st(conn->createStatement());
   // What is committed; a message counts once, however many fields it has.
   auto stored = [&] {
-    std::unique_ptr<sql::ResultSet> rs(st->executeQuery("SELECT COALESCE(SUM(last_msg_id), 0) FROM flows"));
+    std::unique_ptr<sql::ResultSet> rs(
+        st->executeQuery("SELECT COALESCE(SUM(last_msg_id), 0) FROM flows"));
     rs->next();
     return rs->getInt64(1);
   };
@@ -416,7 +426,8 @@ int collect(const CollectArgs& a) {
   }
   Tally t = tally(deliveries, a.count);
   json r = result_json(a.name, a.kind, a.mode, t, a.t0_us);
-  r["cpu_us_per_msg"] = cpu && t.unique ? json(static_cast<double>(*cpu) / static_cast<double>(t.unique)) : json();
+  r["cpu_us_per_msg"] =
+      cpu && t.unique ? json(static_cast<double>(*cpu) / static_cast<double>(t.unique)) : json();
   r["peak_rss_mb"] = rss ? json(static_cast<double>(*rss) / 1024.0) : json();
   std::cout << r.dump() << std::endl;
   std::fprintf(stderr, "collect: %s\n", r.dump().c_str());
@@ -425,13 +436,37 @@ int collect(const CollectArgs& a) {
 
 // ------------------------------------------------------------------------------------------ idle
 
-int idle(int pid, double seconds) {
-  const auto before = process_cpu_us(pid);
+// Busy CPU time of the whole machine (all cores) in µs, from the first line of /proc/stat.
+std::int64_t machine_busy_us() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  std::int64_t user = 0, nice = 0, system = 0, idle_t = 0, iowait = 0, irq = 0, softirq = 0,
+               steal = 0;
+  in >> cpu >> user >> nice >> system >> idle_t >> iowait >> irq >> softirq >> steal;
+  return (user + nice + system + irq + softirq + steal) * 1000000 / sysconf(_SC_CLK_TCK);
+}
+
+// pid != 0: that process's CPU time over `seconds` (kind "idle"); always: the machine's busy
+// cores meanwhile, less what the `exclude` processes (our database and broker catching up) used:
+// foreign load when the benchmark itself is idle (kind "load").
+int idle(int pid, double seconds, const std::string& name, const std::vector<int>& exclude) {
+  const auto before = pid ? process_cpu_us(pid) : std::optional<std::int64_t>(0);
+  auto ours = [&] {
+    std::int64_t sum = 0;
+    for (int p : exclude) sum += process_cpu_us(p).value_or(0);
+    return sum;
+  };
+  const std::int64_t busy0 = machine_busy_us() - ours();
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
-  const auto after = process_cpu_us(pid);
-  if (!before || !after) throw std::runtime_error("idle: process " + std::to_string(pid) + " is gone");
-  json r{{"case", "idle"}, {"kind", "idle"}, {"seconds", seconds},
-         {"cpu_ms", static_cast<double>(*after - *before) / 1000.0}};
+  const std::int64_t busy = machine_busy_us() - ours() - busy0;
+  const auto after = pid ? process_cpu_us(pid) : std::optional<std::int64_t>(0);
+  if (!before || !after)
+    throw std::runtime_error("idle: process " + std::to_string(pid) + " is gone");
+  json r{{"case", name.empty() ? (pid ? "idle" : "load") : name},
+         {"kind", pid ? "idle" : "load"},
+         {"seconds", seconds},
+         {"machine_busy_cores", static_cast<double>(busy) / 1e6 / seconds}};
+  if (pid) r["cpu_ms"] = static_cast<double>(*after - *before) / 1000.0;
   std::cout << r.dump() << std::endl;
   std::fprintf(stderr, "idle: %s\n", r.dump().c_str());
   return 0;
@@ -463,7 +498,8 @@ int report(const std::string& path) {
   }
   auto rate_of = [&](const std::string& kind, const std::string& mode) -> std::optional<double> {
     for (const json& r : rows) {
-      if (r.value("kind", "") == kind && r.value("mode", "") == mode) return r["rate"].get<double>();
+      if (r.value("kind", "") == kind && r.value("mode", "") == mode)
+        return r["rate"].get<double>();
     }
     return std::nullopt;
   };
@@ -473,8 +509,13 @@ int report(const std::string& path) {
               "vs ceiling", "vs baseline", "p50 ms", "p99 ms", "lost", "dup", "CPU us/msg",
               "peak RSS");
   std::optional<double> idle_ms, idle_s;
+  std::string load;
   for (const json& r : rows) {
     const std::string kind = r.value("kind", "");
+    if (kind == "load") {
+      load += " " + r.value("case", "?") + " " + num(r["machine_busy_cores"], "%.2f");
+      continue;
+    }
     if (kind == "idle") {
       idle_ms = r["cpu_ms"].get<double>();
       idle_s = r["seconds"].get<double>();
@@ -483,9 +524,8 @@ int report(const std::string& path) {
     const std::string mode = r.value("mode", "");
     const double rate = r["rate"].get<double>();
     const bool paced = mode == "paced";  // a fixed offered rate: its msgs/s says nothing
-    std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %9s\n",
-                r.value("case", "?").c_str(), num(r["messages"], "%.0f").c_str(),
-                num(r["rate"], "%.0f").c_str(),
+    std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %9s\n", r.value("case", "?").c_str(),
+                num(r["messages"], "%.0f").c_str(), num(r["rate"], "%.0f").c_str(),
                 kind == "ceiling" || paced ? "-" : ratio(rate, rate_of("ceiling", mode)).c_str(),
                 kind != "gateway" || paced ? "-" : ratio(rate, baseline).c_str(),
                 num(r["p50_ms"], "%.2f").c_str(), num(r["p99_ms"], "%.2f").c_str(),
@@ -494,6 +534,11 @@ int report(const std::string& path) {
                 (num(r["peak_rss_mb"], "%.1f") + " MB").c_str());
   }
   if (idle_ms) std::printf("gateway idle: %.0f ms CPU over %.0f s\n", *idle_ms, *idle_s);
+  if (!load.empty()) {
+    std::printf(
+        "foreign load (busy cores of 2 while the benchmark was idle, before each case):%s\n",
+        load.c_str());
+  }
 
   // The targets of issue 4.
   auto find = [&](const std::string& kind, const std::string& mode) -> const json* {
@@ -510,7 +555,9 @@ int report(const std::string& path) {
   const json* backlog = find("gateway", "backlog");
   const json* paced = find("gateway", "paced");
   const auto ceiling_backlog = rate_of("ceiling", "backlog");
-  auto d = [](const json* r, const char* key) { return r && (*r)[key].is_number() ? (*r)[key].get<double>() : NAN; };
+  auto d = [](const json* r, const char* key) {
+    return r && (*r)[key].is_number() ? (*r)[key].get<double>() : NAN;
+  };
   check("burst >= 10,750 msg/s, zero lost", burst != nullptr,
         d(burst, "rate") >= 10750 && d(burst, "lost") == 0,
         num(d(burst, "rate"), "%.0f msg/s") + ", lost " + num(d(burst, "lost"), "%.0f"));
@@ -526,7 +573,8 @@ int report(const std::string& path) {
         num(d(burst, "cpu_us_per_msg"), "%.1f us"));
   double rss = 0;
   for (const json& r : rows) {
-    if (r.value("kind", "") != "ceiling" && r.contains("peak_rss_mb") && r["peak_rss_mb"].is_number()) {
+    if (r.value("kind", "") != "ceiling" && r.contains("peak_rss_mb") &&
+        r["peak_rss_mb"].is_number()) {
       rss = std::max(rss, r["peak_rss_mb"].get<double>());
     }
   }
@@ -588,9 +636,13 @@ int main(int argc, char** argv) {
 
   int idle_pid = 0;
   double idle_seconds = 5;
-  auto* idl = app.add_subcommand("idle", "CPU time of a process over a few seconds");
-  idl->add_option("--pid", idle_pid)->required();
+  std::string idle_case;
+  auto* idl = app.add_subcommand("idle", "CPU time of a process, and the machine's, over a while");
+  idl->add_option("--pid", idle_pid, "the process; without it only the machine's busy cores");
   idl->add_option("--seconds", idle_seconds);
+  idl->add_option("--case", idle_case);
+  std::vector<int> idle_exclude;
+  idl->add_option("--exclude-pid", idle_exclude, "not counted in the machine's busy cores");
 
   std::string results;
   auto* rep = app.add_subcommand("report", "print the table of a results file");
@@ -604,7 +656,7 @@ int main(int argc, char** argv) {
     if (*pub) return publish(pa);
     if (*sub) return subscribe(sa);
     if (*col) return collect(ca);
-    if (*idl) return idle(idle_pid, idle_seconds);
+    if (*idl) return idle(idle_pid, idle_seconds, idle_case, idle_exclude);
     if (*rep) return report(results);
   } catch (const sql::SQLException& e) {
     std::fprintf(stderr, "gw-bench: database: %s (error %d)\n", e.what(), e.getErrorCode());

@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# The gateway benchmark (issue 4). Builds Release into build-bench/, starts its own MariaDB and
+# mosquitto (run dir .run/bench, ports 3347/1924/8924, the broker queues up to 1,000,000 messages
+# per client), and measures, in one invocation:
+#
+#   1 ceiling           a do-nothing Paho QoS 1 subscriber, live burst of N
+#   2 baseline          the gateway with MAX_BATCH=1 DB_POOL_SIZE=1 (one transaction per
+#                       message, like the reference), live burst of BENCH_BASELINE_COUNT
+#   3 gateway           the gateway as configured (defaults), live burst of N (+ its idle CPU)
+#   4 ceiling-backlog   N queued by the broker for a persistent session, drained by the
+#     gateway-backlog   do-nothing subscriber, then by the gateway (each from its connect)
+#   5 gateway-1k/s      the gateway at a fixed 1,000 msg/s for BENCH_PACED_SECONDS: latency
+#
+# and prints the table (bench/README.md explains the columns). Every case has its own database,
+# topic prefix and client id. Runs as root (services.sh needs it); bounded in time; stops what it
+# started on exit.
+#
+#   BENCH_COUNT=100000  BENCH_BASELINE_COUNT=10000  BENCH_PACED_SECONDS=10  BENCH_FLOWS=1
+#   BENCH_KEEP_SERVICES=1   leave MariaDB and mosquitto running afterwards
+#   BENCH_SKIP_BUILD=1      use build-bench/ as it is
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
+BUILD="$REPO/build-bench"
+RUN="$REPO/.run/bench"
+N="${BENCH_COUNT:-100000}"
+NB="${BENCH_BASELINE_COUNT:-10000}"
+PACED_SECONDS="${BENCH_PACED_SECONDS:-10}"
+FLOWS="${BENCH_FLOWS:-1}"
+export GW_RUN_DIR="$RUN" GW_DB_PORT=3347 GW_MQTT_PORT=1924 GW_MQTT_TLS_PORT=8924
+DB_PORT=$GW_DB_PORT MQTT_PORT=$GW_MQTT_PORT
+export MYSQL_PWD=gwpass # services.sh's throwaway user gw; gw-bench collect reads it too
+ID="$(date +%s)"        # keeps topics and client ids apart from earlier runs
+RESULTS="$RUN/results-$ID.jsonl"
+BENCH="$BUILD/gw-bench"
+GATEWAY="$BUILD/mqtt-gateway"
+
+say() { printf '\n== %s\n' "$*" >&2; }
+die() {
+  printf 'bench: ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+GW_PID=""
+cleanup() {
+  if [[ -n $GW_PID ]] && kill -0 "$GW_PID" 2>/dev/null; then kill -KILL "$GW_PID" 2>/dev/null || true; fi
+  jobs -p | while read -r pid; do kill "$pid" 2>/dev/null || true; done
+  if [[ -z ${BENCH_KEEP_SERVICES:-} ]]; then bash "$REPO/scripts/services.sh" stop >&2 || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------------------------------- set-up
+
+if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
+  say "building Release into $BUILD"
+  cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGATEWAY_BUILD_TESTS=OFF >/dev/null
+  cmake --build "$BUILD" -j2 --target mqtt-gateway gw-bench >/dev/null
+fi
+[[ -x $BENCH && -x $GATEWAY ]] || die "$BENCH or $GATEWAY missing (build failed?)"
+
+# Queued messages of an earlier, interrupted run would slow the broker down; sessions are per run.
+bash "$REPO/scripts/services.sh" stop >/dev/null 2>&1 || true
+rm -rf "$RUN/mosquitto/data" "$RUN"/cases
+bash "$REPO/scripts/services.sh" start >&2
+mkdir -p "$RUN/cases"
+
+sql() { timeout 60 mariadb --no-defaults --protocol=tcp -h127.0.0.1 -P"$DB_PORT" -ugw "$@"; }
+
+# Waits (bounded) until file $1 exists.
+wait_file() {
+  local deadline=$((SECONDS + ${2:-20}))
+  until [[ -e $1 ]]; do
+    ((SECONDS < deadline)) || die "timed out waiting for $1"
+    sleep 0.05
+  done
+}
+
+# new_case NAME [KEY=VALUE...]: a fresh database gw_bench_NAME with the schema, the broker and
+# BENCH_FLOWS STORE_DB flows on bench/ID/NAME/1..K, and the gateway's env file. Sets CASE_DIR,
+# CASE_DB, CASE_PREFIX.
+new_case() {
+  local name="$1"
+  shift
+  CASE_DIR="$RUN/cases/$name"
+  CASE_DB="gw_bench_${name//-/_}"
+  CASE_PREFIX="bench/$ID/$name"
+  mkdir -p "$CASE_DIR"
+  {
+    printf '%s\n' DB_HOST=127.0.0.1 "DB_PORT=$DB_PORT" "DB_NAME=$CASE_DB" DB_USER=gw "DB_PASSWORD=$MYSQL_PWD"
+    printf '%s\n' "MQTT_CLIENT_ID=gw-bench-$ID-$name" "LOG_DIR=$CASE_DIR/log" "SPOOL_DIR=$CASE_DIR/spool"
+    # info, not warn: "ready" is logged at info; nothing is logged per message at info.
+    printf '%s\n' LOG_LEVEL=info "$@"
+  } >"$CASE_DIR/gateway.env"
+  sql -e "DROP DATABASE IF EXISTS $CASE_DB; CREATE DATABASE $CASE_DB"
+  "$GATEWAY" --env-file "$CASE_DIR/gateway.env" --init-db >/dev/null
+  local k values=""
+  for ((k = 1; k <= FLOWS; k++)); do
+    values+="${values:+,}('f$k', '$CASE_PREFIX/$k', 'STORE_DB', "
+    values+="'{\"seq\": \"int\", \"sent_us\": \"int\", \"temperature\": \"number\", \"humidity\": \"number\"}')"
+  done
+  sql "$CASE_DB" -e "INSERT INTO mqtt_servers (name, host, port, is_default) VALUES ('bench', '127.0.0.1', $MQTT_PORT, 1);
+    INSERT INTO flows (code, topic, action, payload_schema) VALUES $values;"
+}
+
+# Starts the gateway of the current case in the background (GW_PID) and waits until it is ready.
+start_gateway() {
+  local runs
+  runs=$(find "$CASE_DIR" -maxdepth 1 -name 'gateway.*.out' | wc -l)
+  local out="$CASE_DIR/gateway.$runs.out"
+  : >"$out"
+  "$GATEWAY" --env-file "$CASE_DIR/gateway.env" >"$out" 2>&1 &
+  GW_PID=$!
+  local deadline=$((SECONDS + 30))
+  until grep -q '\] ready$' "$out"; do
+    kill -0 "$GW_PID" 2>/dev/null || {
+      tail -n 20 "$out" >&2
+      die "the gateway exited during start-up"
+    }
+    ((SECONDS < deadline)) || die "the gateway was not ready after 30 s (see $out)"
+    sleep 0.05
+  done
+}
+
+# SIGTERM, then wait up to 40 s (SHUTDOWN_TIMEOUT_SECONDS is 30) before SIGKILL.
+stop_gateway() {
+  kill -TERM "$GW_PID" 2>/dev/null || true
+  local deadline=$((SECONDS + 40))
+  while kill -0 "$GW_PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+  if kill -0 "$GW_PID" 2>/dev/null; then
+    printf 'bench: the gateway did not stop in 40 s; killed\n' >&2
+    kill -KILL "$GW_PID" 2>/dev/null || true
+  fi
+  wait "$GW_PID" 2>/dev/null || true
+  GW_PID=""
+}
+
+publish() { # COUNT [extra gw-bench publish options]
+  local count="$1"
+  shift
+  timeout 600 "$BENCH" publish --port "$MQTT_PORT" --topic-prefix "$CASE_PREFIX" --flows "$FLOWS" \
+    --count "$count" "$@"
+}
+
+collect() { # CASE KIND MODE COUNT [extra gw-bench collect options]; result appended to RESULTS
+  timeout 900 "$BENCH" collect --db-port "$DB_PORT" --db "$CASE_DB" --pid "$GW_PID" \
+    --case "$1" --kind "$2" --mode "$3" --count "$4" "${@:5}" >>"$RESULTS"
+}
+
+# A live burst against a running gateway: collect watches while publish runs.
+gateway_burst() { # CASE KIND COUNT
+  rm -f "$CASE_DIR/collect.ready"
+  collect "$1" "$2" burst "$3" --ready-file "$CASE_DIR/collect.ready" &
+  local collector=$!
+  wait_file "$CASE_DIR/collect.ready"
+  publish "$3"
+  wait "$collector"
+}
+
+# The machine's busy cores over 2 s while no client of ours runs, less MariaDB's and mosquitto's
+# own: other people's load on the box.
+foreign_load() {
+  timeout 30 "$BENCH" idle --seconds 2 --case "$1" --exclude-pid "$(<"$RUN/mariadb/server.pid")" \
+    --exclude-pid "$(<"$RUN/mosquitto/server.pid")" >>"$RESULTS"
+}
+
+# ------------------------------------------------------------------------------------------ cases
+
+say "1/5 ceiling: do-nothing QoS 1 subscriber, burst of $N"
+foreign_load ceiling
+new_case ceiling
+timeout 600 "$BENCH" subscribe --port "$MQTT_PORT" --filter "$CASE_PREFIX/#" --client-id "ceil-$ID" \
+  --count "$N" --case ceiling --mode burst --ready-file "$CASE_DIR/sub.ready" >>"$RESULTS" &
+SUB=$!
+wait_file "$CASE_DIR/sub.ready"
+publish "$N"
+wait "$SUB"
+
+say "2/5 baseline: MAX_BATCH=1 DB_POOL_SIZE=1, burst of $NB"
+foreign_load baseline
+new_case baseline MAX_BATCH=1 DB_POOL_SIZE=1
+start_gateway
+gateway_burst baseline baseline "$NB"
+stop_gateway
+
+say "3/5 gateway as configured (defaults), idle 5 s, then a burst of $N"
+foreign_load gateway
+new_case gateway
+start_gateway
+timeout 30 "$BENCH" idle --pid "$GW_PID" --seconds 5 >>"$RESULTS"
+gateway_burst gateway gateway "$N"
+stop_gateway
+
+say "4/5 backlog of $N: do-nothing subscriber (persistent session), then the gateway"
+foreign_load ceiling-backlog
+new_case ceiling-backlog
+timeout 30 "$BENCH" subscribe --port "$MQTT_PORT" --filter "$CASE_PREFIX/#" --client-id "ceil-backlog-$ID" \
+  --persistent --session-only
+publish "$N"
+timeout 600 "$BENCH" subscribe --port "$MQTT_PORT" --filter "$CASE_PREFIX/#" --client-id "ceil-backlog-$ID" \
+  --persistent --from-connect --count "$N" --case ceiling-backlog --mode backlog >>"$RESULTS"
+
+foreign_load gateway-backlog
+new_case gateway-backlog
+start_gateway # creates the persistent session and its subscription
+stop_gateway
+publish "$N"
+T0=$(date +%s%6N)
+start_gateway
+collect gateway-backlog gateway backlog "$N" --t0-us "$T0" --cpu-from-start
+stop_gateway
+
+say "5/5 latency: the gateway at 1,000 msg/s for $PACED_SECONDS s"
+foreign_load gateway-paced
+new_case gateway-paced
+start_gateway
+rm -f "$CASE_DIR/collect.ready"
+collect "gateway-1k/s" gateway paced $((1000 * PACED_SECONDS)) --ready-file "$CASE_DIR/collect.ready" &
+COLLECTOR=$!
+wait_file "$CASE_DIR/collect.ready"
+publish $((1000 * PACED_SECONDS)) --rate 1000
+wait "$COLLECTOR"
+stop_gateway
+
+# --------------------------------------------------------------------------------------- report
+
+say "results (N=$N, baseline N=$NB, $FLOWS flow(s), QoS 1; raw: $RESULTS)"
+"$BENCH" report "$RESULTS"
