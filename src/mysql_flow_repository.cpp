@@ -45,7 +45,7 @@ constexpr const char* kInsertRejectedRow = "(?, ?, ?, ?, ?, ?, ?)";
 
 // Multi-row INSERTs go out in chunks of these sizes so that a handful of prepared statements
 // serve every batch size.
-constexpr std::array<std::size_t, 6> kChunkSizes = {256, 64, 16, 4, 2, 1};
+constexpr std::array<std::size_t, 7> kChunkSizes = {1024, 256, 64, 16, 4, 2, 1};
 
 // Sorts a driver error the way the caller must react (see flow_repository.h).
 [[noreturn]] void rethrow(const sql::SQLException& e, std::string_view what) {
@@ -108,6 +108,15 @@ struct MySqlFlowRepository::Impl {
   std::unique_ptr<sql::Connection> conn;
   std::map<std::string, std::unique_ptr<sql::PreparedStatement>, std::less<>> statements;
 
+  // Multi-row INSERTs by (statement prefix, row count): built and prepared once.
+  std::map<std::pair<const char*, std::size_t>, std::unique_ptr<sql::PreparedStatement>> multi;
+
+  sql::PreparedStatement& prepare_rows(const char* prefix, const char* row, std::size_t n) {
+    auto& slot = multi[{prefix, n}];
+    if (!slot) slot.reset(conn->prepareStatement(repeated_rows(prefix, row, n)));
+    return *slot;
+  }
+
   sql::PreparedStatement& prepare(const std::string& sql) {
     auto it = statements.find(sql);
     if (it == statements.end()) {
@@ -145,7 +154,7 @@ class MySqlFlowTransaction final : public FlowTransaction {
       std::size_t done = 0;
       for (std::size_t chunk : kChunkSizes) {
         while (rows.size() - done >= chunk) {
-          auto& stmt = db_.prepare(repeated_rows(kInsertRecordsPrefix, kInsertRecordRow, chunk));
+          auto& stmt = db_.prepare_rows(kInsertRecordsPrefix, kInsertRecordRow, chunk);
           int p = 1;
           for (std::size_t i = done; i < done + chunk; ++i) {
             const DataRecord& r = rows[i];
@@ -169,8 +178,7 @@ class MySqlFlowTransaction final : public FlowTransaction {
       std::size_t done = 0;
       for (std::size_t chunk : kChunkSizes) {
         while (rows.size() - done >= chunk) {
-          auto& stmt =
-              db_.prepare(repeated_rows(kInsertDeliveriesPrefix, kInsertDeliveryRow, chunk));
+          auto& stmt = db_.prepare_rows(kInsertDeliveriesPrefix, kInsertDeliveryRow, chunk);
           int p = 1;
           for (std::size_t i = done; i < done + chunk; ++i) {
             const OutboxEntry& r = rows[i];
@@ -193,7 +201,7 @@ class MySqlFlowTransaction final : public FlowTransaction {
   void insert_rejected(std::span<const RejectedMessage> rows) override {
     try {
       for (const RejectedMessage& r : rows) {
-        auto& stmt = db_.prepare(repeated_rows(kInsertRejectedPrefix, kInsertRejectedRow, 1));
+        auto& stmt = db_.prepare_rows(kInsertRejectedPrefix, kInsertRejectedRow, 1);
         stmt.setInt64(1, flow_.id);
         const std::string_view topic = utf8_prefix(r.topic, 1024);
         stmt.setString(2, sql::SQLString(topic.data(), topic.size()));

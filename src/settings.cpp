@@ -253,7 +253,6 @@ const std::vector<Variable>& variables() {
       text("MQTT_SHARED_GROUP", &S::mqtt_shared_group, Presence::kOptional, check_topic_safe),
       integer("MQTT_RECONNECT_MAX_SECONDS", &S::mqtt_reconnect_max_seconds, 1, 30),
       integer("MQTT_HEARTBEAT_SECONDS", &S::mqtt_heartbeat_seconds, 0, 3600),
-      integer("MQTT_CONNECTIONS", &S::mqtt_connections, 1, 16),
       integer("FLOWS_RELOAD_INTERVAL_SECONDS", &S::flows_reload_interval_seconds, 1, 7 * kDay),
       // HTTP.
       integer("HTTP_TIMEOUT_SECONDS", &S::http_timeout_seconds, 1, 3600),

@@ -23,6 +23,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "gateway/backoff.h"
 #include "gateway/flow_repository.h"
 #include "gateway/flow_table.h"
 #include "gateway/http_poster.h"
@@ -75,7 +76,7 @@ class Pipeline {
   // Runs one batch to completion, retrying through database outages. False if stopped first.
   bool run_batch(std::int64_t flow_id, const std::vector<std::shared_ptr<const InboundMessage>>& batch,
                  std::unique_ptr<FlowRepository>& repo, std::unique_ptr<HttpPoster>& http,
-                 std::unique_ptr<Processor>& processor, std::size_t worker);
+                 std::unique_ptr<Processor>& processor, Backoff& backoff, std::size_t worker);
   void release_spool();
   // Sleeps up to `d` unless stopping; false when stopping.
   bool sleep_unless_stopping(std::chrono::milliseconds d);

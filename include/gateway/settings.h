@@ -73,7 +73,6 @@ struct Settings {
   std::string mqtt_shared_group;                // MQTT_SHARED_GROUP: $share group, "" = off
   int mqtt_reconnect_max_seconds = 30;          // MQTT_RECONNECT_MAX_SECONDS, 1..30
   int mqtt_heartbeat_seconds = 15;              // MQTT_HEARTBEAT_SECONDS, 0 = off, ..3600
-  int mqtt_connections = 1;                     // MQTT_CONNECTIONS to the broker, 1..16
   int flows_reload_interval_seconds = 600;      // FLOWS_RELOAD_INTERVAL_SECONDS, 1..604800
 
   // HTTP endpoints.

@@ -58,7 +58,6 @@ TEST(SettingsTest, DefaultsApplyWhenOnlyRequiredVariablesAreSet) {
   EXPECT_EQ(s.mqtt_shared_group, "");
   EXPECT_EQ(s.mqtt_reconnect_max_seconds, 30);
   EXPECT_EQ(s.mqtt_heartbeat_seconds, 15);
-  EXPECT_EQ(s.mqtt_connections, 1);
   EXPECT_EQ(s.flows_reload_interval_seconds, 600);
   EXPECT_EQ(s.http_timeout_seconds, 10);
   EXPECT_EQ(s.http_max_attempts, 10);
@@ -108,7 +107,6 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
                 {"MQTT_SHARED_GROUP", "writers"},
                 {"MQTT_RECONNECT_MAX_SECONDS", "20"},
                 {"MQTT_HEARTBEAT_SECONDS", "0"},
-                {"MQTT_CONNECTIONS", "4"},
                 {"FLOWS_RELOAD_INTERVAL_SECONDS", "120"},
                 {"HTTP_TIMEOUT_SECONDS", "3"},
                 {"HTTP_MAX_ATTEMPTS", "5"},
@@ -146,7 +144,6 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
   EXPECT_EQ(s.mqtt_shared_group, "writers");
   EXPECT_EQ(s.mqtt_reconnect_max_seconds, 20);
   EXPECT_EQ(s.mqtt_heartbeat_seconds, 0);
-  EXPECT_EQ(s.mqtt_connections, 4);
   EXPECT_EQ(s.flows_reload_interval_seconds, 120);
   EXPECT_EQ(s.http_timeout_seconds, 3);
   EXPECT_EQ(s.http_max_attempts, 5);
@@ -221,7 +218,6 @@ const IntegerVariable kIntegerVariables[] = {
     {"MQTT_KEEPALIVE", 1, 65535},
     {"MQTT_RECONNECT_MAX_SECONDS", 1, 30},
     {"MQTT_HEARTBEAT_SECONDS", 0, 3600},
-    {"MQTT_CONNECTIONS", 1, 16},
     {"FLOWS_RELOAD_INTERVAL_SECONDS", 1, 604800},
     {"HTTP_TIMEOUT_SECONDS", 1, 3600},
     {"HTTP_MAX_ATTEMPTS", 1, 1000},
@@ -429,7 +425,7 @@ TEST(SettingsTest, DescribeSettingsListsEveryVariableAndHidesThePassword) {
     names.insert(line.substr(0, line.find('=')));
   }
   EXPECT_EQ(names.size(), lines.size()) << "duplicate variable";
-  EXPECT_EQ(lines.size(), 37u);
+  EXPECT_EQ(lines.size(), 36u);
   EXPECT_THAT(lines, ::testing::Contains("DB_PASSWORD=***"));
   EXPECT_THAT(lines, ::testing::Contains("DB_HOST=db.example"));
   EXPECT_THAT(lines, ::testing::Contains("SPOOL_MAX_BYTES=1G"));
