@@ -25,7 +25,7 @@ export GW_DB_PORT=3317 GW_MQTT_PORT=1894 GW_MQTT_TLS_PORT=8894
 SERVICES="$REPO_DIR/scripts/services.sh"
 
 STEP=0
-STEPS_TOTAL=9
+STEPS_TOTAL=11
 FAILED=()
 PASSED=()
 TESTS_PASSED=0
@@ -102,10 +102,20 @@ set -a
 # shellcheck source=/dev/null
 source "$GW_RUN_DIR/services.env"
 set +a
+# Every gateway the tests start leaves a copy of its logs here, for the password scan below.
+export GW_TEST_LOG_ARCHIVE="$GW_RUN_DIR/gateway-logs"
 ok services
 
 banner "ctest build/ (all tests, serially: some restart the services)"
 if run_ctest --test-dir build; then ok "ctest build/"; else failed "ctest build/"; fi
+
+banner "Debian package: cpack, dpkg -i, --version/--init-db/--check, dpkg --purge"
+# Reuses build/: the install prefix changes no compile flag, so this only packages.
+if GW_PKG_BUILD_DIR="$REPO_DIR/build" bash scripts/test-package.sh; then
+  ok "package"
+else
+  failed "package"
+fi
 
 banner "ASan+UBSan build build-asan/ and its unit + integration tests"
 if [[ ${GW_SKIP_ASAN:-0} == 1 ]]; then
@@ -182,6 +192,15 @@ else
   failed "clang-format (run: clang-format -i on the files above)"
 fi
 
+banner "clang-tidy (bugprone, performance, concurrency, some modernize: .clang-tidy)"
+if run-clang-tidy-14 -p build -j 2 -quiet "$REPO_DIR/src/.*\.cpp" >build/clang-tidy.log 2>&1 &&
+  ! grep -E '(warning|error):' build/clang-tidy.log; then
+  ok "clang-tidy"
+else
+  grep -E -A3 '(warning|error):' build/clang-tidy.log | head -n 80 >&2 || tail -n 40 build/clang-tidy.log >&2
+  failed "clang-tidy (log: build/clang-tidy.log)"
+fi
+
 banner "systemd-analyze verify systemd/mqtt-gateway.service"
 # verify insists that ExecStart exists: check a copy (same file name) that runs the built binary.
 unit_dir="$(mktemp -d)"
@@ -211,7 +230,7 @@ for dir in "$GW_RUN_DIR" build/Testing build-asan/Testing; do
   # Logs only: the database files may hold passwords legitimately (e.g. mqtt_servers.password).
   while IFS= read -r -d '' f; do log_files+=("$f"); done < <(
     find "$dir" -path "$GW_RUN_DIR/mariadb/data" -prune -o -type f \
-      \( -name '*.log' -o -name '*.log.[0-9]*' -o -path '*/log/*' -o -path '*/logs/*' \) -print0
+      \( -name '*.log' -o -name '*.log.[0-9]*' -o -name '*.out' -o -path '*/log/*' -o -path '*/logs/*' \) -print0
   )
 done
 leaks=""

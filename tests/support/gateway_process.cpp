@@ -186,12 +186,30 @@ GatewayProcess::~GatewayProcess() {
     while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
   }
+  archive_logs();
   if (current_test_failed()) {
     std::string text = output();
     if (text.size() > kOutputTailOnFailure) text.erase(0, text.size() - kOutputTailOnFailure);
     std::cerr << "[ output   ] of pid " << pid_ << " (" << output_file_.string() << "), last "
               << text.size() << " bytes:\n"
               << text << "\n[ end      ]\n";
+  }
+}
+
+void GatewayProcess::archive_logs() const {
+  // scripts/test.sh sets GW_TEST_LOG_ARCHIVE so that, after the whole suite, it can scan every
+  // log the gateway wrote (for leaked passwords) although the working directories are gone.
+  const char* archive = std::getenv("GW_TEST_LOG_ARCHIVE");
+  if (archive == nullptr || *archive == '\0') return;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path dest = fs::path(archive) / ("gateway-" + std::to_string(pid_));
+  fs::create_directories(dest, ec);
+  fs::copy(output_file_, dest / (output_file_.filename().string() + ".log"),
+           fs::copy_options::overwrite_existing, ec);
+  if (fs::is_directory(work_dir_ / "log", ec)) {
+    fs::copy(work_dir_ / "log", dest / "log",
+             fs::copy_options::recursive | fs::copy_options::overwrite_existing, ec);
   }
 }
 

@@ -82,6 +82,9 @@ class GatewayProcess {
   bool wait_for_output(std::string_view text, std::chrono::milliseconds timeout);
 
  private:
+  // Copies the output and LOG_DIR to $GW_TEST_LOG_ARCHIVE/gateway-<pid>/ when that is set.
+  void archive_logs() const;
+
   std::unique_ptr<TempDir> owned_dir_;
   std::filesystem::path work_dir_;
   std::filesystem::path output_file_;
