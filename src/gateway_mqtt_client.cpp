@@ -91,7 +91,8 @@ FlowDiff GatewayMqttClient::reload_flows() {
     log_->debug("flows reloaded: no change");
   } else {
     std::string changed;
-    for (const auto& [before, after] : diff.changed) changed += (changed.empty() ? "" : ", ") + after.code;
+    for (const auto& [before, after] : diff.changed)
+      changed += (changed.empty() ? "" : ", ") + after.code;
     log_->info("flows reloaded: added [{}], removed [{}], changed [{}]; {} flow(s) active",
                join_codes(diff.added), join_codes(diff.removed), changed.empty() ? "-" : changed,
                flows_.snapshot()->flows().size());
@@ -166,9 +167,8 @@ void GatewayMqttClient::start() {
     log_->warn("lost the broker connection: {}", cause);
   };
   h.message = [this](const MqttMessage& m) { on_message(m); };
-  log_->info("connecting to broker {}:{} (server id {}, tls {}, user {})", server.host,
-             server.port, server.id, server.use_tls ? "on" : "off",
-             server.username.value_or("-"));
+  log_->info("connecting to broker {}:{} (server id {}, tls {}, user {})", server.host, server.port,
+             server.id, server.use_tls ? "on" : "off", server.username.value_or("-"));
   connection_ = connect_(std::move(o), std::move(h));
   connection_->connect();
 
@@ -208,9 +208,12 @@ void GatewayMqttClient::timer_loop() {
       const std::int64_t silent_ms = steady_now_ms() - last_heartbeat_ms_;
       const std::int64_t up_ms = steady_now_ms() - connected_at_ms_;
       const std::int64_t limit_ms = 3000LL * settings_.mqtt_heartbeat_seconds;
-      // A full spool blocks the message thread on purpose; heartbeats cannot arrive then.
-      if (connection_->connected() && silent_ms > limit_ms && up_ms > limit_ms &&
-          !spool_.stats().full) {
+      if (spool_.stats().full) {
+        // A full spool blocks the message thread on purpose, inside Paho's client lock: no
+        // heartbeat can arrive, and a publish would block this thread (reloads, probes) too.
+        // Count the time as heard from, so that no reconnect follows once there is room again.
+        last_heartbeat_ms_ = steady_now_ms();
+      } else if (connection_->connected() && silent_ms > limit_ms && up_ms > limit_ms) {
         connection_->force_reconnect("no heartbeat from the broker for " +
                                      std::to_string(silent_ms / 1000) + " s (stalled session)");
       } else {
@@ -269,6 +272,10 @@ void GatewayMqttClient::stop() {
     if (stopping_) return;
     stopping_ = true;
   }
+  // A message callback waiting for room in a full spool holds Paho's client lock, so the timer
+  // (publishing a heartbeat) and disconnect() below would wait for it forever. Let it spool the
+  // message and return; nothing is acknowledged that is not spooled.
+  spool_.stop_back_pressure();
   timer_cv_.notify_all();
   if (timer_.joinable()) timer_.join();
   if (connection_) {

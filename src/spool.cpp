@@ -312,6 +312,7 @@ class Spool::Impl {
                                      std::uint16_t packet_id, bool dup, std::int64_t arrival_us);
   std::optional<SpoolRecord> read_next(std::chrono::milliseconds timeout);
   void release_below(std::uint64_t seq);
+  void stop_back_pressure();
   void close();
   Stats stats() const;
 
@@ -352,6 +353,7 @@ class Spool::Impl {
   std::condition_variable sync_cv_;            // the fsync thread waiting for new records or stop
   std::atomic<bool> closed_{false};            // written under mu_, so waiters never miss it
   bool stopping_ = false;                      // guarded by mu_; ends the fsync thread
+  bool uncapped_ = false;                      // guarded by mu_; stop_back_pressure() was called
   std::map<std::uint64_t, Segment> segments_;  // guarded by mu_; by first seq; last = active
   std::uint64_t active_first_ = 0;             // guarded by mu_
   Segment* active_ = nullptr;  // guarded by mu_; segments_[active_first_] (map nodes are stable)
@@ -639,13 +641,13 @@ std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::str
     return AppendResult{*seq, true};
   };
   if (auto r = redelivered()) return r;
-  if (bytes_ >= options_.max_bytes) {
+  if (bytes_ >= options_.max_bytes && !uncapped_) {
     if (blocked_appenders_++ == 0) {
       log_->warn("spool: full ({} bytes, max {}); appends wait for records to be processed", bytes_,
                  options_.max_bytes);
     }
-    space_cv_.wait(lock, [&] { return closed_ || bytes_ < options_.max_bytes; });
-    if (--blocked_appenders_ == 0 && !closed_) {
+    space_cv_.wait(lock, [&] { return closed_ || uncapped_ || bytes_ < options_.max_bytes; });
+    if (--blocked_appenders_ == 0 && !closed_ && !uncapped_) {
       log_->info("spool: room again ({} bytes); appends resume", bytes_);
     }
     if (closed_) return std::nullopt;
@@ -782,6 +784,18 @@ void Spool::Impl::release_below(std::uint64_t seq) {
   space_cv_.notify_all();
 }
 
+void Spool::Impl::stop_back_pressure() {
+  {
+    std::lock_guard lock(mu_);
+    if (std::exchange(uncapped_, true)) return;
+    if (bytes_ >= options_.max_bytes) {
+      log_->warn("spool: shutting down; appends no longer wait for space ({} bytes, max {})",
+                 bytes_, options_.max_bytes);
+    }
+  }
+  space_cv_.notify_all();
+}
+
 void Spool::Impl::close() {
   {
     std::lock_guard lock(mu_);
@@ -844,6 +858,7 @@ std::optional<SpoolRecord> Spool::read_next(std::chrono::milliseconds timeout) {
   return impl_->read_next(timeout);
 }
 void Spool::release_below(std::uint64_t seq) { impl_->release_below(seq); }
+void Spool::stop_back_pressure() { impl_->stop_back_pressure(); }
 void Spool::close() { impl_->close(); }
 Spool::Stats Spool::stats() const { return impl_->stats(); }
 

@@ -7,8 +7,9 @@
 // fully processed segments are deleted. After a crash the whole remaining spool is replayed; the
 // consumer skips what it already committed by the record's seq.
 //
-// Thread-safety: append(), release_below(), close(), stats() and id() may be called from any
-// thread. read_next() is for a single consumer thread. The destructor must not race other calls.
+// Thread-safety: append(), release_below(), stop_back_pressure(), close(), stats() and id() may be
+// called from any thread. read_next() is for a single consumer thread. The destructor must not
+// race other calls.
 //
 // On disk, in `dir`:
 //   <first seq, 20 digits>.seg  segments, in seq order; a new empty segment's name carries the
@@ -114,6 +115,13 @@ class Spool {
   // would block forever). Wakes blocked appenders. A file that cannot be deleted is logged as an
   // error, not thrown: the worker must go on, and a replay of it is harmless.
   void release_below(std::uint64_t seq);
+
+  // For shutdown: append() stops waiting for space, so a blocked append (and any later one) writes
+  // past max_bytes. Why: Paho runs the message callback under its client lock, so while the
+  // callback waits for space no other Paho call (disconnect, publish) can proceed; returning
+  // without spooling would acknowledge a message that was not stored. The overshoot is bounded
+  // by what the broker still has in flight to us. Idempotent.
+  void stop_back_pressure();
 
   // Wakes every blocked append()/read_next(); they (and later calls) return std::nullopt.
   // Idempotent.
