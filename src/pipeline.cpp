@@ -67,7 +67,8 @@ void Pipeline::dispatch_loop() {
       // Waiting for room is progress too (the workers are retrying the database): keep the
       // watchdog fed while the dispatcher itself is alive.
       while (!space_cv_.wait_for(lock, std::chrono::seconds(1), [this] {
-        return stopping_ || in_flight_.size() < options_.max_in_flight;
+        return stopping_ || (in_flight_.size() < options_.max_in_flight &&
+                             in_flight_bytes_ < options_.max_in_flight_bytes);
       })) {
         metrics_.last_progress_ms.store(steady_now_ms(), std::memory_order_relaxed);
       }
@@ -96,7 +97,10 @@ void Pipeline::dispatch_loop() {
       log_->debug("no flow matches topic {}; seq {} dropped", message->topic, message->seq);
       continue;
     }
-    in_flight_.emplace(message->seq, static_cast<std::uint32_t>(matched.size()));
+    in_flight_.emplace(message->seq,
+                       InFlight{static_cast<std::uint32_t>(matched.size()),
+                                static_cast<std::uint32_t>(message->payload.size())});
+    in_flight_bytes_ += message->payload.size();
     for (std::int64_t id : matched) {
       FlowQueue& q = queues_[id];
       q.pending.push_back(message);
@@ -161,7 +165,10 @@ void Pipeline::worker_loop(std::size_t index) {
     }
     for (const MessagePtr& m : batch) {
       auto it = in_flight_.find(m->seq);
-      if (it != in_flight_.end() && --it->second == 0) in_flight_.erase(it);
+      if (it != in_flight_.end() && --it->second.flows_left == 0) {
+        in_flight_bytes_ -= it->second.payload_bytes;
+        in_flight_.erase(it);
+      }
     }
     metrics_.backlog.store(in_flight_.size(), std::memory_order_relaxed);
     space_cv_.notify_one();

@@ -42,6 +42,7 @@ struct PipelineOptions {
   std::size_t workers = 4;                           // DB_POOL_SIZE
   std::size_t max_batch = 500;                       // MAX_BATCH: messages per transaction
   std::size_t max_in_flight = 20000;                 // read from the spool but not yet committed
+  std::size_t max_in_flight_bytes = 32u << 20;       // ... and their payload bytes
   PayloadLimits limits;                              // MAX_PAYLOAD_BYTES, MAX_JSON_DEPTH
   ProcessorOptions processor;
   std::chrono::milliseconds retry_max{30000};        // DB_RETRY_MAX_SECONDS
@@ -94,7 +95,12 @@ class Pipeline {
   std::condition_variable space_cv_;   // dispatcher: in-flight dropped below the limit
   std::unordered_map<std::int64_t, FlowQueue> queues_;  // guarded by mu_
   std::deque<std::int64_t> ready_;                      // guarded by mu_; flows with work, no worker
-  std::map<std::uint64_t, std::uint32_t> in_flight_;    // guarded by mu_; seq -> flows still to do
+  struct InFlight {
+    std::uint32_t flows_left;     // flows that have not committed the message yet
+    std::uint32_t payload_bytes;
+  };
+  std::map<std::uint64_t, InFlight> in_flight_;         // guarded by mu_; by spool seq
+  std::size_t in_flight_bytes_ = 0;                     // guarded by mu_
   std::uint64_t next_seq_ = 0;                          // guarded by mu_; after the last read record
   std::size_t queued_messages_ = 0;                     // guarded by mu_
   bool stopping_ = false;                               // guarded by mu_
