@@ -120,7 +120,10 @@ HttpResult CurlHttpPoster::post(const HttpRequest& request) {
         name.find(':') != std::string::npos) {
       return transport_failure("invalid header name or value for '" + name + "'");
     }
-    headers_ok = headers_ok && add_header(name + ": " + value);
+    std::string line = name;
+    line += ": ";
+    line += value;
+    headers_ok = headers_ok && add_header(line);
   }
   if (!headers_ok) return transport_failure("out of memory building the request headers");
 

@@ -45,8 +45,9 @@ std::chrono::milliseconds retry_delay(int attempts, const std::string& retry_aft
   }
   // initial * 2^(attempts-1), capped; the shift is bounded so it cannot overflow.
   const int shift = std::clamp(attempts - 1, 0, 30);
-  const auto full = std::min<long long>(o.retry_max.count(), o.retry_initial.count() << shift);
-  return milliseconds(full / 2 + static_cast<long long>(jitter * static_cast<double>(full / 2)));
+  const long long full = std::min<long long>(o.retry_max.count(), o.retry_initial.count() << shift);
+  const long long half = full / 2;
+  return milliseconds(half + static_cast<long long>(jitter * static_cast<double>(half)));
 }
 
 DeliveryService::DeliveryService(RepositoryFactory repositories, PosterFactory posters,
@@ -157,8 +158,9 @@ void DeliveryService::deliver_flow(std::int64_t flow_id, DeliveryRepository& rep
       metrics_.posted.fetch_add(static_cast<std::uint64_t>(last_done - first_done + 1),
                                 std::memory_order_relaxed);
       if (target) {
-        metrics_.add_flow(target->flow_code,
-                          FlowCounters{0, 0, static_cast<std::uint64_t>(last_done - first_done + 1), 0});
+        metrics_.add_flow(
+            target->flow_code,
+            FlowCounters{0, 0, static_cast<std::uint64_t>(last_done - first_done + 1), 0});
       }
       first_done = last_done = 0;
     };
@@ -212,12 +214,11 @@ void DeliveryService::deliver_flow(std::int64_t flow_id, DeliveryRepository& rep
       const bool too_old = unix_now_ms() - d.created_ms > 1000LL * options_.max_age.count();
       if (verdict == DeliveryVerdict::kPermanent || d.attempts >= options_.max_attempts ||
           too_old) {
-        const std::string why =
-            "POST " + req.url + " failed: " + describe(r) +
-            (verdict == DeliveryVerdict::kPermanent
-                 ? " (permanent)"
-                 : " after " + std::to_string(d.attempts) + " attempt(s)" +
-                       (too_old ? " (message too old)" : ""));
+        const std::string why = "POST " + req.url + " failed: " + describe(r) +
+                                (verdict == DeliveryVerdict::kPermanent
+                                     ? " (permanent)"
+                                     : " after " + std::to_string(d.attempts) + " attempt(s)" +
+                                           (too_old ? " (message too old)" : ""));
         log_->error("delivery given up: flow {} msg_id {} attempt {}: {}", target->flow_code,
                     d.msg_id, d.attempts, why);
         repo.give_up(d, r.status, why);

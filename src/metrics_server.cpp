@@ -34,7 +34,7 @@ struct MetricsServer::Impl {
 };
 
 MetricsServer::MetricsServer(const std::string& address, const Metrics& metrics,
-                             const Settings& settings, std::shared_ptr<spdlog::logger> log)
+                             const Settings& settings, const std::shared_ptr<spdlog::logger>& log)
     : impl_(std::make_unique<Impl>()) {
   const std::optional<HostPort> where = parse_host_port(address);
   if (!where) throw ConfigError("METRICS_ADDRESS: expected host:port, got '" + address + "'");

@@ -120,8 +120,8 @@ struct MySqlFlowRepository::Impl {
   sql::PreparedStatement& prepare(const std::string& sql) {
     auto it = statements.find(sql);
     if (it == statements.end()) {
-      it = statements.emplace(sql, std::unique_ptr<sql::PreparedStatement>(
-                                       conn->prepareStatement(sql)))
+      it = statements
+               .emplace(sql, std::unique_ptr<sql::PreparedStatement>(conn->prepareStatement(sql)))
                .first;
     }
     return *it->second;
@@ -134,7 +134,9 @@ class MySqlFlowTransaction final : public FlowTransaction {
  public:
   MySqlFlowTransaction(MySqlFlowRepository::Impl& db, Flow flow, std::uint64_t committed_seq,
                        std::string spool_id)
-      : db_(db), flow_(std::move(flow)), committed_seq_(committed_seq),
+      : db_(db),
+        flow_(std::move(flow)),
+        committed_seq_(committed_seq),
         spool_id_(std::move(spool_id)) {}
 
   ~MySqlFlowTransaction() override {
@@ -259,7 +261,8 @@ class MySqlFlowTransaction final : public FlowTransaction {
 
 MySqlFlowRepository::MySqlFlowRepository(const Settings& settings) : impl_(new Impl) {
   sql::ConnectOptionsMap o;
-  o["hostName"] = sql::SQLString("tcp://" + settings.db_host + ":" + std::to_string(settings.db_port));
+  o["hostName"] =
+      sql::SQLString("tcp://" + settings.db_host + ":" + std::to_string(settings.db_port));
   o["userName"] = sql::SQLString(settings.db_user);
   o["password"] = sql::SQLString(settings.db_password.reveal());
   o["schema"] = sql::SQLString(settings.db_name);
@@ -435,8 +438,8 @@ std::vector<PendingDelivery> MySqlFlowRepository::next_deliveries(std::int64_t f
 void MySqlFlowRepository::delivered(std::int64_t flow_id, std::int64_t first_msg_id,
                                     std::int64_t last_msg_id) {
   try {
-    auto& stmt = impl_->prepare(
-        "DELETE FROM deliveries WHERE flow_id = ? AND msg_id BETWEEN ? AND ?");
+    auto& stmt =
+        impl_->prepare("DELETE FROM deliveries WHERE flow_id = ? AND msg_id BETWEEN ? AND ?");
     stmt.setInt64(1, flow_id);
     stmt.setInt64(2, first_msg_id);
     stmt.setInt64(3, last_msg_id);

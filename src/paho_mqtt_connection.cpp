@@ -54,7 +54,7 @@ struct PahoMqttConnection::Impl {
     }
     connect_options = b.finalize();
 
-    client.set_message_callback([this](mqtt::const_message_ptr msg) {
+    client.set_message_callback([this](const mqtt::const_message_ptr& msg) {
       const auto& payload = msg->get_payload_ref();
       MqttMessage m{msg->get_topic(), std::string_view(payload.data(), payload.size()),
                     static_cast<std::uint16_t>(msg->c_struct().msgid), msg->is_duplicate(),
@@ -68,7 +68,8 @@ struct PahoMqttConnection::Impl {
     });
     client.set_connection_lost_handler([this](const std::string& cause) {
       is_connected = false;
-      if (handlers.connection_lost) handlers.connection_lost(cause.empty() ? "connection lost" : cause);
+      if (handlers.connection_lost)
+        handlers.connection_lost(cause.empty() ? "connection lost" : cause);
       schedule_reconnect();
     });
     reconnector = std::thread([this] { reconnect_loop(); });
@@ -99,7 +100,8 @@ struct PahoMqttConnection::Impl {
       lock.unlock();
       bool ok = false;
       try {
-        client.connect(connect_options)->wait_for(options.connect_timeout + std::chrono::seconds(1));
+        client.connect(connect_options)
+            ->wait_for(options.connect_timeout + std::chrono::seconds(1));
         ok = client.is_connected();
       } catch (const mqtt::exception& e) {
         log->warn("mqtt: reconnect to {} failed: {}", uri(options), e.what());

@@ -49,7 +49,8 @@ void Pipeline::stop(std::chrono::milliseconds deadline) {
   for (auto& w : workers_) {
     if (w.joinable()) w.join();
   }
-  if (Clock::now() > until) log_->warn("pipeline: stopping took longer than {} ms", deadline.count());
+  if (Clock::now() > until)
+    log_->warn("pipeline: stopping took longer than {} ms", deadline.count());
   workers_.clear();
 }
 
@@ -97,9 +98,8 @@ void Pipeline::dispatch_loop() {
       log_->debug("no flow matches topic {}; seq {} dropped", message->topic, message->seq);
       continue;
     }
-    in_flight_.emplace(message->seq,
-                       InFlight{static_cast<std::uint32_t>(matched.size()),
-                                static_cast<std::uint32_t>(message->payload.size())});
+    in_flight_.emplace(message->seq, InFlight{static_cast<std::uint32_t>(matched.size()),
+                                              static_cast<std::uint32_t>(message->payload.size())});
     in_flight_bytes_ += message->payload.size();
     for (std::int64_t id : matched) {
       FlowQueue& q = queues_[id];
@@ -201,8 +201,7 @@ bool Pipeline::run_batch(std::int64_t flow_id, const std::vector<MessagePtr>& ba
       }
       const auto started = Clock::now();
       BatchResult r = processor->process_batch(flow_id, part, spool_.id());
-      metrics_.observe_transaction(
-          std::chrono::duration<double>(Clock::now() - started).count());
+      metrics_.observe_transaction(std::chrono::duration<double>(Clock::now() - started).count());
       metrics_.transactions.fetch_add(1, std::memory_order_relaxed);
       metrics_.last_progress_ms.store(steady_now_ms(), std::memory_order_relaxed);
       if (r.flow_missing) {
@@ -212,8 +211,8 @@ bool Pipeline::run_batch(std::int64_t flow_id, const std::vector<MessagePtr>& ba
         metrics_.stored.fetch_add(stored, std::memory_order_relaxed);
         metrics_.posted.fetch_add(r.posted, std::memory_order_relaxed);
         metrics_.rejected.fetch_add(r.rejected, std::memory_order_relaxed);
-        metrics_.add_flow(r.flow_code, FlowCounters{part.size() - r.skipped, stored, r.posted,
-                                                    r.rejected});
+        metrics_.add_flow(r.flow_code,
+                          FlowCounters{part.size() - r.skipped, stored, r.posted, r.rejected});
         for (const std::string& line : r.rejections) log_->warn("rejected: {}", line);
         if (r.skipped) {
           log_->info("flow {}: skipped {} message(s) committed before a restart", r.flow_code,
@@ -252,8 +251,9 @@ bool Pipeline::run_batch(std::int64_t flow_id, const std::vector<MessagePtr>& ba
       try {
         processor->reject(flow_id, m, std::string("database refused: ") + e.what(), spool_.id());
       } catch (const Error& again) {
-        log_->error("flow {}: message seq {} could not be recorded as rejected either ({}); dropped",
-                    flow_id, m.seq, again.what());
+        log_->error(
+            "flow {}: message seq {} could not be recorded as rejected either ({}); dropped",
+            flow_id, m.seq, again.what());
       }
       metrics_.rejected.fetch_add(1, std::memory_order_relaxed);
       ++next;

@@ -141,8 +141,9 @@ void Processor::reject(std::int64_t flow_id, const InboundMessage& m, const std:
                        std::string_view spool_id) {
   std::unique_ptr<FlowTransaction> tx = repo_.lock_flow(flow_id, spool_id);
   if (!tx || (m.seq != 0 && m.seq <= tx->committed_seq())) return;
-  const RejectedMessage row{m.topic, std::string_view(m.payload).substr(0, options_.rejected_payload_max_bytes),
-                            m.payload.size() > options_.rejected_payload_max_bytes, why, m.seq};
+  const RejectedMessage row{
+      m.topic, std::string_view(m.payload).substr(0, options_.rejected_payload_max_bytes),
+      m.payload.size() > options_.rejected_payload_max_bytes, why, m.seq};
   tx->insert_rejected(std::span(&row, 1));
   tx->advance(tx->flow().last_msg_id, m.seq);
   tx->commit();

@@ -37,14 +37,14 @@ class logger;
 namespace gateway {
 
 struct DeliveryOptions {
-  std::size_t workers = 4;                         // flows delivered in parallel
-  std::chrono::milliseconds http_timeout{10000};   // HTTP_TIMEOUT_SECONDS
-  int max_attempts = 10;                           // HTTP_MAX_ATTEMPTS
-  std::chrono::seconds max_age{86400};             // HTTP_MAX_AGE_SECONDS
-  std::chrono::milliseconds retry_initial{500};    // first retry delay
-  std::chrono::milliseconds retry_max{300000};     // HTTP_RETRY_MAX_SECONDS
-  std::chrono::milliseconds poll{100};             // how often the outbox is scanned
-  std::size_t batch = 200;                         // deliveries read (and removed) at a time
+  std::size_t workers = 4;                        // flows delivered in parallel
+  std::chrono::milliseconds http_timeout{10000};  // HTTP_TIMEOUT_SECONDS
+  int max_attempts = 10;                          // HTTP_MAX_ATTEMPTS
+  std::chrono::seconds max_age{86400};            // HTTP_MAX_AGE_SECONDS
+  std::chrono::milliseconds retry_initial{500};   // first retry delay
+  std::chrono::milliseconds retry_max{300000};    // HTTP_RETRY_MAX_SECONDS
+  std::chrono::milliseconds poll{100};            // how often the outbox is scanned
+  std::size_t batch = 200;                        // deliveries read (and removed) at a time
 };
 
 // How an HTTP outcome is handled (pure; exposed for tests).
@@ -92,10 +92,10 @@ class DeliveryService {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::int64_t> ready_;               // guarded by mu_; due flows, no worker yet
-  std::set<std::int64_t> claimed_;               // guarded by mu_; queued or being delivered
+  std::deque<std::int64_t> ready_;                    // guarded by mu_; due flows, no worker yet
+  std::set<std::int64_t> claimed_;                    // guarded by mu_; queued or being delivered
   std::unordered_map<std::int64_t, Streak> streaks_;  // guarded by mu_
-  bool stopping_ = false;                        // guarded by mu_
+  bool stopping_ = false;                             // guarded by mu_
   std::thread scanner_;
   std::vector<std::thread> workers_;
 };

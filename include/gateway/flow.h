@@ -26,10 +26,11 @@ struct MqttServer {
 struct Flow {
   std::int64_t id = 0;
   std::string code;
-  std::string topic;                 // an MQTT filter: may hold + and #
-  std::string action;                // as stored; parse_flow_action() tells whether it is known
+  std::string topic;   // an MQTT filter: may hold + and #
+  std::string action;  // as stored; parse_flow_action() tells whether it is known
   std::optional<std::string> endpoint_url;
-  std::optional<std::string> payload_schema;  // the JSON text of the column; NULL accepts any object
+  std::optional<std::string>
+      payload_schema;  // the JSON text of the column; NULL accepts any object
   std::int64_t last_msg_id = 0;
   bool enabled = true;
 

@@ -40,7 +40,7 @@ struct RejectedMessage {
 struct OutboxEntry {
   std::int64_t msg_id = 0;
   std::string_view topic;
-  std::string_view payload;  // the payload as received
+  std::string_view payload;     // the payload as received
   std::int64_t created_ms = 0;  // Unix ms; also the first attempt's due time
 };
 

@@ -33,10 +33,10 @@ class FlowSnapshot {
 struct FlowDiff {
   std::vector<Flow> added;
   std::vector<Flow> removed;
-  std::vector<std::pair<Flow, Flow>> changed;           // (before, after)
-  std::vector<std::pair<Flow, std::string>> invalid;   // left out: (flow, why its filter is bad)
-  std::vector<std::string> subscribe;    // filters that appeared
-  std::vector<std::string> unsubscribe;  // filters no flow uses any more
+  std::vector<std::pair<Flow, Flow>> changed;         // (before, after)
+  std::vector<std::pair<Flow, std::string>> invalid;  // left out: (flow, why its filter is bad)
+  std::vector<std::string> subscribe;                 // filters that appeared
+  std::vector<std::string> unsubscribe;               // filters no flow uses any more
   bool empty() const { return added.empty() && removed.empty() && changed.empty(); }
 };
 

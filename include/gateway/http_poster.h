@@ -19,8 +19,8 @@ struct HttpRequest {
 // The outcome of one POST. A transport failure (refused, timeout, TLS) has status 0 and an error.
 struct HttpResult {
   int status = 0;
-  std::string error;           // empty on a 2xx answer
-  std::string retry_after;     // the Retry-After header, if the server sent one
+  std::string error;        // empty on a 2xx answer
+  std::string retry_after;  // the Retry-After header, if the server sent one
   bool ok() const { return status >= 200 && status < 300; }
   bool timed_out = false;
 };

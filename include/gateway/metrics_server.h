@@ -20,7 +20,7 @@ class MetricsServer {
   // Binds `address` ("host:port", "[ipv6]:port") at once and serves on two threads. Throws
   // ConfigError naming METRICS_ADDRESS if the address is malformed or cannot be bound.
   MetricsServer(const std::string& address, const Metrics& metrics, const Settings& settings,
-                std::shared_ptr<spdlog::logger> log);
+                const std::shared_ptr<spdlog::logger>& log);
   ~MetricsServer();  // stops serving and joins
   MetricsServer(const MetricsServer&) = delete;
   MetricsServer& operator=(const MetricsServer&) = delete;

@@ -30,9 +30,9 @@ struct MqttConnectOptions {
   std::optional<std::string> username;
   std::optional<Secret> password;
   bool use_tls = false;
-  std::string ca_file;              // empty with use_tls: the system CAs
+  std::string ca_file;  // empty with use_tls: the system CAs
   int keepalive_seconds = 60;
-  bool clean_session = false;       // a persistent session keeps QoS 1 messages while we are away
+  bool clean_session = false;  // a persistent session keeps QoS 1 messages while we are away
   std::chrono::seconds reconnect_max{30};
   std::chrono::seconds connect_timeout{10};
 };

@@ -39,13 +39,13 @@ class logger;
 namespace gateway {
 
 struct PipelineOptions {
-  std::size_t workers = 4;                           // DB_POOL_SIZE
-  std::size_t max_batch = 500;                       // MAX_BATCH: messages per transaction
-  std::size_t max_in_flight = 20000;                 // read from the spool but not yet committed
-  std::size_t max_in_flight_bytes = 32u << 20;       // ... and their payload bytes
-  PayloadLimits limits;                              // MAX_PAYLOAD_BYTES, MAX_JSON_DEPTH
+  std::size_t workers = 4;                      // DB_POOL_SIZE
+  std::size_t max_batch = 500;                  // MAX_BATCH: messages per transaction
+  std::size_t max_in_flight = 20000;            // read from the spool but not yet committed
+  std::size_t max_in_flight_bytes = 32u << 20;  // ... and their payload bytes
+  PayloadLimits limits;                         // MAX_PAYLOAD_BYTES, MAX_JSON_DEPTH
   ProcessorOptions processor;
-  std::chrono::milliseconds retry_max{30000};        // DB_RETRY_MAX_SECONDS
+  std::chrono::milliseconds retry_max{30000};  // DB_RETRY_MAX_SECONDS
 };
 
 class Pipeline {
@@ -75,7 +75,8 @@ class Pipeline {
   void dispatch_loop();
   void worker_loop(std::size_t index);
   // Runs one batch to completion, retrying through database outages. False if stopped first.
-  bool run_batch(std::int64_t flow_id, const std::vector<std::shared_ptr<const InboundMessage>>& batch,
+  bool run_batch(std::int64_t flow_id,
+                 const std::vector<std::shared_ptr<const InboundMessage>>& batch,
                  std::unique_ptr<FlowRepository>& repo, std::unique_ptr<HttpPoster>& http,
                  std::unique_ptr<Processor>& processor, Backoff& backoff, std::size_t worker);
   void release_spool();
@@ -91,19 +92,19 @@ class Pipeline {
   std::shared_ptr<spdlog::logger> log_;
 
   std::mutex mu_;
-  std::condition_variable work_cv_;    // workers: a flow became ready, or stopping
-  std::condition_variable space_cv_;   // dispatcher: in-flight dropped below the limit
+  std::condition_variable work_cv_;   // workers: a flow became ready, or stopping
+  std::condition_variable space_cv_;  // dispatcher: in-flight dropped below the limit
   std::unordered_map<std::int64_t, FlowQueue> queues_;  // guarded by mu_
-  std::deque<std::int64_t> ready_;                      // guarded by mu_; flows with work, no worker
+  std::deque<std::int64_t> ready_;  // guarded by mu_; flows with work, no worker
   struct InFlight {
-    std::uint32_t flows_left;     // flows that have not committed the message yet
+    std::uint32_t flows_left;  // flows that have not committed the message yet
     std::uint32_t payload_bytes;
   };
-  std::map<std::uint64_t, InFlight> in_flight_;         // guarded by mu_; by spool seq
-  std::size_t in_flight_bytes_ = 0;                     // guarded by mu_
-  std::uint64_t next_seq_ = 0;                          // guarded by mu_; after the last read record
-  std::size_t queued_messages_ = 0;                     // guarded by mu_
-  bool stopping_ = false;                               // guarded by mu_
+  std::map<std::uint64_t, InFlight> in_flight_;  // guarded by mu_; by spool seq
+  std::size_t in_flight_bytes_ = 0;              // guarded by mu_
+  std::uint64_t next_seq_ = 0;                   // guarded by mu_; after the last read record
+  std::size_t queued_messages_ = 0;              // guarded by mu_
+  bool stopping_ = false;                        // guarded by mu_
 
   std::thread dispatcher_;
   std::vector<std::thread> workers_;

@@ -10,13 +10,12 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "gateway/constants.h"
 #include "gateway/flow_repository.h"
@@ -31,7 +30,7 @@ class logger;
 namespace gateway {
 
 struct ProcessorOptions {
-  std::chrono::milliseconds http_timeout{10000};  // HTTP_TIMEOUT_SECONDS
+  std::chrono::milliseconds http_timeout{10000};   // HTTP_TIMEOUT_SECONDS
   std::size_t rejected_payload_max_bytes = 65536;  // longer payloads are cut in rejected_messages
   std::size_t max_field_name_length = 255;         // data_records.field_name
   std::size_t max_topic_length = 1024;             // data_records.topic
@@ -66,7 +65,7 @@ struct BatchResult {
   std::size_t queued = 0;    // of the accepted ones, recorded in the outbox for delivery
   std::int64_t first_msg_id = 0;
   std::int64_t last_msg_id = 0;
-  bool flow_missing = false;           // the flow row is gone: nothing was done
+  bool flow_missing = false;            // the flow row is gone: nothing was done
   std::vector<std::string> rejections;  // one line per rejected message, for the log
 };
 

@@ -2,9 +2,8 @@
 // down, fail, refuse and crawl.
 #include <signal.h>
 
-#include <nlohmann/json.hpp>
-
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "e2e/e2e_fixture.h"
@@ -24,7 +23,8 @@ class DeliveryE2e : public GatewayE2eTest {
 
   void publish_seq(const std::string& topic, int from, int to) {
     std::vector<std::pair<std::string, std::string>> msgs;
-    for (int i = from; i <= to; ++i) msgs.emplace_back(topic, "{\"seq\": " + std::to_string(i) + "}");
+    for (int i = from; i <= to; ++i)
+      msgs.emplace_back(topic, "{\"seq\": " + std::to_string(i) + "}");
     publisher().publish_many(msgs);
   }
 

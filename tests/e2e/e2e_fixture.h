@@ -60,17 +60,16 @@ class GatewayE2eTest : public ::testing::Test {
       if (auto owned = gateway_->take_work_dir()) old_dirs_.push_back(std::move(owned));
     }
     gateway_.reset();
-    gateway_ = std::make_unique<GatewayProcess>(GATEWAY_BINARY, std::vector<std::string>{}, env(),
-                                                dir);
-    EXPECT_TRUE(gateway_->wait_for_output("ready", std::chrono::seconds(20)))
-        << gateway_->output();
+    gateway_ =
+        std::make_unique<GatewayProcess>(GATEWAY_BINARY, std::vector<std::string>{}, env(), dir);
+    EXPECT_TRUE(gateway_->wait_for_output("ready", std::chrono::seconds(20))) << gateway_->output();
     return *gateway_;
   }
 
   MqttTestClient& publisher() {
     if (!publisher_) {
-      publisher_ = std::make_unique<MqttTestClient>(test_services().mqtt_host,
-                                                    test_services().mqtt_port);
+      publisher_ =
+          std::make_unique<MqttTestClient>(test_services().mqtt_host, test_services().mqtt_port);
     }
     return *publisher_;
   }

@@ -17,8 +17,8 @@ TEST_F(GatewayE2e, StoresPostsAndRejectsPublishedMessages) {
   HttpSink sink;
   const auto store = db_.insert_flow("store", prefix_ + "/+/temp", "STORE_DB",
                                      R"({"temperature": "number", "unit": "string"})");
-  const auto post = db_.insert_flow("post", prefix_ + "/hook/#", "POST_ENDPOINT", std::nullopt,
-                                    sink.url("/in"));
+  const auto post =
+      db_.insert_flow("post", prefix_ + "/hook/#", "POST_ENDPOINT", std::nullopt, sink.url("/in"));
   start_gateway();
 
   publisher().publish(prefix_ + "/dev1/temp", R"({"temperature": 21.5, "unit": "C"})");
@@ -39,7 +39,8 @@ TEST_F(GatewayE2e, StoresPostsAndRejectsPublishedMessages) {
   EXPECT_EQ(count("SELECT last_msg_id FROM flows WHERE code = 'store'"), 3);
   EXPECT_EQ(count("SELECT COUNT(*) FROM data_records WHERE flow_id = " + std::to_string(store)), 7);
   EXPECT_EQ(count("SELECT COUNT(*) FROM data_records WHERE msg_id = 2 AND field_name = 'rssi' AND "
-                  "topic = '" + prefix_ + "/dev2/temp'"),
+                  "topic = '" +
+                  prefix_ + "/dev2/temp'"),
             1);
   EXPECT_EQ(count("SELECT last_msg_id FROM flows WHERE id = " + std::to_string(post)), 1);
   EXPECT_EQ(nlohmann::json::parse(sink.requests()[0].body), nlohmann::json({{"hello", "world"}}));
@@ -48,7 +49,8 @@ TEST_F(GatewayE2e, StoresPostsAndRejectsPublishedMessages) {
   EXPECT_NE(reasons[0][0]->find("JSON"), std::string::npos) << *reasons[0][0];
   EXPECT_NE(reasons[1][0]->find("object"), std::string::npos) << *reasons[1][0];
   EXPECT_NE(reasons[2][0]->find("UTF-8"), std::string::npos) << *reasons[2][0];
-  EXPECT_NE(reasons[3][0]->find("missing field 'temperature'"), std::string::npos) << *reasons[3][0];
+  EXPECT_NE(reasons[3][0]->find("missing field 'temperature'"), std::string::npos)
+      << *reasons[3][0];
   EXPECT_NE(reasons[4][0]->find("expected number, got bool"), std::string::npos) << *reasons[4][0];
   EXPECT_TRUE(gateway_->running());
 

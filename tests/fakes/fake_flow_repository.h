@@ -63,7 +63,8 @@ class FakeFlowRepository final : public FlowRepository {
     auto it = flows.find(flow_id);
     if (it == flows.end()) return nullptr;
     std::uint64_t seq = 0;
-    if (auto o = offsets.find({std::string(spool_id), flow_id}); o != offsets.end()) seq = o->second;
+    if (auto o = offsets.find({std::string(spool_id), flow_id}); o != offsets.end())
+      seq = o->second;
     return std::make_unique<Tx>(*this, it->second, seq, std::string(spool_id));
   }
 
@@ -87,14 +88,14 @@ class FakeFlowRepository final : public FlowRepository {
     void insert_records(std::span<const DataRecord> rows) override {
       fire(repo_.fail_next_insert);
       for (const auto& r : rows) {
-        records_.push_back({flow_.id, r.msg_id, std::string(r.topic), std::string(r.field_name),
-                            r.field_value});
+        records_.push_back(
+            {flow_.id, r.msg_id, std::string(r.topic), std::string(r.field_name), r.field_value});
       }
     }
     void insert_rejected(std::span<const RejectedMessage> rows) override {
       for (const auto& r : rows) {
-        rejected_.push_back({flow_.id, std::string(r.topic), std::string(r.payload), r.reason,
-                             r.spool_seq});
+        rejected_.push_back(
+            {flow_.id, std::string(r.topic), std::string(r.payload), r.reason, r.spool_seq});
       }
     }
     void insert_deliveries(std::span<const OutboxEntry> rows) override {

@@ -188,7 +188,8 @@ TEST_F(ProcessorIntegrationTest, BatchIsOneTransactionAndReplayIsSkipped) {
   const auto flow = db_.insert_flow("temps", "t", "STORE_DB", R"({"v": "int"})");
   std::vector<InboundMessage> msgs;
   for (int i = 1; i <= 300; ++i) {
-    msgs.push_back(message(100 + i, "t", i == 150 ? R"({"v": 1.5})" : "{\"v\": " + std::to_string(i) + "}"));
+    msgs.push_back(
+        message(100 + i, "t", i == 150 ? R"({"v": 1.5})" : "{\"v\": " + std::to_string(i) + "}"));
   }
   std::vector<const InboundMessage*> view;
   for (const auto& m : msgs) view.push_back(&m);
@@ -199,13 +200,16 @@ TEST_F(ProcessorIntegrationTest, BatchIsOneTransactionAndReplayIsSkipped) {
   EXPECT_EQ(count("data_records"), 299);
   EXPECT_EQ(db_.query_int("SELECT COUNT(DISTINCT msg_id) FROM data_records"), 299);
   EXPECT_EQ(db_.query_int("SELECT last_seq FROM spool_offsets WHERE spool_id = 'spoolA'"), 400);
-  auto rejected = db_.query("SELECT reason, spool_seq, CAST(payload AS CHAR) FROM rejected_messages");
+  auto rejected =
+      db_.query("SELECT reason, spool_seq, CAST(payload AS CHAR) FROM rejected_messages");
   ASSERT_EQ(rejected.size(), 1u);
   EXPECT_NE(rejected[0][0]->find("'v'"), std::string::npos);
   EXPECT_EQ(*rejected[0][1], "250");
   EXPECT_EQ(*rejected[0][2], R"({"v": 1.5})");
   // Arrival order is msg_id order.
-  EXPECT_EQ(db_.query_int("SELECT JSON_VALUE(field_value, '$') FROM data_records WHERE msg_id = 200"), 201);
+  EXPECT_EQ(
+      db_.query_int("SELECT JSON_VALUE(field_value, '$') FROM data_records WHERE msg_id = 200"),
+      201);
 
   // A replay after a crash (same spool) stores nothing twice...
   auto again = processor_.process_batch(flow, view, "spoolA");

@@ -82,8 +82,8 @@ TEST_F(ProcessorTest, StoresOneRowPerFieldWithConsecutiveMsgIds) {
 
 TEST_F(ProcessorTest, InvalidMessageInsideABatchIsRejectedAndTheOthersStored) {
   auto r = run(1, {message(10, R"({"temperature": 1, "unit": "C"})"),
-                   message(11, R"({"temperature": "hot", "unit": "C"})"),
-                   message(12, "not json"), message(13, R"({"temperature": 3, "unit": "C"})")});
+                   message(11, R"({"temperature": "hot", "unit": "C"})"), message(12, "not json"),
+                   message(13, R"({"temperature": 3, "unit": "C"})")});
   EXPECT_EQ(r.accepted, 2u);
   EXPECT_EQ(r.rejected, 2u);
   EXPECT_EQ(r.first_msg_id, 1);
@@ -168,8 +168,7 @@ TEST_F(ProcessorTest, PostEndpointSendsThePayloadAsReceivedWithIdentityHeaders) 
 
 TEST_F(ProcessorTest, FailedPostLeavesTheCounterAndIsRejected) {
   http_.push_result(FakeHttpPoster::status_result(500));
-  auto r = run(2, {message(1, R"({"a": 1})", "hook/x"), message(2, R"({"a": 2})", "hook/x")},
-               true);
+  auto r = run(2, {message(1, R"({"a": 1})", "hook/x"), message(2, R"({"a": 2})", "hook/x")}, true);
   EXPECT_EQ(r.rejected, 1u);
   EXPECT_EQ(r.posted, 1u);
   EXPECT_EQ(repo_.flows[2].last_msg_id, 1);
