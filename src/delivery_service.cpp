@@ -13,12 +13,6 @@
 namespace gateway {
 namespace {
 
-std::int64_t unix_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 std::string describe(const HttpResult& r) {
   if (r.status == 0) return r.error;
   return "HTTP " + std::to_string(r.status);

@@ -9,12 +9,6 @@
 namespace gateway {
 namespace {
 
-std::int64_t unix_now_us() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 std::string join_codes(const std::vector<Flow>& flows) {
   std::string out;
   for (const Flow& f : flows) out += (out.empty() ? "" : ", ") + f.code;

@@ -152,52 +152,27 @@ class MySqlFlowTransaction final : public FlowTransaction {
   std::uint64_t committed_seq() const override { return committed_seq_; }
 
   void insert_records(std::span<const DataRecord> rows) override {
-    try {
-      std::size_t done = 0;
-      for (std::size_t chunk : kChunkSizes) {
-        while (rows.size() - done >= chunk) {
-          auto& stmt = db_.prepare_rows(kInsertRecordsPrefix, kInsertRecordRow, chunk);
-          int p = 1;
-          for (std::size_t i = done; i < done + chunk; ++i) {
-            const DataRecord& r = rows[i];
-            stmt.setInt64(p++, flow_.id);
-            stmt.setInt64(p++, r.msg_id);
-            stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
-            stmt.setString(p++, sql::SQLString(r.field_name.data(), r.field_name.size()));
-            stmt.setString(p++, r.field_value);
-          }
-          stmt.executeUpdate();
-          done += chunk;
-        }
-      }
-    } catch (const sql::SQLException& e) {
-      rethrow(e, "insert data_records");
-    }
+    insert_in_chunks(rows, kInsertRecordsPrefix, kInsertRecordRow, "insert data_records",
+                     [this](sql::PreparedStatement& stmt, int& p, const DataRecord& r) {
+                       stmt.setInt64(p++, flow_.id);
+                       stmt.setInt64(p++, r.msg_id);
+                       stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
+                       stmt.setString(p++,
+                                      sql::SQLString(r.field_name.data(), r.field_name.size()));
+                       stmt.setString(p++, r.field_value);
+                     });
   }
 
   void insert_deliveries(std::span<const OutboxEntry> rows) override {
-    try {
-      std::size_t done = 0;
-      for (std::size_t chunk : kChunkSizes) {
-        while (rows.size() - done >= chunk) {
-          auto& stmt = db_.prepare_rows(kInsertDeliveriesPrefix, kInsertDeliveryRow, chunk);
-          int p = 1;
-          for (std::size_t i = done; i < done + chunk; ++i) {
-            const OutboxEntry& r = rows[i];
-            stmt.setInt64(p++, flow_.id);
-            stmt.setInt64(p++, r.msg_id);
-            stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
-            stmt.setString(p++, sql::SQLString(r.payload.data(), r.payload.size()));
-            stmt.setInt64(p++, r.created_ms);
-            stmt.setInt64(p++, r.created_ms);
-          }
-          stmt.executeUpdate();
-          done += chunk;
-        }
-      }
-    } catch (const sql::SQLException& e) {
-      rethrow(e, "insert deliveries");
-    }
+    insert_in_chunks(rows, kInsertDeliveriesPrefix, kInsertDeliveryRow, "insert deliveries",
+                     [this](sql::PreparedStatement& stmt, int& p, const OutboxEntry& r) {
+                       stmt.setInt64(p++, flow_.id);
+                       stmt.setInt64(p++, r.msg_id);
+                       stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
+                       stmt.setString(p++, sql::SQLString(r.payload.data(), r.payload.size()));
+                       stmt.setInt64(p++, r.created_ms);
+                       stmt.setInt64(p++, r.created_ms);
+                     });
   }
 
   void insert_rejected(std::span<const RejectedMessage> rows) override {
@@ -250,6 +225,26 @@ class MySqlFlowTransaction final : public FlowTransaction {
   }
 
  private:
+  // One multi-row INSERT per chunk size (kChunkSizes), each statement prepared once.
+  template <typename Row, typename Bind>
+  void insert_in_chunks(std::span<const Row> rows, const char* prefix, const char* row_sql,
+                        std::string_view what, Bind bind) {
+    try {
+      std::size_t done = 0;
+      for (std::size_t chunk : kChunkSizes) {
+        while (rows.size() - done >= chunk) {
+          auto& stmt = db_.prepare_rows(prefix, row_sql, chunk);
+          int p = 1;
+          for (std::size_t i = done; i < done + chunk; ++i) bind(stmt, p, rows[i]);
+          stmt.executeUpdate();
+          done += chunk;
+        }
+      }
+    } catch (const sql::SQLException& e) {
+      rethrow(e, what);
+    }
+  }
+
   MySqlFlowRepository::Impl& db_;
   Flow flow_;
   std::uint64_t committed_seq_;

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "gateway/errors.h"
+#include "gateway/metrics.h"
 
 namespace gateway {
 namespace {
@@ -89,9 +90,7 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
   std::vector<RejectedMessage> rejects;
   std::vector<OutboxEntry> outbox;
   const bool post_now = post_endpoint && options_.post_inline;
-  const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                  std::chrono::system_clock::now().time_since_epoch())
-                                  .count();
+  const std::int64_t now_ms = unix_now_ms();
   rows.reserve(batch.size() * 4);
 
   for (const InboundMessage* m : batch) {
