@@ -537,6 +537,26 @@ TEST_F(SpoolTest, CapBelowSegmentSizeStillUnblocksOnRelease) {
   EXPECT_EQ(blocked.get()->seq, 3u);
 }
 
+TEST_F(SpoolTest, StopBackPressureLetsABlockedAppendWritePastTheCap) {
+  SpoolOptions o = options(100);
+  o.max_bytes = 120;
+  auto spool = open(o);
+  append_range(*spool, 0, 3);
+  auto blocked =
+      std::async(std::launch::async, [&] { return spool->append("t", "x", 0, false, 0); });
+  EXPECT_EQ(blocked.wait_for(200ms), std::future_status::timeout);
+  spool->stop_back_pressure();
+  ASSERT_EQ(blocked.wait_for(5s), std::future_status::ready);
+  const auto result = blocked.get();
+  ASSERT_TRUE(result);  // written, not dropped: the message is acknowledged after this
+  EXPECT_EQ(result->seq, 4u);
+  EXPECT_TRUE(spool->append("t", "y", 0, false, 0));  // later appends do not wait either
+  EXPECT_GT(spool->stats().bytes, o.max_bytes);
+  std::vector<std::uint64_t> seqs;
+  while (auto r = spool->read_next(0ms)) seqs.push_back(r->seq);
+  EXPECT_EQ(seqs, (std::vector<std::uint64_t>{1, 2, 3, 4, 5}));
+}
+
 TEST_F(SpoolTest, CloseUnblocksABlockedAppendWithNullopt) {
   SpoolOptions o = options(100);
   o.max_bytes = 50;
