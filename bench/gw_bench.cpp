@@ -11,17 +11,36 @@
 //   collect    watches a gateway's database until N messages are stored (or progress stalls);
 //              rate (first publish, or --t0-us, to the last created_at), latency (created_at -
 //              sent_us), lost/duplicated by seq, and the gateway's CPU time and peak RSS (/proc).
+//   sink       a counting HTTP receiver for POST_ENDPOINT flows (issue 5): answers 200 at once,
+//              records X-Gateway-Flow / X-Gateway-Msg-Id / Idempotency-Key and the payload's seq
+//              and sent_us until N messages arrived (or progress stalls); rate (first publish to
+//              the last POST received), latency (receive time - sent_us), lost/duplicated by seq,
+//              order violations per flow, and the gateway's CPU time and peak RSS (/proc).
 //   idle       the CPU time a process uses over a few seconds.
-//   report     prints the table and checks the targets of issue 4.
+//   report     prints the tables and checks the targets of issues 4 and 5.
 //
-// Single-threaded except for Paho's callback thread in `subscribe` (see Receiver).
+// Single-threaded except for Paho's callback thread in `subscribe` (see Receiver) and httplib's
+// worker threads in `sink` (see PostLog).
 #include <cppconn/connection.h>
 #include <cppconn/driver.h>
 #include <cppconn/exception.h>
 #include <cppconn/resultset.h>
 #include <cppconn/statement.h>
+// The feature macros Debian's libcpp-httplib was built with (CMake passes them from its .pc
+// Cflags; repeated for standalone builds), so the library's and our httplib::Server agree.
+#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
+#define CPPHTTPLIB_OPENSSL_SUPPORT
+#endif
+#ifndef CPPHTTPLIB_ZLIB_SUPPORT
+#define CPPHTTPLIB_ZLIB_SUPPORT
+#endif
+#ifndef CPPHTTPLIB_BROTLI_SUPPORT
+#define CPPHTTPLIB_BROTLI_SUPPORT
+#endif
+#include <httplib.h>
 #include <mqtt/async_client.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -36,11 +55,13 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -434,6 +455,195 @@ int collect(const CollectArgs& a) {
   return 0;
 }
 
+// ------------------------------------------------------------------------------------------ sink
+
+struct SinkArgs {
+  std::string host = "127.0.0.1";
+  int port = 0;
+  std::int64_t count = 20000;
+  int pid = 0;  // the gateway: CPU and peak RSS
+  // Or a file "PID START_US" written when the gateway is launched (backlog runs): its CPU since
+  // it started, and the interval starts at START_US instead of the first publish.
+  std::string gateway_file;
+  int flows = 1;
+  double stall_seconds = 20;
+  std::string ready_file;
+  std::string name = "post", kind = "post", mode = "burst";
+};
+
+// One POST as received.
+struct Post {
+  std::string flow;     // X-Gateway-Flow
+  std::int64_t msg_id;  // X-Gateway-Msg-Id, -1 if absent
+  std::string key;      // Idempotency-Key
+  Delivery d;           // seq and sent_us from the body, receive time
+};
+
+// Records POSTs from httplib's worker threads (one per kept-alive connection); the main thread
+// polls unique(). The log is in the order the requests took the lock: per connection, the order
+// they arrived in, which is what order violations are judged on.
+class PostLog {
+ public:
+  explicit PostLog(std::int64_t expected) : seen_(static_cast<std::size_t>(expected) + 1, false) {
+    posts_.reserve(static_cast<std::size_t>(expected) + 1024);
+  }
+  void add(Post p) {
+    std::lock_guard lock(mu_);
+    const std::int64_t seq = p.d.seq;
+    if (seq >= 1 && seq < static_cast<std::int64_t>(seen_.size()) &&
+        !seen_[static_cast<std::size_t>(seq)]) {
+      seen_[static_cast<std::size_t>(seq)] = true;
+      unique_.fetch_add(1, std::memory_order_relaxed);
+    }
+    posts_.push_back(std::move(p));
+  }
+  std::int64_t unique() const { return unique_.load(std::memory_order_relaxed); }
+  std::size_t requests() const {
+    std::lock_guard lock(mu_);
+    return posts_.size();
+  }
+  std::vector<Post> take() {
+    std::lock_guard lock(mu_);
+    return std::move(posts_);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<Post> posts_;  // guarded by mu_
+  std::vector<bool> seen_;   // guarded by mu_
+  std::atomic<std::int64_t> unique_{0};
+};
+
+// Ordering and numbering of what a sink received, judged per flow in arrival order.
+struct PostOrder {
+  std::int64_t repeated_keys = 0;  // an Idempotency-Key seen before: a repeated POST
+  std::int64_t violations = 0;     // a new message arriving after a later one of its flow
+  std::int64_t msg_id_gaps = 0;    // msg_ids 1..max of a flow that never arrived
+  std::int64_t missing_headers = 0;
+};
+
+PostOrder post_order(const std::vector<Post>& posts) {
+  struct FlowState {
+    std::int64_t max_msg_id = 0;
+    std::int64_t max_seq = 0;
+    std::unordered_set<std::int64_t> msg_ids;
+  };
+  PostOrder o;
+  std::unordered_map<std::string, FlowState> flows;
+  std::unordered_set<std::string> keys;
+  for (const Post& p : posts) {
+    if (p.msg_id < 0 || p.key.empty() || p.flow.empty()) ++o.missing_headers;
+    if (!p.key.empty() && !keys.insert(p.key).second) {
+      ++o.repeated_keys;
+      continue;  // the receiver drops it; not an ordering matter
+    }
+    FlowState& f = flows[p.flow];
+    if (p.msg_id < f.max_msg_id || p.d.seq < f.max_seq) ++o.violations;
+    f.max_msg_id = std::max(f.max_msg_id, p.msg_id);
+    f.max_seq = std::max(f.max_seq, p.d.seq);
+    if (p.msg_id > 0) f.msg_ids.insert(p.msg_id);
+  }
+  for (const auto& [code, f] : flows) {
+    o.msg_id_gaps += f.max_msg_id - static_cast<std::int64_t>(f.msg_ids.size());
+  }
+  return o;
+}
+
+int sink(const SinkArgs& a) {
+  PostLog log(a.count);
+  httplib::Server http;
+  // SO_REUSEADDR only (httplib's default adds SO_REUSEPORT, which would let a stale sink share
+  // the port and take half of the connections).
+  http.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
+  http.set_tcp_nodelay(true);
+  http.set_keep_alive_max_count(100000000);  // httplib 0.11 closes after 5 requests by default
+  http.set_keep_alive_timeout(1);            // bounds how long stop() waits for idle connections
+  http.new_task_queue = [] { return new httplib::ThreadPool(16); };
+  http.Post(".*", [&log](const httplib::Request& req, httplib::Response& res) {
+    const std::int64_t done = now_us();
+    const std::string id = req.get_header_value("X-Gateway-Msg-Id");
+    log.add({req.get_header_value("X-Gateway-Flow"),
+             id.empty() ? -1 : std::strtoll(id.c_str(), nullptr, 10),
+             req.get_header_value("Idempotency-Key"),
+             {int_field(req.body, "seq"), int_field(req.body, "sent_us"), done}});
+    res.status = 200;
+    res.set_content("{}", "application/json");
+  });
+  if (!http.bind_to_port(a.host, a.port)) {
+    throw std::runtime_error("sink: cannot bind " + a.host + ":" + std::to_string(a.port));
+  }
+  std::thread server([&http] { http.listen_after_bind(); });
+  const auto started = std::chrono::steady_clock::now();
+  while (!http.is_running() && std::chrono::steady_clock::now() - started < 5s) {
+    std::this_thread::sleep_for(1ms);
+  }
+  if (!http.is_running()) {
+    server.detach();  // cannot be stopped before it runs; the process exits anyway
+    throw std::runtime_error("sink: the server did not start within 5 s");
+  }
+
+  int pid = a.pid;
+  std::int64_t t0_us = 0;
+  std::int64_t cpu0 = 0;
+  if (pid) cpu0 = process_cpu_us(pid).value_or(0);
+  touch(a.ready_file);
+
+  std::size_t last = 0;
+  auto last_progress = std::chrono::steady_clock::now();
+  while (log.unique() < a.count) {
+    std::this_thread::sleep_for(20ms);
+    if (!pid && !a.gateway_file.empty()) std::ifstream(a.gateway_file) >> pid >> t0_us;
+    const std::size_t n = log.requests();
+    if (n != last) {
+      last = n;
+      last_progress = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - last_progress >
+               std::chrono::duration<double>(a.stall_seconds)) {
+      std::fprintf(stderr, "sink: stalled at %" PRId64 " of %" PRId64 " messages\n", log.unique(),
+                   a.count);
+      break;
+    }
+  }
+  std::optional<std::int64_t> cpu, rss;
+  if (pid) {
+    if (auto c = process_cpu_us(pid)) cpu = *c - cpu0;
+    rss = process_peak_rss_kib(pid);
+  }
+  // A little longer, so that a duplicate sent right after the last message is still counted.
+  std::this_thread::sleep_for(200ms);
+  http.stop();
+  server.join();
+
+  const std::vector<Post> posts = log.take();
+  std::vector<Delivery> deliveries;
+  deliveries.reserve(posts.size());
+  for (const Post& p : posts) deliveries.push_back(p.d);
+  Tally t = tally(deliveries, a.count);
+  const PostOrder order = post_order(posts);
+  if (!a.gateway_file.empty() && !t0_us) throw std::runtime_error("sink: no " + a.gateway_file);
+  json r = result_json(a.name, a.kind, a.mode, t, t0_us);
+  r["flows"] = a.flows;
+  // How long publishing took: a case that ends right after it was paced by the publisher, and
+  // its rate is a lower bound of what the gateway can deliver.
+  std::int64_t last_sent_us = 0;
+  for (const Delivery& d : deliveries) last_sent_us = std::max(last_sent_us, d.sent_us);
+  r["publish_seconds"] = static_cast<double>(last_sent_us - t.first_sent_us) / 1e6;
+  r["requests"] = posts.size();
+  r["order_violations"] = order.violations;
+  r["repeated_keys"] = order.repeated_keys;
+  r["msg_id_gaps"] = order.msg_id_gaps;
+  r["missing_headers"] = order.missing_headers;
+  r["cpu_us_per_msg"] =
+      cpu && t.unique ? json(static_cast<double>(*cpu) / static_cast<double>(t.unique)) : json();
+  r["peak_rss_mb"] = rss ? json(static_cast<double>(*rss) / 1024.0) : json();
+  std::cout << r.dump() << std::endl;
+  std::fprintf(stderr, "sink: %s\n", r.dump().c_str());
+  return 0;
+}
+
 // ------------------------------------------------------------------------------------------ idle
 
 // Busy CPU time of the whole machine (all cores) in µs, from the first line of /proc/stat.
@@ -504,23 +714,31 @@ int report(const std::string& path) {
     return std::nullopt;
   };
   const auto baseline = rate_of("baseline", "burst");
+  auto is_post = [](const json& r) { return r.value("kind", "").rfind("post", 0) == 0; };
 
-  std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %9s\n", "case", "msgs", "msgs/s",
-              "vs ceiling", "vs baseline", "p50 ms", "p99 ms", "lost", "dup", "CPU us/msg",
-              "peak RSS");
   std::optional<double> idle_ms, idle_s;
   std::string load;
+  bool store = false;  // any STORE_DB (or ceiling) case in the file
   for (const json& r : rows) {
     const std::string kind = r.value("kind", "");
     if (kind == "load") {
       load += " " + r.value("case", "?") + " " + num(r["machine_busy_cores"], "%.2f");
-      continue;
-    }
-    if (kind == "idle") {
+    } else if (kind == "idle") {
       idle_ms = r["cpu_ms"].get<double>();
       idle_s = r["seconds"].get<double>();
-      continue;
+    } else if (!is_post(r)) {
+      store = true;
     }
+  }
+
+  if (store) {
+    std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %9s\n", "case", "msgs", "msgs/s",
+                "vs ceiling", "vs baseline", "p50 ms", "p99 ms", "lost", "dup", "CPU us/msg",
+                "peak RSS");
+  }
+  for (const json& r : rows) {
+    const std::string kind = r.value("kind", "");
+    if (kind == "load" || kind == "idle" || is_post(r)) continue;
     const std::string mode = r.value("mode", "");
     const double rate = r["rate"].get<double>();
     const bool paced = mode == "paced";  // a fixed offered rate: its msgs/s says nothing
@@ -534,11 +752,60 @@ int report(const std::string& path) {
                 (num(r["peak_rss_mb"], "%.1f") + " MB").c_str());
   }
   if (idle_ms) std::printf("gateway idle: %.0f ms CPU over %.0f s\n", *idle_ms, *idle_s);
+
+  // POST_ENDPOINT (issue 5): msgs/s is first publish -> last POST received; "vs baseline"
+  // compares with the inline baseline of the same number of flows.
+  auto post_baseline = [&](const json& r) -> std::optional<double> {
+    for (const json& b : rows) {
+      if (b.value("kind", "") == "post-baseline" && b.value("flows", 0) == r.value("flows", 0))
+        return b["rate"].get<double>();
+    }
+    return std::nullopt;
+  };
+  std::string post_ratios, post_warnings;
+  bool post_header = false;
+  for (const json& r : rows) {
+    if (!is_post(r)) continue;
+    if (!post_header) {
+      std::printf("%s%-22s %5s %8s %7s %7s %9s %11s %8s %8s %6s %5s %5s %11s %9s\n",
+                  store ? "\n" : "", "POST_ENDPOINT case", "flows", "msgs", "pub s", "s", "msgs/s",
+                  "vs baseline", "p50 ms", "p99 ms", "lost", "dup", "order", "CPU us/msg",
+                  "peak RSS");
+      post_header = true;
+    }
+    const bool outbox = r.value("kind", "") == "post";
+    const double rate = r["rate"].get<double>();
+    const auto base = post_baseline(r);
+    std::printf("%-22s %5s %8s %7s %7s %9s %11s %8s %8s %6s %5s %5s %11s %9s\n",
+                r.value("case", "?").c_str(), num(r["flows"], "%.0f").c_str(),
+                num(r["messages"], "%.0f").c_str(), num(r["publish_seconds"], "%.2f").c_str(),
+                num(r["seconds"], "%.2f").c_str(), num(r["rate"], "%.0f").c_str(),
+                outbox ? ratio(rate, base).c_str() : "-", num(r["p50_ms"], "%.2f").c_str(),
+                num(r["p99_ms"], "%.2f").c_str(), num(r["lost"], "%.0f").c_str(),
+                num(r["dup"], "%.0f").c_str(), num(r["order_violations"], "%.0f").c_str(),
+                num(r["cpu_us_per_msg"], "%.1f").c_str(),
+                (num(r["peak_rss_mb"], "%.1f") + " MB").c_str());
+    if (outbox && base) {
+      post_ratios += "  " + r.value("case", "?") + ": " + ratio(rate, base) +
+                     " the inline baseline (" + num(rate, "%.0f") + " / " + num(*base, "%.0f") +
+                     " msg/s)\n";
+    }
+    for (const char* key : {"repeated_keys", "msg_id_gaps", "missing_headers"}) {
+      if (r.value(key, 0) != 0) {
+        post_warnings +=
+            "  " + r.value("case", "?") + ": " + key + " " + std::to_string(r.value(key, 0)) + "\n";
+      }
+    }
+  }
+  if (!post_ratios.empty()) std::printf("outbox / baseline:\n%s", post_ratios.c_str());
+  if (!post_warnings.empty()) std::printf("POST anomalies:\n%s", post_warnings.c_str());
+
   if (!load.empty()) {
     std::printf(
         "foreign load (busy cores of 2 while the benchmark was idle, before each case):%s\n",
         load.c_str());
   }
+  if (!store) return 0;
 
   // The targets of issue 4.
   auto find = [&](const std::string& kind, const std::string& mode) -> const json* {
@@ -634,6 +901,22 @@ int main(int argc, char** argv) {
   col->add_option("--kind", ca.kind, "gateway | baseline");
   col->add_option("--mode", ca.mode, "burst | backlog | paced");
 
+  SinkArgs ka;
+  auto* snk = app.add_subcommand("sink", "count POSTs of POST_ENDPOINT flows (answers 200)");
+  snk->add_option("--host", ka.host, "address to listen on");
+  snk->add_option("--port", ka.port)->required()->check(CLI::Range(1, 65535));
+  snk->add_option("--count", ka.count)->check(CLI::PositiveNumber);
+  snk->add_option("--pid", ka.pid, "the gateway process");
+  snk->add_option(
+      "--gateway-file", ka.gateway_file,
+      "'PID START_US' of a gateway launched later (backlog): interval and CPU from then");
+  snk->add_option("--flows", ka.flows, "recorded in the result")->check(CLI::Range(1, 10000));
+  snk->add_option("--stall-seconds", ka.stall_seconds);
+  snk->add_option("--ready-file", ka.ready_file, "written once listening");
+  snk->add_option("--case", ka.name);
+  snk->add_option("--kind", ka.kind, "post | post-baseline");
+  snk->add_option("--mode", ka.mode, "burst");
+
   int idle_pid = 0;
   double idle_seconds = 5;
   std::string idle_case;
@@ -656,6 +939,7 @@ int main(int argc, char** argv) {
     if (*pub) return publish(pa);
     if (*sub) return subscribe(sa);
     if (*col) return collect(ca);
+    if (*snk) return sink(ka);
     if (*idl) return idle(idle_pid, idle_seconds, idle_case, idle_exclude);
     if (*rep) return report(results);
   } catch (const sql::SQLException& e) {

@@ -10,12 +10,21 @@
 #   4 ceiling-backlog   N queued by the broker for a persistent session, drained by the
 #     gateway-backlog   do-nothing subscriber, then by the gateway (each from its connect)
 #   5 gateway-1k/s      the gateway at a fixed 1,000 msg/s for BENCH_PACED_SECONDS: latency
+#   6 post-baseline     POST_ENDPOINT (issue 5): BENCH_POST_COUNT messages to one flow whose
+#     post-outbox       endpoint is `gw-bench sink` on 127.0.0.1; the baseline POSTs inline
+#                       (HTTP_DELIVERY=inline MAX_BATCH=1 DB_POOL_SIZE=1), the other case runs
+#                       the defaults (outbox). post-outbox-backlog: the outbox draining N queued
+#                       by the broker. post-*-4: the same as the first two with 4 flows, one
+#                       endpoint each.
 #
-# and prints the table (bench/README.md explains the columns). Every case has its own database,
+# and prints the tables (bench/README.md explains the columns). Every case has its own database,
 # topic prefix and client id. Runs as root (services.sh needs it); bounded in time; stops what it
 # started on exit.
 #
+#   BENCH_CASES="all"   which cases, any of: ceiling baseline gateway backlog paced post1 post4;
+#                       "store" = the first five (STORE_DB), "post" = post1 post4, "all" = both
 #   BENCH_COUNT=100000  BENCH_BASELINE_COUNT=10000  BENCH_PACED_SECONDS=10  BENCH_FLOWS=1
+#   BENCH_POST_COUNT=20000  BENCH_SINK_PORT=18347
 #   BENCH_KEEP_SERVICES=1   leave MariaDB and mosquitto running afterwards
 #   BENCH_SKIP_BUILD=1      use build-bench/ as it is
 set -euo pipefail
@@ -27,6 +36,13 @@ N="${BENCH_COUNT:-100000}"
 NB="${BENCH_BASELINE_COUNT:-10000}"
 PACED_SECONDS="${BENCH_PACED_SECONDS:-10}"
 FLOWS="${BENCH_FLOWS:-1}"
+NP="${BENCH_POST_COUNT:-20000}"
+SINK_PORT="${BENCH_SINK_PORT:-18347}"
+CASES=" ${BENCH_CASES:-all} "
+CASES="${CASES//,/ }"
+CASES="${CASES// all / store post }"
+CASES="${CASES// store / ceiling baseline gateway backlog paced }"
+CASES="${CASES// post / post1 post4 }"
 export GW_RUN_DIR="$RUN" GW_DB_PORT=3347 GW_MQTT_PORT=1924 GW_MQTT_TLS_PORT=8924
 DB_PORT=$GW_DB_PORT MQTT_PORT=$GW_MQTT_PORT
 export MYSQL_PWD=gwpass # services.sh's throwaway user gw; gw-bench collect reads it too
@@ -40,6 +56,14 @@ die() {
   printf 'bench: ERROR: %s\n' "$*" >&2
   exit 1
 }
+
+for c in $CASES; do
+  case $c in
+    ceiling | baseline | gateway | backlog | paced | post1 | post4) ;;
+    *) die "BENCH_CASES: unknown case '$c' (ceiling baseline gateway backlog paced post1 post4 store post all)" ;;
+  esac
+done
+want() { [[ $CASES == *" $1 "* ]]; }
 
 GW_PID=""
 cleanup() {
@@ -77,11 +101,14 @@ wait_file() {
 }
 
 # new_case NAME [KEY=VALUE...]: a fresh database gw_bench_NAME with the schema, the broker and
-# BENCH_FLOWS STORE_DB flows on bench/ID/NAME/1..K, and the gateway's env file. Sets CASE_DIR,
-# CASE_DB, CASE_PREFIX.
+# K flows on bench/ID/NAME/1..K, and the gateway's env file. K is POST_FLOWS if set (POST_ENDPOINT
+# flows, flow k posting to the sink's /flow/k), else BENCH_FLOWS STORE_DB flows. Sets CASE_DIR,
+# CASE_DB, CASE_PREFIX, CASE_FLOWS.
+POST_FLOWS=""
 new_case() {
   local name="$1"
   shift
+  CASE_FLOWS="${POST_FLOWS:-$FLOWS}"
   CASE_DIR="$RUN/cases/$name"
   CASE_DB="gw_bench_${name//-/_}"
   CASE_PREFIX="bench/$ID/$name"
@@ -95,12 +122,16 @@ new_case() {
   sql -e "DROP DATABASE IF EXISTS $CASE_DB; CREATE DATABASE $CASE_DB"
   "$GATEWAY" --env-file "$CASE_DIR/gateway.env" --init-db >/dev/null
   local k values=""
-  for ((k = 1; k <= FLOWS; k++)); do
-    values+="${values:+,}('f$k', '$CASE_PREFIX/$k', 'STORE_DB', "
+  for ((k = 1; k <= CASE_FLOWS; k++)); do
+    if [[ -n $POST_FLOWS ]]; then
+      values+="${values:+,}('f$k', '$CASE_PREFIX/$k', 'POST_ENDPOINT', 'http://127.0.0.1:$SINK_PORT/flow/$k', "
+    else
+      values+="${values:+,}('f$k', '$CASE_PREFIX/$k', 'STORE_DB', NULL, "
+    fi
     values+="'{\"seq\": \"int\", \"sent_us\": \"int\", \"temperature\": \"number\", \"humidity\": \"number\"}')"
   done
   sql "$CASE_DB" -e "INSERT INTO mqtt_servers (name, host, port, is_default) VALUES ('bench', '127.0.0.1', $MQTT_PORT, 1);
-    INSERT INTO flows (code, topic, action, payload_schema) VALUES $values;"
+    INSERT INTO flows (code, topic, action, endpoint_url, payload_schema) VALUES $values;"
 }
 
 # Starts the gateway of the current case in the background (GW_PID) and waits until it is ready.
@@ -109,8 +140,11 @@ start_gateway() {
   runs=$(find "$CASE_DIR" -maxdepth 1 -name 'gateway.*.out' | wc -l)
   local out="$CASE_DIR/gateway.$runs.out"
   : >"$out"
+  local t0
+  t0=$(date +%s%6N)
   "$GATEWAY" --env-file "$CASE_DIR/gateway.env" >"$out" 2>&1 &
   GW_PID=$!
+  echo "$GW_PID $t0" >"$CASE_DIR/gateway.launched" # "PID START_US", for gw-bench sink --gateway-file
   local deadline=$((SECONDS + 30))
   until grep -q '\] ready$' "$out"; do
     kill -0 "$GW_PID" 2>/dev/null || {
@@ -138,7 +172,7 @@ stop_gateway() {
 publish() { # COUNT [extra gw-bench publish options]
   local count="$1"
   shift
-  timeout 600 "$BENCH" publish --port "$MQTT_PORT" --topic-prefix "$CASE_PREFIX" --flows "$FLOWS" \
+  timeout 600 "$BENCH" publish --port "$MQTT_PORT" --topic-prefix "$CASE_PREFIX" --flows "$CASE_FLOWS" \
     --count "$count" "$@"
 }
 
@@ -166,63 +200,132 @@ foreign_load() {
 
 # ------------------------------------------------------------------------------------------ cases
 
-say "1/5 ceiling: do-nothing QoS 1 subscriber, burst of $N"
-foreign_load ceiling
-new_case ceiling
-timeout 600 "$BENCH" subscribe --port "$MQTT_PORT" --filter "$CASE_PREFIX/#" --client-id "ceil-$ID" \
-  --count "$N" --case ceiling --mode burst --ready-file "$CASE_DIR/sub.ready" >>"$RESULTS" &
-SUB=$!
-wait_file "$CASE_DIR/sub.ready"
-publish "$N"
-wait "$SUB"
+if want ceiling; then
+  say "ceiling: do-nothing QoS 1 subscriber, burst of $N"
+  foreign_load ceiling
+  new_case ceiling
+  timeout 600 "$BENCH" subscribe --port "$MQTT_PORT" --filter "$CASE_PREFIX/#" --client-id "ceil-$ID" \
+    --count "$N" --case ceiling --mode burst --ready-file "$CASE_DIR/sub.ready" >>"$RESULTS" &
+  SUB=$!
+  wait_file "$CASE_DIR/sub.ready"
+  publish "$N"
+  wait "$SUB"
+fi
 
-say "2/5 baseline: MAX_BATCH=1 DB_POOL_SIZE=1, burst of $NB"
-foreign_load baseline
-new_case baseline MAX_BATCH=1 DB_POOL_SIZE=1
-start_gateway
-gateway_burst baseline baseline "$NB"
-stop_gateway
+if want baseline; then
+  say "baseline: MAX_BATCH=1 DB_POOL_SIZE=1, burst of $NB"
+  foreign_load baseline
+  new_case baseline MAX_BATCH=1 DB_POOL_SIZE=1
+  start_gateway
+  gateway_burst baseline baseline "$NB"
+  stop_gateway
+fi
 
-say "3/5 gateway as configured (defaults), idle 5 s, then a burst of $N"
-foreign_load gateway
-new_case gateway
-start_gateway
-timeout 30 "$BENCH" idle --pid "$GW_PID" --seconds 5 >>"$RESULTS"
-gateway_burst gateway gateway "$N"
-stop_gateway
+if want gateway; then
+  say "gateway as configured (defaults), idle 5 s, then a burst of $N"
+  foreign_load gateway
+  new_case gateway
+  start_gateway
+  timeout 30 "$BENCH" idle --pid "$GW_PID" --seconds 5 >>"$RESULTS"
+  gateway_burst gateway gateway "$N"
+  stop_gateway
+fi
 
-say "4/5 backlog of $N: do-nothing subscriber (persistent session), then the gateway"
-foreign_load ceiling-backlog
-new_case ceiling-backlog
-timeout 30 "$BENCH" subscribe --port "$MQTT_PORT" --filter "$CASE_PREFIX/#" --client-id "ceil-backlog-$ID" \
-  --persistent --session-only
-publish "$N"
-timeout 600 "$BENCH" subscribe --port "$MQTT_PORT" --filter "$CASE_PREFIX/#" --client-id "ceil-backlog-$ID" \
-  --persistent --from-connect --count "$N" --case ceiling-backlog --mode backlog >>"$RESULTS"
+if want backlog; then
+  say "backlog of $N: do-nothing subscriber (persistent session), then the gateway"
+  foreign_load ceiling-backlog
+  new_case ceiling-backlog
+  timeout 30 "$BENCH" subscribe --port "$MQTT_PORT" --filter "$CASE_PREFIX/#" --client-id "ceil-backlog-$ID" \
+    --persistent --session-only
+  publish "$N"
+  timeout 600 "$BENCH" subscribe --port "$MQTT_PORT" --filter "$CASE_PREFIX/#" --client-id "ceil-backlog-$ID" \
+    --persistent --from-connect --count "$N" --case ceiling-backlog --mode backlog >>"$RESULTS"
 
-foreign_load gateway-backlog
-new_case gateway-backlog
-start_gateway # creates the persistent session and its subscription
-stop_gateway
-publish "$N"
-T0=$(date +%s%6N)
-start_gateway
-collect gateway-backlog gateway backlog "$N" --t0-us "$T0" --cpu-from-start
-stop_gateway
+  foreign_load gateway-backlog
+  new_case gateway-backlog
+  start_gateway # creates the persistent session and its subscription
+  stop_gateway
+  publish "$N"
+  T0=$(date +%s%6N)
+  start_gateway
+  collect gateway-backlog gateway backlog "$N" --t0-us "$T0" --cpu-from-start
+  stop_gateway
+fi
 
-say "5/5 latency: the gateway at 1,000 msg/s for $PACED_SECONDS s"
-foreign_load gateway-paced
-new_case gateway-paced
-start_gateway
-rm -f "$CASE_DIR/collect.ready"
-collect "gateway-1k/s" gateway paced $((1000 * PACED_SECONDS)) --ready-file "$CASE_DIR/collect.ready" &
-COLLECTOR=$!
-wait_file "$CASE_DIR/collect.ready"
-publish $((1000 * PACED_SECONDS)) --rate 1000
-wait "$COLLECTOR"
-stop_gateway
+if want paced; then
+  say "latency: the gateway at 1,000 msg/s for $PACED_SECONDS s"
+  foreign_load gateway-paced
+  new_case gateway-paced
+  start_gateway
+  rm -f "$CASE_DIR/collect.ready"
+  collect "gateway-1k/s" gateway paced $((1000 * PACED_SECONDS)) --ready-file "$CASE_DIR/collect.ready" &
+  COLLECTOR=$!
+  wait_file "$CASE_DIR/collect.ready"
+  publish $((1000 * PACED_SECONDS)) --rate 1000
+  wait "$COLLECTOR"
+  stop_gateway
+fi
+
+# post_case NAME KIND FLOWS [KEY=VALUE...]: a live burst of BENCH_POST_COUNT messages through
+# FLOWS POST_ENDPOINT flows (published round-robin); `gw-bench sink` answers 200 and counts.
+# The gateway starts first (the sink measures its CPU); it posts nothing until messages arrive.
+post_case() {
+  local name="$1" kind="$2"
+  POST_FLOWS="$3"
+  shift 3
+  foreign_load "$name"
+  new_case "$name" "$@"
+  POST_FLOWS=""
+  start_gateway
+  rm -f "$CASE_DIR/sink.ready"
+  timeout 900 "$BENCH" sink --port "$SINK_PORT" --count "$NP" --pid "$GW_PID" --flows "$CASE_FLOWS" \
+    --case "$name" --kind "$kind" --ready-file "$CASE_DIR/sink.ready" >>"$RESULTS" &
+  local sink=$!
+  wait_file "$CASE_DIR/sink.ready"
+  publish "$NP"
+  wait "$sink"
+  stop_gateway
+}
+
+# post_backlog_case NAME FLOWS [KEY=VALUE...]: BENCH_POST_COUNT messages queued by the broker
+# for the gateway's persistent session, then drained by the gateway from its launch: what it can
+# deliver when the publisher does not set the pace.
+post_backlog_case() {
+  local name="$1"
+  POST_FLOWS="$2"
+  shift 2
+  foreign_load "$name"
+  new_case "$name" "$@"
+  POST_FLOWS=""
+  start_gateway # creates the persistent session and its subscription
+  stop_gateway
+  publish "$NP"
+  rm -f "$CASE_DIR/sink.ready" "$CASE_DIR/gateway.launched"
+  timeout 900 "$BENCH" sink --port "$SINK_PORT" --count "$NP" --gateway-file "$CASE_DIR/gateway.launched" \
+    --flows "$CASE_FLOWS" --case "$name" --kind post --mode backlog --ready-file "$CASE_DIR/sink.ready" \
+    >>"$RESULTS" &
+  local sink=$!
+  wait_file "$CASE_DIR/sink.ready"
+  start_gateway
+  wait "$sink"
+  stop_gateway
+}
+
+# The reference: POST while the flow row is locked, one message per transaction, one connection.
+POST_BASELINE=(HTTP_DELIVERY=inline MAX_BATCH=1 DB_POOL_SIZE=1)
+if want post1; then
+  say "POST_ENDPOINT, 1 flow, burst of $NP: inline baseline, then the outbox (defaults)"
+  post_case post-baseline post-baseline 1 "${POST_BASELINE[@]}"
+  post_case post-outbox post 1
+  post_backlog_case post-outbox-backlog 1
+fi
+if want post4; then
+  say "POST_ENDPOINT, 4 flows (one endpoint each), burst of $NP: inline baseline, then the outbox"
+  post_case post-baseline-4 post-baseline 4 "${POST_BASELINE[@]}"
+  post_case post-outbox-4 post 4
+fi
 
 # --------------------------------------------------------------------------------------- report
 
-say "results (N=$N, baseline N=$NB, $FLOWS flow(s), QoS 1; raw: $RESULTS)"
+say "results (cases:$CASES; N=$N, baseline N=$NB, $FLOWS flow(s), POST N=$NP; QoS 1; raw: $RESULTS)"
 "$BENCH" report "$RESULTS"
