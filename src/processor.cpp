@@ -133,6 +133,9 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
   if (!outbox.empty()) tx->insert_deliveries(outbox);
   tx->advance(msg_id, last_seq);
   tx->commit();
+  log_->debug("flow {}: batch of {}: {} accepted (msg_id {}..{}), {} rejected, {} skipped",
+              flow.code, batch.size(), result.accepted, result.first_msg_id, result.last_msg_id,
+              result.rejected, result.skipped);
   return result;
 }
 
