@@ -173,7 +173,7 @@ Variable byte_size(std::string_view name, std::uint64_t Settings::*field, std::u
 using Check = std::function<std::optional<std::string>(std::string_view)>;
 
 Variable text(std::string_view name, std::string Settings::*field,
-              Presence presence = Presence::kOptional, Check check = {}) {
+              Presence presence = Presence::kOptional, const Check& check = {}) {
   return {name, presence,
           [=](Settings& s, std::string_view value) {
             if (check) {
