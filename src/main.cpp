@@ -4,12 +4,9 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <cstdlib>
 #include <iostream>
-#include <mutex>
 #include <optional>
-#include <thread>
 
 #include "gateway/command_line.h"
 #include "gateway/constants.h"
@@ -24,6 +21,7 @@
 #include "gateway/paho_mqtt_connection.h"
 #include "gateway/pipeline.h"
 #include "gateway/settings.h"
+#include "gateway/shutdown_deadline.h"
 #include "gateway/signal_mask.h"
 #include "gateway/spool.h"
 #include "gateway/systemd_notifier.h"
@@ -42,63 +40,6 @@ constexpr int kExitUsage = 2;
 // The dispatcher stamps Metrics::last_progress_ms at least every 100 ms while it runs; this much
 // silence means the processing loop is stuck, and the systemd watchdog is no longer fed.
 constexpr std::int64_t kStuckAfterMs = 10000;
-
-// Feeds the systemd watchdog (WatchdogSec=, seen as WATCHDOG_USEC) every half interval while the
-// process is healthy; does nothing when the watchdog is off. Called from the main loop's tick
-// (about once a second), so WatchdogSec= should be at least 2 s.
-class WatchdogFeeder {
- public:
-  explicit WatchdogFeeder(SystemdNotifier& notifier)
-      : notifier_(notifier), interval_(notifier.watchdog_interval()) {}
-
-  bool enabled() const { return interval_.has_value(); }
-  std::chrono::microseconds interval() const { return interval_.value_or(kZero); }
-
-  void tick(bool healthy) {
-    if (!interval_ || !healthy) return;
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_ < *interval_ / 2) return;
-    last_ = now;
-    notifier_.watchdog();
-  }
-
- private:
-  static constexpr std::chrono::microseconds kZero{0};
-  SystemdNotifier& notifier_;
-  std::optional<std::chrono::microseconds> interval_;
-  std::chrono::steady_clock::time_point last_{};
-};
-
-// Bounds the shutdown: unless destroyed within `timeout`, it logs why and ends the process with
-// kExitFailure. Whatever was not processed by then stays in the spool for the next start.
-class ShutdownDeadline {
- public:
-  ShutdownDeadline(std::chrono::seconds timeout, std::shared_ptr<spdlog::logger> log)
-      : thread_([this, timeout, log = std::move(log)] {
-          std::unique_lock lock(mu_);
-          if (cv_.wait_for(lock, timeout, [this] { return done_; })) return;
-          log->critical("shutdown did not finish within SHUTDOWN_TIMEOUT_SECONDS={}; exiting now",
-                        timeout.count());
-          log->flush();
-          std::_Exit(kExitFailure);
-        }) {}
-  ~ShutdownDeadline() {
-    {
-      std::lock_guard lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  ShutdownDeadline(const ShutdownDeadline&) = delete;
-  ShutdownDeadline& operator=(const ShutdownDeadline&) = delete;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;  // guarded by mu_
-  std::thread thread_;
-};
 
 Settings settings_from(const CommandLine& cl) {
   EnvMap file;

@@ -40,4 +40,12 @@ std::optional<std::chrono::microseconds> SystemdNotifier::watchdog_interval() co
   return std::nullopt;
 }
 
+void WatchdogFeeder::tick(bool healthy) {
+  if (!interval_ || !healthy) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_ < *interval_ / 2) return;
+  last_ = now;
+  notifier_.watchdog();
+}
+
 }  // namespace gateway

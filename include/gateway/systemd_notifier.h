@@ -25,4 +25,25 @@ class SystemdNotifier {
   std::optional<std::chrono::microseconds> watchdog_interval() const;
 };
 
+// Feeds the systemd watchdog (WatchdogSec=, seen as WATCHDOG_USEC) every half interval while the
+// process is healthy; does nothing when the watchdog is off. Called from the main loop's tick
+// (about once a second), so WatchdogSec= should be at least 2 s.
+class WatchdogFeeder {
+ public:
+  explicit WatchdogFeeder(SystemdNotifier& notifier)
+      : notifier_(notifier), interval_(notifier.watchdog_interval()) {}
+
+  bool enabled() const { return interval_.has_value(); }
+  std::chrono::microseconds interval() const { return interval_.value_or(kZero); }
+
+  // Sends WATCHDOG=1 when healthy and half an interval has passed since the last one.
+  void tick(bool healthy);
+
+ private:
+  static constexpr std::chrono::microseconds kZero{0};
+  SystemdNotifier& notifier_;
+  std::optional<std::chrono::microseconds> interval_;
+  std::chrono::steady_clock::time_point last_{};
+};
+
 }  // namespace gateway
