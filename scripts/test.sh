@@ -141,7 +141,7 @@ fuzz_inputs() {
   case "$1" in
     payload_fuzzer) echo "src/payload.cpp src/payload_schema.cpp src/topic_filter.cpp" ;;
     spool_fuzzer)
-      echo "src/spool.cpp -lz -lspdlog -lfmt -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL"
+      echo "src/spool.cpp src/spool_cursor.cpp src/spool_format.cpp src/spool_reader.cpp -lz -lspdlog -lfmt -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL"
       ;;
     *) return 1 ;;
   esac

@@ -5,143 +5,43 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <charconv>
 #include <condition_variable>
 #include <cstdio>
-#include <cstring>
 #include <functional>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
 #include <stdexcept>
-#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "gateway/errors.h"
+#include "spool_reader.h"
 
 namespace gateway {
 namespace {
 
 namespace fs = std::filesystem;
+using spool_detail::errno_text;
+using spool_detail::File;
+using spool_detail::open_or_throw;
+using spool_detail::parse_segment_name;
+using spool_detail::SpoolReader;
+using spool_detail::throw_io;
 
-// "GSPL" in the file. Chosen so that zero-filled blocks (what a power loss leaves) never match.
-constexpr std::uint32_t kMagic = 0x4C505347;
-constexpr std::size_t kPrefixBytes = 8;   // magic + length
-constexpr std::size_t kHeaderBytes = 33;  // the fixed part of a record
-constexpr std::uint32_t kMinLength = kHeaderBytes - kPrefixBytes;
-constexpr std::uint64_t kMaxLength = kMinLength + kSpoolMaxTopicBytes + kSpoolMaxPayloadBytes;
-constexpr std::uint8_t kFlagDup = 0x01;
-constexpr std::size_t kReadBufferBytes = 256 << 10;
 // The write buffer keeps its capacity between appends, unless one huge message inflated it.
 constexpr std::size_t kKeepBufferBytes = 4 << 20;
-constexpr std::string_view kSegmentSuffix = ".seg";
-constexpr std::size_t kSeqDigits = 20;
-
-void put_u16(char* out, std::uint16_t v) {
-  out[0] = static_cast<char>(v);
-  out[1] = static_cast<char>(v >> 8);
-}
-void put_u32(char* out, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) out[i] = static_cast<char>(v >> (8 * i));
-}
-void put_u64(char* out, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(v >> (8 * i));
-}
-std::uint64_t get_le(const char* in, int bytes) {
-  std::uint64_t v = 0;
-  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(in[i]);
-  return v;
-}
-
-std::uint32_t checksum(const char* data, std::size_t size) {
-  return static_cast<std::uint32_t>(
-      crc32_z(0, reinterpret_cast<const Bytef*>(data), static_cast<z_size_t>(size)));
-}
-
-void check_limits(std::string_view topic, std::string_view payload) {
-  if (topic.size() > kSpoolMaxTopicBytes) {
-    throw std::invalid_argument("spool: topic of " + std::to_string(topic.size()) +
-                                " bytes exceeds the limit of " +
-                                std::to_string(kSpoolMaxTopicBytes));
-  }
-  if (payload.size() > kSpoolMaxPayloadBytes) {
-    throw std::invalid_argument("spool: payload of " + std::to_string(payload.size()) +
-                                " bytes exceeds the limit of " +
-                                std::to_string(kSpoolMaxPayloadBytes));
-  }
-}
-
-// Encodes into `out`, reusing its capacity (no allocation on the hot path once warmed up).
-// The caller has checked the limits.
-void encode_into(std::string& out, std::uint64_t seq, std::int64_t arrival_us,
-                 std::uint16_t packet_id, bool dup, std::string_view topic,
-                 std::string_view payload) {
-  const std::size_t total = kHeaderBytes + topic.size() + payload.size();
-  out.resize(total);
-  char* d = out.data();
-  put_u32(d, kMagic);
-  put_u32(d + 4, static_cast<std::uint32_t>(total - kPrefixBytes));
-  put_u64(d + 12, seq);
-  put_u64(d + 20, static_cast<std::uint64_t>(arrival_us));
-  put_u16(d + 28, packet_id);
-  d[30] = static_cast<char>(dup ? kFlagDup : 0);
-  put_u16(d + 31, static_cast<std::uint16_t>(topic.size()));
-  if (!topic.empty()) std::memcpy(d + kHeaderBytes, topic.data(), topic.size());
-  if (!payload.empty())
-    std::memcpy(d + kHeaderBytes + topic.size(), payload.data(), payload.size());
-  put_u32(d + 8, checksum(d + 12, total - 12));
-}
 
 std::uint64_t content_hash(std::string_view topic, std::string_view payload) {
   const std::uint64_t t = std::hash<std::string_view>{}(topic);
   const std::uint64_t p = std::hash<std::string_view>{}(payload);
   return t ^ (p + 0x9e3779b97f4a7c15ull + (t << 6) + (t >> 2));
-}
-
-std::string errno_text(int err) { return std::system_category().message(err); }
-
-[[noreturn]] void throw_io(std::string_view what, const fs::path& path, int err) {
-  throw SpoolError("spool: " + std::string(what) + " " + path.string() + ": " + errno_text(err));
-}
-
-// An owned file descriptor.
-class File {
- public:
-  File() = default;
-  explicit File(int fd) : fd_(fd) {}
-  File(File&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  File& operator=(File&& other) noexcept {
-    if (this != &other) {
-      reset();
-      fd_ = std::exchange(other.fd_, -1);
-    }
-    return *this;
-  }
-  File(const File&) = delete;
-  File& operator=(const File&) = delete;
-  ~File() { reset(); }
-  int get() const { return fd_; }
-  explicit operator bool() const { return fd_ >= 0; }
-  void reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
-
-File open_or_throw(const fs::path& path, int flags, std::string_view what) {
-  const int fd = ::open(path.c_str(), flags | O_CLOEXEC, 0644);
-  if (fd < 0) throw_io(what, path, errno);
-  return File(fd);
 }
 
 // Returns 0 or the errno of the failed write.
@@ -166,151 +66,26 @@ int sync_directory(const fs::path& dir) {
   return rc;
 }
 
-std::optional<std::uint64_t> parse_segment_name(const std::string& name) {
-  if (name.size() != kSeqDigits + kSegmentSuffix.size() ||
-      std::string_view(name).substr(kSeqDigits) != kSegmentSuffix) {
-    return std::nullopt;
-  }
-  std::uint64_t seq = 0;
-  const char* end = name.data() + kSeqDigits;
-  const auto [ptr, ec] = std::from_chars(name.data(), end, seq);
-  if (ec != std::errc() || ptr != end) return std::nullopt;
-  return seq;
-}
-
 bool is_hex_id(std::string_view id) {
   return id.size() == 32 && std::all_of(id.begin(), id.end(), [](char c) {
            return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
          });
 }
 
-// Buffered sequential decoding of one segment file, from its start.
-class Cursor {
- public:
-  Cursor() : buffer_(kReadBufferBytes) {}
-
-  void reset(File file, fs::path path) {
-    file_ = std::move(file);
-    path_ = std::move(path);
-    begin_ = end_ = 0;
-    file_pos_ = 0;
-    if (buffer_.size() > kReadBufferBytes) {
-      buffer_.resize(kReadBufferBytes);
-      buffer_.shrink_to_fit();
-    }
-  }
-
-  const fs::path& path() const { return path_; }
-  // The file offset of the next byte to decode.
-  std::uint64_t offset() const { return file_pos_ - (end_ - begin_); }
-
-  // Decodes the next record among the file's bytes below `limit`. kIncomplete once those bytes
-  // hold no further whole record. Throws SpoolError on read errors.
-  DecodeResult next(std::uint64_t limit) {
-    for (;;) {
-      const std::string_view available(buffer_.data() + begin_, end_ - begin_);
-      DecodeResult result = decode_record(available);
-      if (result.status != DecodeStatus::kIncomplete) {
-        begin_ += result.consumed;
-        return result;
-      }
-      if (file_pos_ >= limit) return result;
-      std::uint64_t needed = kHeaderBytes;
-      if (available.size() >= kPrefixBytes) {
-        // decode_record vetted the length, so it is at most kMaxLength.
-        needed = kPrefixBytes + get_le(available.data() + 4, 4);
-        // Do not load (or allocate for) a record that the readable bytes cannot complete.
-        if (offset() + needed > limit) return result;
-      }
-      std::memmove(buffer_.data(), available.data(), available.size());
-      begin_ = 0;
-      end_ = available.size();
-      if (needed > buffer_.size()) buffer_.resize(needed);
-      const std::size_t want = static_cast<std::size_t>(
-          std::min<std::uint64_t>(buffer_.size() - end_, limit - file_pos_));
-      ssize_t n;
-      do {
-        n = ::pread(file_.get(), buffer_.data() + end_, want, static_cast<off_t>(file_pos_));
-      } while (n < 0 && errno == EINTR);
-      if (n < 0) throw_io("cannot read", path_, errno);
-      if (n == 0) return result;  // shorter than we were told: nothing more to read
-      end_ += static_cast<std::size_t>(n);
-      file_pos_ += static_cast<std::uint64_t>(n);
-    }
-  }
-
- private:
-  File file_;
-  fs::path path_;
-  std::vector<char> buffer_;
-  std::size_t begin_ = 0;       // first undecoded byte in buffer_
-  std::size_t end_ = 0;         // end of the loaded bytes in buffer_
-  std::uint64_t file_pos_ = 0;  // file offset of buffer_[end_]
-};
-
 }  // namespace
 
-std::string encode_record(const SpoolRecord& record) {
-  check_limits(record.topic, record.payload);
-  std::string out;
-  encode_into(out, record.seq, record.arrival_us, record.packet_id, record.dup, record.topic,
-              record.payload);
-  return out;
-}
-
-DecodeResult decode_record(std::string_view bytes) {
-  DecodeResult result{DecodeStatus::kIncomplete, {}, 0};
-  if (bytes.empty()) return result;
-  // Compare what is there of the magic, so garbage is recognised even when it is short.
-  char magic[4];
-  put_u32(magic, kMagic);
-  if (std::memcmp(bytes.data(), magic, std::min<std::size_t>(4, bytes.size())) != 0) {
-    result.status = DecodeStatus::kCorrupt;
-    return result;
-  }
-  if (bytes.size() < kPrefixBytes) return result;
-  const std::uint64_t length = get_le(bytes.data() + 4, 4);
-  if (length < kMinLength || length > kMaxLength) {
-    result.status = DecodeStatus::kCorrupt;
-    return result;
-  }
-  const std::size_t total = kPrefixBytes + static_cast<std::size_t>(length);
-  if (bytes.size() < total) return result;
-
-  const char* d = bytes.data();
-  result.status = DecodeStatus::kCorrupt;
-  result.consumed = total;
-  if (get_le(d + 8, 4) != checksum(d + 12, total - 12)) {
-    result.record.seq = get_le(d + 12, 8);  // for the log only
-    return result;
-  }
-  const auto flags = static_cast<std::uint8_t>(d[30]);
-  const std::size_t topic_len = get_le(d + 31, 2);
-  const std::size_t body = total - kHeaderBytes;
-  // Content that encode_record would refuse is corrupt, so kOk always round-trips.
-  if ((flags & ~kFlagDup) != 0 || topic_len > body || body - topic_len > kSpoolMaxPayloadBytes) {
-    return result;
-  }
-  SpoolRecord& r = result.record;
-  r.seq = get_le(d + 12, 8);
-  r.arrival_us = static_cast<std::int64_t>(get_le(d + 20, 8));
-  r.packet_id = static_cast<std::uint16_t>(get_le(d + 28, 2));
-  r.dup = (flags & kFlagDup) != 0;
-  r.topic.assign(d + kHeaderBytes, topic_len);
-  r.payload.assign(d + kHeaderBytes + topic_len, body - topic_len);
-  result.status = DecodeStatus::kOk;
-  return result;
-}
-
-class Spool::Impl {
+class Spool::Impl final : private spool_detail::SegmentIndex {
  public:
   Impl(SpoolOptions options, std::shared_ptr<spdlog::logger> log);
   ~Impl();
 
   const std::string& id() const { return id_; }
   std::optional<AppendResult> append(std::string_view topic, std::string_view payload,
-                                     std::uint16_t packet_id, bool dup, std::int64_t arrival_us);
+                                     std::uint16_t packet_id, bool dup, std::int64_t arrival_us,
+                                     bool retained, std::uint64_t original_size);
+  void ensure_seq_above(std::uint64_t seq);
   std::optional<SpoolRecord> read_next(std::chrono::milliseconds timeout);
+  std::unique_ptr<SpoolCursor> cursor(std::uint64_t from_seq);
   void release_below(std::uint64_t seq);
   void stop_back_pressure();
   void close();
@@ -318,8 +93,14 @@ class Spool::Impl {
 
  private:
   struct Segment {
-    std::uint64_t size = 0;          // bytes on disk
-    std::uint64_t readable_end = 0;  // records end here (before size when framing was lost)
+    std::uint64_t size = 0;  // bytes on disk
+    // Readers decode up to here: whole records that append() finished (kAlways: and synced).
+    // Below size when framing was lost, or when a failed append could not be cut back.
+    std::uint64_t readable_end = 0;
+    // Every record in it has a smaller seq (set when it stops being the active segment; the
+    // active one's bound is next_seq_). Tighter than the next segment's name when seqs were
+    // skipped, so release_below() can still delete it.
+    std::uint64_t end_seq = 0;
   };
   struct WindowEntry {
     std::uint64_t hash = 0;  // of topic and payload
@@ -332,12 +113,13 @@ class Spool::Impl {
   void load_or_create_id();
   void recover();
   void create_active_segment_locked(std::uint64_t first_seq);
-  void roll_locked();
+  void roll_locked(std::uint64_t first_seq);
+  void cut_back_locked(std::uint64_t seq);
   void remember_locked(std::uint64_t hash, std::uint64_t seq, std::uint16_t packet_id);
   std::optional<std::uint64_t> find_redelivery_locked(std::uint64_t hash,
                                                       std::uint16_t packet_id) const;
-  bool advance_reader_locked();
-  void open_reader_locked(std::map<std::uint64_t, Segment>::const_iterator it);
+  bool advance(SpoolReader& reader) override;
+  bool advance_locked(SpoolReader& reader);
   void sync_directory_or_log() const;
   void fsync_loop();
 
@@ -358,6 +140,7 @@ class Spool::Impl {
   std::uint64_t active_first_ = 0;             // guarded by mu_
   Segment* active_ = nullptr;  // guarded by mu_; segments_[active_first_] (map nodes are stable)
   std::shared_ptr<File> active_file_;            // guarded by mu_; shared with the fsync thread
+  bool must_roll_ = false;                       // guarded by mu_; the active file has a bad tail
   std::vector<std::shared_ptr<File>> unsynced_;  // guarded by mu_; rolled but not yet synced
   bool dirty_ = false;                           // guarded by mu_; kBatch: something to sync
   bool directory_dirty_ = false;                 // guarded by mu_; kBatch: dir needs fsync
@@ -372,11 +155,7 @@ class Spool::Impl {
   std::size_t window_next_ = 0;                  // guarded by mu_; the slot to overwrite next
 
   // The consumer thread's own state; it takes mu_ only to look at the segments.
-  Cursor cursor_;
-  std::optional<std::uint64_t> read_first_;  // the segment being read
-  std::uint64_t read_limit_ = 0;             // bytes of it known to hold whole records
-  bool read_stuck_ = false;                  // framing lost below read_limit_
-  std::uint64_t last_read_seq_ = 0;
+  SpoolReader reader_{0};
 
   std::thread fsync_thread_;  // kBatch only
 };
@@ -413,15 +192,14 @@ Spool::Impl::~Impl() {
     if (::fdatasync(file->get()) != 0) log_->error("spool: fdatasync: {}", errno_text(errno));
   }
   if (active_file_ && ::fdatasync(active_file_->get()) != 0) {
-    log_->error("spool: fdatasync {}: {}", segment_path(active_first_).string(), errno_text(errno));
+    const int err = errno;
+    log_->error("spool: fdatasync {}: {}", segment_path(active_first_).string(), errno_text(err));
   }
   if (directory_dirty_) sync_directory_or_log();
 }
 
 fs::path Spool::Impl::segment_path(std::uint64_t first_seq) const {
-  char name[kSeqDigits + 1];
-  std::snprintf(name, sizeof(name), "%020llu", static_cast<unsigned long long>(first_seq));
-  return options_.dir / (std::string(name) + std::string(kSegmentSuffix));
+  return spool_detail::segment_path(options_.dir, first_seq);
 }
 
 void Spool::Impl::lock_directory() {
@@ -493,7 +271,7 @@ void Spool::Impl::recover() {
   std::lock_guard lock(mu_);
   std::uint64_t max_seq = 0;
   std::uint64_t damaged_tail_bytes = 0;  // after the last good record of the last segment
-  Cursor cursor;
+  spool_detail::SegmentDecoder decoder;
   for (std::size_t i = 0; i < firsts.size(); ++i) {
     const bool last = i + 1 == firsts.size();
     const fs::path path = segment_path(firsts[i]);
@@ -501,15 +279,16 @@ void Spool::Impl::recover() {
     struct stat st {};
     if (::fstat(file.get(), &st) != 0) throw_io("cannot stat", path, errno);
     const auto size = static_cast<std::uint64_t>(st.st_size);
-    Segment segment{size, size};
+    Segment segment{size, size, 0};
     std::uint64_t good_end = 0;
-    cursor.reset(std::move(file), path);
+    std::uint64_t segment_max_seq = 0;
+    decoder.reset(std::move(file), path);
     for (;;) {
-      const std::uint64_t offset = cursor.offset();
-      DecodeResult r = cursor.next(size);
+      const std::uint64_t offset = decoder.offset();
+      DecodeResult r = decoder.next(size);
       if (r.status == DecodeStatus::kOk) {
-        max_seq = std::max(max_seq, r.record.seq);
-        good_end = cursor.offset();
+        segment_max_seq = std::max(segment_max_seq, r.record.seq);
+        good_end = decoder.offset();
         if (r.record.packet_id != 0) {
           remember_locked(content_hash(r.record.topic, r.record.payload), r.record.seq,
                           r.record.packet_id);
@@ -550,6 +329,8 @@ void Spool::Impl::recover() {
       break;
     }
     if (last) damaged_tail_bytes = size - good_end;
+    max_seq = std::max(max_seq, segment_max_seq);
+    segment.end_seq = std::max(firsts[i], segment_max_seq + 1);
     bytes_ += segment.size;
     segments_.emplace(firsts[i], segment);
   }
@@ -561,7 +342,7 @@ void Spool::Impl::recover() {
   } else if (damaged_tail_bytes > 0) {
     // The damaged bytes may have held records already handed to the database; skip every seq
     // they could have used. The new segment's name keeps that gap across further restarts.
-    next_seq_ += (damaged_tail_bytes + kHeaderBytes - 1) / kHeaderBytes;
+    next_seq_ += (damaged_tail_bytes + kSpoolRecordHeaderBytes - 1) / kSpoolRecordHeaderBytes;
     log_->warn("spool: the last segment was damaged; appends continue in a new segment at seq {}",
                next_seq_);
     create_active_segment_locked(next_seq_);
@@ -585,6 +366,7 @@ void Spool::Impl::create_active_segment_locked(std::uint64_t first_seq) {
   active_ = &segments_.emplace(first_seq, Segment{}).first->second;
   active_first_ = first_seq;
   active_file_ = std::move(file);
+  must_roll_ = false;
   switch (options_.fsync) {
     case SpoolFsync::kNever:
       break;
@@ -598,11 +380,32 @@ void Spool::Impl::create_active_segment_locked(std::uint64_t first_seq) {
   }
 }
 
-void Spool::Impl::roll_locked() {
+void Spool::Impl::roll_locked(std::uint64_t first_seq) {
+  const std::shared_ptr<File> finished = active_file_;
+  active_->end_seq = next_seq_;
+  create_active_segment_locked(first_seq);
   // kBatch: the fsync thread syncs the finished segment; kAlways synced every record already.
-  if (options_.fsync == SpoolFsync::kBatch) unsynced_.push_back(active_file_);
-  create_active_segment_locked(next_seq_);
-  log_->debug("spool: rolled to segment {}", segment_path(next_seq_).string());
+  if (options_.fsync == SpoolFsync::kBatch) unsynced_.push_back(finished);
+  log_->debug("spool: rolled to segment {}", segment_path(first_seq).string());
+}
+
+// After a failed write or fdatasync of record `seq`: takes whatever part of it reached the file
+// back off, so that the next record follows the last good one.
+void Spool::Impl::cut_back_locked(std::uint64_t seq) {
+  const int fd = active_file_->get();
+  if (::ftruncate(fd, static_cast<off_t>(active_->size)) == 0) return;
+  const int err = errno;
+  log_->error("spool: cannot cut {} back to {} bytes: {}; appends continue in a new segment",
+              segment_path(active_first_).string(), active_->size, errno_text(err));
+  // The record may be on disk, whole or in part. Readers stop before it (readable_end), the next
+  // append goes to a new segment, and its seq is never used again.
+  next_seq_ = seq + 1;
+  must_roll_ = true;
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) > active_->size) {
+    bytes_ += static_cast<std::uint64_t>(st.st_size) - active_->size;
+    active_->size = static_cast<std::uint64_t>(st.st_size);
+  }
 }
 
 void Spool::Impl::remember_locked(std::uint64_t hash, std::uint64_t seq, std::uint16_t packet_id) {
@@ -623,8 +426,9 @@ std::optional<std::uint64_t> Spool::Impl::find_redelivery_locked(std::uint64_t h
 
 std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::string_view payload,
                                                 std::uint16_t packet_id, bool dup,
-                                                std::int64_t arrival_us) {
-  check_limits(topic, payload);
+                                                std::int64_t arrival_us, bool retained,
+                                                std::uint64_t original_size) {
+  check_record_limits(topic, payload, original_size);
   const bool remember = packet_id != 0 && !window_.empty();
   const std::uint64_t hash = remember ? content_hash(topic, payload) : 0;
   const bool maybe_redelivery = remember && dup;
@@ -654,29 +458,36 @@ std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::str
     if (auto r = redelivered()) return r;  // the first delivery may have got in meanwhile
   }
 
-  const std::uint64_t record_bytes = kHeaderBytes + topic.size() + payload.size();
-  if (active_->size > 0 && active_->size + record_bytes > options_.segment_bytes) roll_locked();
+  // Rolling keeps next_seq_, so the record can be encoded first and sized from its bytes.
   const std::uint64_t seq = next_seq_;
-  encode_into(buffer_, seq, arrival_us, packet_id, dup, topic, payload);
+  encode_record_into(buffer_, SpoolRecordView{seq, arrival_us, packet_id, dup, retained,
+                                              original_size, topic, payload});
+  const std::uint64_t record_bytes = buffer_.size();
+  if (must_roll_ || (active_->size > 0 && active_->size + record_bytes > options_.segment_bytes)) {
+    roll_locked(next_seq_);
+  }
   const int fd = active_file_->get();
-  if (const int err = write_all(fd, buffer_.data(), buffer_.size())) {
-    // Cut a partly written record back off, so later records stay reachable.
-    if (::ftruncate(fd, static_cast<off_t>(active_->size)) != 0) {
-      log_->error("spool: cannot cut back {}: {}", segment_path(active_first_).string(),
-                  errno_text(errno));
-    }
-    throw_io("cannot write", segment_path(active_first_), err);
+  std::string_view failed = "cannot write";
+  int err = write_all(fd, buffer_.data(), buffer_.size());
+  if (err == 0 && options_.fsync == SpoolFsync::kAlways && ::fdatasync(fd) != 0) {
+    failed = "cannot fdatasync";
+    err = errno;
+  }
+  if (buffer_.capacity() > kKeepBufferBytes) std::string().swap(buffer_);
+  if (err != 0) {
+    // Nothing of the record stays visible: readers stop at readable_end, which has not moved,
+    // and neither the redelivery window nor the seq counter saw it.
+    cut_back_locked(seq);
+    throw_io(failed, segment_path(active_first_), err);
   }
   ++next_seq_;
   active_->size += record_bytes;
+  // Only now may readers decode it (kAlways: it is on stable storage).
   active_->readable_end = active_->size;
   bytes_ += record_bytes;
   ++appended_;
   if (remember) remember_locked(hash, seq, packet_id);
-  if (buffer_.capacity() > kKeepBufferBytes) std::string().swap(buffer_);
-  if (options_.fsync == SpoolFsync::kAlways) {
-    if (::fdatasync(fd) != 0) throw_io("cannot fdatasync", segment_path(active_first_), errno);
-  } else if (options_.fsync == SpoolFsync::kBatch && !std::exchange(dirty_, true)) {
+  if (options_.fsync == SpoolFsync::kBatch && !std::exchange(dirty_, true)) {
     sync_cv_.notify_one();
   }
   lock.unlock();
@@ -684,72 +495,83 @@ std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::str
   return AppendResult{seq, false};
 }
 
+void Spool::Impl::ensure_seq_above(std::uint64_t seq) {
+  if (seq == std::numeric_limits<std::uint64_t>::max()) {
+    throw std::invalid_argument("spool: no seq is above " + std::to_string(seq));
+  }
+  {
+    std::lock_guard lock(mu_);
+    if (next_seq_ > seq) return;
+    const std::uint64_t old_next = next_seq_;
+    log_->warn(
+        "spool: the database already has seq {} of spool {}, but the spool's next seq is {} (a "
+        "power loss before the spool was synced, or a restored spool directory); appends "
+        "continue at seq {} in a new segment",
+        seq, id_, old_next, seq + 1);
+    // A new segment, so that its name carries the floor across restarts; the records already
+    // here stay below it, in order.
+    try {
+      roll_locked(seq + 1);
+    } catch (...) {
+      next_seq_ = seq + 1;  // this process at least never reuses a seq
+      throw;
+    }
+    next_seq_ = seq + 1;
+  }
+  // The floor lives in a file name; it must survive a power loss even if nothing is appended.
+  if (const int err = sync_directory(options_.dir)) throw_io("cannot fsync", options_.dir, err);
+}
+
 std::optional<SpoolRecord> Spool::Impl::read_next(std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     if (closed_) return std::nullopt;
-    if (read_first_ && !read_stuck_) {
-      const std::uint64_t offset = cursor_.offset();
-      DecodeResult r = cursor_.next(read_limit_);
-      if (r.status == DecodeStatus::kOk) {
-        if (r.record.seq <= last_read_seq_) {
-          log_->error("spool: {} offset {}: seq {} out of order (after {}); skipped",
-                      cursor_.path().string(), offset, r.record.seq, last_read_seq_);
-          continue;
-        }
-        last_read_seq_ = r.record.seq;
-        return std::move(r.record);
-      }
-      if (r.status == DecodeStatus::kCorrupt && r.consumed > 0) continue;  // logged by recovery
-      if (r.status == DecodeStatus::kCorrupt) {
-        // Recovery keeps lost framing out of read_limit_, so the file changed under us.
-        log_->error("spool: {} offset {}: bad magic or length; skipping the rest of the segment",
-                    cursor_.path().string(), offset);
-        read_stuck_ = true;
-      }
-    }
+    if (auto record = reader_.next(*log_)) return record;
     std::unique_lock lock(mu_);
     for (;;) {
       if (closed_) return std::nullopt;
-      if (advance_reader_locked()) break;
+      if (advance_locked(reader_)) break;
       if (data_cv_.wait_until(lock, deadline) == std::cv_status::timeout) {
-        if (closed_ || !advance_reader_locked()) return std::nullopt;
+        if (closed_ || !advance_locked(reader_)) return std::nullopt;
         break;
       }
     }
   }
 }
 
-// Called when the cursor has decoded everything below read_limit_. Returns whether there is
-// something new to decode: more bytes of this segment, or the next segment.
-bool Spool::Impl::advance_reader_locked() {
-  if (!read_first_) {
-    open_reader_locked(segments_.cbegin());  // the active segment always exists
-    return true;
-  }
-  const auto it = segments_.find(*read_first_);
-  if (it != segments_.end() && !read_stuck_) {
-    const bool active = it->first == active_first_;
-    const std::uint64_t limit = active ? it->second.size : it->second.readable_end;
-    if (limit > read_limit_) {
-      read_limit_ = limit;
-      return true;
-    }
-    if (active) return false;
-  }
-  // Finished (or released, or unreadable): move on.
-  const auto next = segments_.upper_bound(*read_first_);
-  if (next == segments_.end()) return false;
-  open_reader_locked(next);
-  return true;
+std::unique_ptr<SpoolCursor> Spool::Impl::cursor(std::uint64_t from_seq) {
+  // Not make_unique: the constructor is private to Spool.
+  return std::unique_ptr<SpoolCursor>(new SpoolCursor(*this, log_, from_seq));
 }
 
-void Spool::Impl::open_reader_locked(std::map<std::uint64_t, Segment>::const_iterator it) {
-  const fs::path path = segment_path(it->first);
-  cursor_.reset(open_or_throw(path, O_RDONLY, "cannot open"), path);
-  read_first_ = it->first;
-  read_limit_ = it->first == active_first_ ? it->second.size : it->second.readable_end;
-  read_stuck_ = false;
+bool Spool::Impl::advance(SpoolReader& reader) {
+  std::lock_guard lock(mu_);
+  return advance_locked(reader);
+}
+
+bool Spool::Impl::advance_locked(SpoolReader& reader) {
+  auto next = segments_.cend();
+  if (!reader.segment()) {
+    // The segment that holds from_seq: the last one named at or below it, else the oldest.
+    next = segments_.upper_bound(reader.from_seq());
+    if (next != segments_.cbegin()) --next;
+  } else {
+    const auto it = segments_.find(*reader.segment());
+    if (it != segments_.end() && !reader.stuck()) {
+      if (it->second.readable_end > reader.limit()) {
+        reader.raise_limit(it->second.readable_end);
+        return true;
+      }
+      if (it->first == active_first_) return false;
+    }
+    // Finished (or released, or unreadable): move on.
+    next = segments_.upper_bound(*reader.segment());
+  }
+  if (next == segments_.cend()) return false;
+  const fs::path path = segment_path(next->first);
+  reader.open(open_or_throw(path, O_RDONLY, "cannot open"), path, next->first,
+              next->second.readable_end);
+  return true;
 }
 
 void Spool::Impl::release_below(std::uint64_t seq) {
@@ -758,25 +580,24 @@ void Spool::Impl::release_below(std::uint64_t seq) {
     std::lock_guard lock(mu_);
     if (seq >= next_seq_ && active_->size > 0 && bytes_ >= options_.max_bytes && !closed_) {
       try {
-        roll_locked();
+        roll_locked(next_seq_);
       } catch (const SpoolError& e) {
         log_->error("{}", e.what());
       }
     }
-    // A segment holds only seqs below the next segment's first seq.
+    // Never the active segment, which is the last one.
     for (auto it = segments_.begin(); std::next(it) != segments_.end();) {
-      const auto next = std::next(it);
-      if (next->first > seq) break;
+      if (it->second.end_seq > seq) break;
       doomed.push_back(segment_path(it->first));
       bytes_ -= it->second.size;
-      segments_.erase(it);
-      it = next;
+      it = segments_.erase(it);
     }
   }
   if (doomed.empty()) return;
   for (const auto& path : doomed) {
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-      log_->error("spool: cannot delete {}: {}", path.string(), errno_text(errno));
+      const int err = errno;
+      log_->error("spool: cannot delete {}: {}", path.string(), errno_text(err));
     }
   }
   if (options_.fsync != SpoolFsync::kNever) sync_directory_or_log();
@@ -851,11 +672,16 @@ Spool::~Spool() = default;
 const std::string& Spool::id() const { return impl_->id(); }
 std::optional<AppendResult> Spool::append(std::string_view topic, std::string_view payload,
                                           std::uint16_t packet_id, bool dup,
-                                          std::int64_t arrival_us) {
-  return impl_->append(topic, payload, packet_id, dup, arrival_us);
+                                          std::int64_t arrival_us, bool retained,
+                                          std::uint64_t original_size) {
+  return impl_->append(topic, payload, packet_id, dup, arrival_us, retained, original_size);
 }
+void Spool::ensure_seq_above(std::uint64_t seq) { impl_->ensure_seq_above(seq); }
 std::optional<SpoolRecord> Spool::read_next(std::chrono::milliseconds timeout) {
   return impl_->read_next(timeout);
+}
+std::unique_ptr<SpoolCursor> Spool::cursor(std::uint64_t from_seq) {
+  return impl_->cursor(from_seq);
 }
 void Spool::release_below(std::uint64_t seq) { impl_->release_below(seq); }
 void Spool::stop_back_pressure() { impl_->stop_back_pressure(); }

@@ -7,18 +7,16 @@
 // fully processed segments are deleted. After a crash the whole remaining spool is replayed; the
 // consumer skips what it already committed by the record's seq.
 //
-// Thread-safety: append(), release_below(), stop_back_pressure(), close(), stats() and id() may be
-// called from any thread. read_next() is for a single consumer thread. The destructor must not
-// race other calls.
+// Thread-safety: append(), ensure_seq_above(), cursor(), release_below(), stop_back_pressure(),
+// close(), stats() and id() may be called from any thread. read_next() is for a single consumer
+// thread; each SpoolCursor for one thread at a time. The destructor must not race other calls.
 //
 // On disk, in `dir`:
 //   <first seq, 20 digits>.seg  segments, in seq order; a new empty segment's name carries the
 //                               next seq, so seq survives restarts even when all else was released
 //   spool.id                    this spool's identity (see id())
 //   spool.lock                  flock()ed while open, so two processes never share a spool
-// A record is a little-endian header, then the topic, then the payload:
-//   [magic u32][length u32: bytes after this field][crc32 u32 of all bytes after this field]
-//   [seq u64][arrival_us i64][packet_id u16][flags u8: bit 0 = dup][topic_len u16]
+// The records in a segment: see spool_format.h.
 #pragma once
 
 #include <spdlog/fwd.h>
@@ -32,15 +30,24 @@
 #include <string>
 #include <string_view>
 
+#include "gateway/spool_cursor.h"
+#include "gateway/spool_format.h"
+
 namespace gateway {
 
-// How hard append() works to get records onto stable storage (page cache alone survives kill -9,
-// but not a power loss).
+// How hard append() works to get records onto stable storage. The page cache alone survives
+// kill -9 but not a power loss; what each policy can lose on a power loss:
 enum class SpoolFsync {
-  kNever,   // leave it to the kernel
-  kBatch,   // a background thread fdatasyncs every fsync_interval while there are new records
-  kAlways,  // append() fdatasyncs before it returns (slow: one disk flush per message)
+  kNever,   // whatever the kernel had not written back yet (by default dirty pages may wait
+            // about 30 s)
+  kBatch,   // a background thread fdatasyncs every fsync_interval while there are new records;
+            // loses up to fsync_interval of acknowledged messages
+  kAlways,  // append() fdatasyncs before it returns, and read_next() sees a record only after
+            // that: loses nothing acknowledged (slow: one disk flush per message)
 };
+// kNever and kBatch acknowledge before the fsync, so their records are readable as soon as they
+// are written; the database may then hold a seq that a power loss takes from the spool (see
+// Spool::ensure_seq_above()).
 
 struct SpoolOptions {
   std::filesystem::path dir;                  // created if missing
@@ -50,23 +57,6 @@ struct SpoolOptions {
   std::chrono::milliseconds fsync_interval{5};  // kBatch: how long new records may stay unsynced
   std::size_t redelivery_window = 1024;  // recent QoS>0 records remembered to spot redeliveries
 };
-
-struct SpoolRecord {
-  std::uint64_t seq = 0;  // assigned by append, strictly increasing, never reused (gaps allowed)
-  std::int64_t arrival_us = 0;  // wall clock, microseconds since the epoch
-  std::uint16_t packet_id = 0;  // MQTT packet id (0 for QoS 0)
-  bool dup = false;             // the MQTT DUP flag
-  std::string topic;            // at most kSpoolMaxTopicBytes
-  std::string payload;          // raw bytes, at most kSpoolMaxPayloadBytes
-
-  friend bool operator==(const SpoolRecord&, const SpoolRecord&) = default;
-};
-
-// Limits of the record format; append() and encode_record() throw std::invalid_argument beyond
-// them. The payload limit is MQTT's own maximum packet size (256 MiB), so a real message always
-// fits.
-inline constexpr std::size_t kSpoolMaxTopicBytes = 65535;
-inline constexpr std::size_t kSpoolMaxPayloadBytes = 256u << 20;
 
 struct AppendResult {
   std::uint64_t seq;  // the new record's seq, or the already spooled one's when redelivery is true
@@ -95,19 +85,41 @@ class Spool {
   const std::string& id() const;
 
   // Returns once the record is written (one write(2) into the page cache; kAlways: fdatasync'ed).
-  // With dup set, packet_id != 0 and an identical (packet_id, topic, payload) among the last
-  // redelivery_window QoS>0 records (also from before a restart), appends nothing and returns that
-  // record's seq with redelivery = true. Blocks while the spool holds >= max_bytes until
-  // release_below() frees space; returns std::nullopt if close() is called meanwhile or before.
-  // Throws std::invalid_argument if topic or payload exceeds the limits above, SpoolError on I/O
-  // errors (the segment is then cut back, so the spool stays readable).
+  // `retained` is the MQTT RETAIN flag; original_size > 0 says that `payload` is only the first
+  // bytes of a payload of that many bytes (see SpoolRecord). With dup set, packet_id != 0 and an
+  // identical (packet_id, topic, payload) among the last redelivery_window QoS>0 records (also
+  // from before a restart), appends nothing and returns that record's seq with redelivery = true.
+  // Blocks while the spool holds >= max_bytes until release_below() frees space; returns
+  // std::nullopt if close() is called meanwhile or before. Throws std::invalid_argument where
+  // encode_record() would (limits, original_size), SpoolError on I/O errors (ENOSPC, EIO, EFBIG):
+  // the record is then cut back off the segment, so the spool stays readable, no reader ever sees
+  // it, and a later append succeeds once the disk takes writes again.
   std::optional<AppendResult> append(std::string_view topic, std::string_view payload,
-                                     std::uint16_t packet_id, bool dup, std::int64_t arrival_us);
+                                     std::uint16_t packet_id, bool dup, std::int64_t arrival_us,
+                                     bool retained = false, std::uint64_t original_size = 0);
+
+  // After it returns, every later append() gets a seq above `seq`, also after a restart. Call it
+  // at start-up with the highest seq the database has committed for this spool id. If the next
+  // seq is above `seq` already, does nothing. Otherwise (the spool came back shorter than what
+  // the database has: a power loss with kBatch or kNever, or a directory restored from an older
+  // copy) logs a warning and continues in a new segment named seq + 1, fsyncing the directory so
+  // that the name survives a restart even if nothing is appended; the records already in the
+  // spool stay readable, in order, before it. Thread-safe. Throws std::invalid_argument if `seq`
+  // is the largest uint64, SpoolError if the new segment cannot be created or made durable (the
+  // floor then still holds for this process).
+  void ensure_seq_above(std::uint64_t seq);
 
   // Single consumer thread. Returns records in seq order, starting (after open) with the oldest
-  // record in the spool; a record becomes visible once its append() has written it. Waits up to
-  // `timeout` for one; std::nullopt on timeout or after close(). Throws SpoolError on read errors.
+  // record in the spool; a record becomes visible once its append() has written it (kAlways: and
+  // fdatasync'ed it). Waits up to `timeout` for one; std::nullopt on timeout or after close().
+  // Throws SpoolError on read errors.
   std::optional<SpoolRecord> read_next(std::chrono::milliseconds timeout);
+
+  // A second reader that re-reads the records with seq >= from_seq (see spool_cursor.h); if
+  // from_seq is below the oldest record it starts there, if beyond the last one it waits for
+  // later ones. Opens no file until its first next(). Thread-safe. The cursor must not outlive
+  // this Spool.
+  std::unique_ptr<SpoolCursor> cursor(std::uint64_t from_seq);
 
   // Every record with seq < `seq` is fully processed: deletes the segment files that hold only
   // such records, never the one being written (except that a full spool whose records are all
@@ -142,21 +154,5 @@ class Spool {
   class Impl;  // in src/spool.cpp
   std::unique_ptr<Impl> impl_;
 };
-
-// The record codec, exposed for tests and the fuzzer.
-// Throws std::invalid_argument if the topic or payload exceeds the limits above.
-std::string encode_record(const SpoolRecord& record);
-
-enum class DecodeStatus { kOk, kIncomplete, kCorrupt };
-struct DecodeResult {
-  DecodeStatus status;
-  SpoolRecord record;    // kOk: the record; kCorrupt by checksum: only seq, as stored (untrusted)
-  std::size_t consumed;  // bytes to skip. kOk, or kCorrupt for a framed record with bad content
-                         // (checksum, flags, topic length): the whole record. kIncomplete: 0
-                         // (more bytes needed). kCorrupt with 0: bad magic or an impossible
-                         // length, so nothing after this point can be framed
-};
-// Decodes the record at the start of `bytes`. Never throws, never reads out of bounds.
-DecodeResult decode_record(std::string_view bytes);
 
 }  // namespace gateway

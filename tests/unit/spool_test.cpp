@@ -1,18 +1,31 @@
 #include "gateway/spool.h"
 
 #include <gtest/gtest.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <signal.h>
 #include <spdlog/logger.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
+#include <iterator>
 #include <limits>
 #include <random>
 #include <sstream>
@@ -34,6 +47,12 @@ constexpr std::size_t kHeaderBytes = 33;  // the fixed part of a record (see spo
 
 std::size_t record_size(std::string_view topic, std::string_view payload) {
   return kHeaderBytes + topic.size() + payload.size();
+}
+
+int occurrences(const std::string& text, std::string_view what) {
+  int n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
 }
 
 class SpoolTest : public ::testing::Test {
@@ -107,6 +126,13 @@ void flip_byte(const fs::path& path, std::uint64_t offset) {
 void append_bytes(const fs::path& path, std::string_view bytes) {
   std::ofstream f(path, std::ios::app | std::ios::binary);
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// Recomputes the checksum of an encoded record after a test changed its bytes.
+void reseal(std::string& b) {
+  const auto crc = static_cast<std::uint32_t>(
+      crc32(0, reinterpret_cast<const Bytef*>(b.data() + 12), static_cast<uInt>(b.size() - 12)));
+  for (int i = 0; i < 4; ++i) b[8 + i] = static_cast<char>(crc >> (8 * i));
 }
 
 // ---- the codec ----
@@ -188,15 +214,12 @@ TEST(SpoolCodecTest, ChecksumMismatchSkipsTheWholeRecord) {
 }
 
 TEST(SpoolCodecTest, UnknownFlagBitsAndOverlongTopicLengthAreCorrupt) {
-  const auto reseal = [](std::string& b) {
-    const auto crc = static_cast<std::uint32_t>(
-        crc32(0, reinterpret_cast<const Bytef*>(b.data() + 12), static_cast<uInt>(b.size() - 12)));
-    for (int i = 0; i < 4; ++i) b[8 + i] = static_cast<char>(crc >> (8 * i));
-  };
   std::string flags = encode_record({1, 0, 0, false, "t", "p"});
-  flags[30] = 0x02;
-  reseal(flags);
-  EXPECT_EQ(decode_record(flags).status, DecodeStatus::kCorrupt);
+  for (const char unknown : {'\x08', '\x10', '\x80'}) {
+    flags[30] = unknown;
+    reseal(flags);
+    EXPECT_EQ(decode_record(flags).status, DecodeStatus::kCorrupt) << int{unknown};
+  }
 
   std::string topic_len = encode_record({1, 0, 0, false, "t", "p"});
   topic_len[31] = 3;  // more than the 2 bytes of topic and payload
@@ -204,6 +227,77 @@ TEST(SpoolCodecTest, UnknownFlagBitsAndOverlongTopicLengthAreCorrupt) {
   const DecodeResult d = decode_record(topic_len);
   EXPECT_EQ(d.status, DecodeStatus::kCorrupt);
   EXPECT_EQ(d.consumed, topic_len.size());
+}
+
+// Bytes written by the encoder before the retained and payload-cut flags existed (commit
+// e23ab80): seq 258, arrival 1700000000123456, packet 4660, dup, topic "a/b", payload {"v":1}.
+constexpr std::string_view kOldFormatRecord(
+    "\x47\x53\x50\x4c\x23\x00\x00\x00\xe8\x07\x30\xf8\x02\x01\x00\x00\x00\x00\x00\x00"
+    "\x40\x22\x20\x18\x24\x0a\x06\x00\x34\x12\x01\x03\x00\x61\x2f\x62\x7b\x22\x76\x22"
+    "\x3a\x31\x7d",
+    43);
+
+TEST(SpoolCodecTest, RecordsWrittenBeforeTheNewFlagsDecodeExactlyAsBefore) {
+  const DecodeResult d = decode_record(kOldFormatRecord);
+  ASSERT_EQ(d.status, DecodeStatus::kOk);
+  EXPECT_EQ(d.consumed, kOldFormatRecord.size());
+  const SpoolRecord expected{258, 1700000000123456, 4660, true, "a/b", "{\"v\":1}"};
+  EXPECT_EQ(d.record, expected);
+  EXPECT_FALSE(d.record.retained);
+  EXPECT_EQ(d.record.original_size, 0u);
+  // And a record that uses neither new flag is still written byte for byte the same.
+  EXPECT_EQ(encode_record(expected), kOldFormatRecord);
+}
+
+TEST(SpoolCodecTest, RetainedFlagRoundTripsWithoutExtraBytes) {
+  SpoolRecord r{3, 4, 5, false, "t/r", "on"};
+  r.retained = true;
+  const std::string bytes = encode_record(r);
+  EXPECT_EQ(bytes.size(), record_size(r.topic, r.payload));
+  EXPECT_EQ(bytes[30], '\x02');
+  const DecodeResult d = decode_record(bytes);
+  ASSERT_EQ(d.status, DecodeStatus::kOk);
+  EXPECT_EQ(d.record, r);
+}
+
+TEST(SpoolCodecTest, CutPayloadCarriesItsOriginalSize) {
+  SpoolRecord r{9, 8, 7, true, "big/one", std::string(100, 'x')};
+  r.retained = true;
+  r.original_size = 10'000'000'000ull;  // beyond the payload limit: the reason for the cut
+  const std::string bytes = encode_record(r);
+  EXPECT_EQ(bytes.size(), kSpoolCutRecordHeaderBytes + r.topic.size() + r.payload.size());
+  EXPECT_EQ(bytes[30], '\x07');
+  const DecodeResult d = decode_record(bytes);
+  ASSERT_EQ(d.status, DecodeStatus::kOk);
+  EXPECT_EQ(d.consumed, bytes.size());
+  EXPECT_EQ(d.record, r);
+  for (std::size_t n = 0; n < bytes.size(); ++n) {
+    EXPECT_EQ(decode_record(std::string_view(bytes).substr(0, n)).status, DecodeStatus::kIncomplete)
+        << "prefix of " << n;
+  }
+}
+
+TEST(SpoolCodecTest, OriginalSizeNotAboveThePayloadIsRefusedAndCorrupt) {
+  SpoolRecord r{1, 0, 0, false, "t", "12345"};
+  for (const std::uint64_t size : {1ull, 4ull, 5ull}) {
+    r.original_size = size;
+    EXPECT_THROW(encode_record(r), std::invalid_argument) << size;
+  }
+  // The same on disk: a cut flag whose size does not exceed the payload kept.
+  r.original_size = 6;
+  std::string bytes = encode_record(r);
+  for (int i = 0; i < 8; ++i) bytes[33 + i] = static_cast<char>(i == 0 ? 5 : 0);
+  reseal(bytes);
+  DecodeResult d = decode_record(bytes);
+  EXPECT_EQ(d.status, DecodeStatus::kCorrupt);
+  EXPECT_EQ(d.consumed, bytes.size());
+  // A cut flag on a record too short to hold the original size.
+  bytes = encode_record({1, 0, 0, false, "t", "p"});
+  bytes[30] = '\x04';
+  reseal(bytes);
+  d = decode_record(bytes);
+  EXPECT_EQ(d.status, DecodeStatus::kCorrupt);
+  EXPECT_EQ(d.consumed, bytes.size());
 }
 
 TEST(SpoolCodecTest, RandomAndMutatedInputNeverCrashes) {
@@ -702,6 +796,421 @@ TEST_F(SpoolTest, EveryFsyncPolicyRoundTripsAcrossReopen) {
     auto spool = open(o);
     EXPECT_EQ(read_all(*spool).size(), 5u) << static_cast<int>(policy);
   }
+}
+
+// ---- retained and cut payloads ----
+
+TEST_F(SpoolTest, RetainedAndCutRecordsReadBackAcrossReopen) {
+  {
+    auto spool = open();
+    ASSERT_TRUE(spool->append("a", "plain", 1, false, 10));
+    ASSERT_TRUE(spool->append("b", "kept", 2, true, 11, /*retained=*/true));
+    ASSERT_TRUE(spool->append("c", "first-bytes", 3, false, 12, false, 1u << 30));
+    EXPECT_EQ(spool->stats().bytes, 2 * kHeaderBytes + kSpoolCutRecordHeaderBytes + 3 + 20);
+  }
+  auto spool = open();
+  const auto records = read_all(*spool);
+  ASSERT_EQ(records.size(), 3u);
+  EXPECT_FALSE(records[0].retained);
+  EXPECT_EQ(records[0].original_size, 0u);
+  EXPECT_TRUE(records[1].retained);
+  EXPECT_TRUE(records[1].dup);
+  EXPECT_EQ(records[1].payload, "kept");
+  EXPECT_FALSE(records[2].retained);
+  EXPECT_EQ(records[2].payload, "first-bytes");
+  EXPECT_EQ(records[2].original_size, 1u << 30);
+}
+
+TEST_F(SpoolTest, AppendRefusesAnOriginalSizeNotAboveThePayload) {
+  auto spool = open();
+  EXPECT_THROW(spool->append("t", "12345", 0, false, 0, false, 5), std::invalid_argument);
+  EXPECT_EQ(spool->stats().appended, 0u);
+  EXPECT_EQ(spool->stats().next_seq, 1u);
+}
+
+// ---- ensure_seq_above ----
+
+TEST_F(SpoolTest, EnsureSeqAboveMakesLaterAppendsLargerAndKeepsRecordsInOrder) {
+  auto spool = open();
+  append_range(*spool, 0, 3);
+  ASSERT_TRUE(spool->read_next(0ms));  // the reader is inside the old segment
+  spool->ensure_seq_above(100);
+  EXPECT_EQ(spool->stats().next_seq, 101u);
+  EXPECT_EQ(spool->append("t", "after", 0, false, 0)->seq, 101u);
+  EXPECT_EQ(spool->append("t", "after", 0, false, 0)->seq, 102u);
+  EXPECT_EQ(seqs(read_all(*spool)), (std::vector<std::uint64_t>{2, 3, 101, 102}));
+  const std::string log = log_text();
+  EXPECT_EQ(occurrences(log, "[warning]"), 1) << log;
+  EXPECT_NE(log.find("next seq is 4"), std::string::npos) << log;
+  EXPECT_NE(log.find("continue at seq 101"), std::string::npos) << log;
+}
+
+TEST_F(SpoolTest, EnsureSeqAboveFloorSurvivesReopenWithNothingAppended) {
+  {
+    auto spool = open();
+    append_range(*spool, 0, 3);
+    spool->ensure_seq_above(100);
+  }
+  EXPECT_TRUE(fs::exists(dir_ / "00000000000000000101.seg"));
+  {
+    auto spool = open();
+    EXPECT_EQ(spool->stats().next_seq, 101u);
+    EXPECT_EQ(seqs(read_all(*spool)), (std::vector<std::uint64_t>{1, 2, 3}));
+    EXPECT_EQ(spool->append("t", "x", 0, false, 0)->seq, 101u);
+  }
+  auto spool = open();
+  EXPECT_EQ(seqs(read_all(*spool)), (std::vector<std::uint64_t>{1, 2, 3, 101}));
+  EXPECT_EQ(spool->append("t", "y", 0, false, 0)->seq, 102u);
+}
+
+TEST_F(SpoolTest, EnsureSeqAboveBelowTheNextSeqChangesNothing) {
+  auto spool = open();
+  append_range(*spool, 0, 5);
+  spool->ensure_seq_above(0);
+  spool->ensure_seq_above(3);
+  spool->ensure_seq_above(5);
+  EXPECT_EQ(spool->stats().next_seq, 6u);
+  EXPECT_EQ(segment_files().size(), 1u);
+  EXPECT_EQ(log_text().find("[warning]"), std::string::npos);
+  EXPECT_THROW(spool->ensure_seq_above(std::numeric_limits<std::uint64_t>::max()),
+               std::invalid_argument);
+}
+
+TEST_F(SpoolTest, EnsureSeqAboveOnAnEmptySpoolTakesEffect) {
+  {
+    auto spool = open();
+    spool->ensure_seq_above(41);
+  }
+  auto spool = open();
+  EXPECT_EQ(spool->append("t", "x", 0, false, 0)->seq, 42u);
+  EXPECT_EQ(seqs(read_all(*spool)), (std::vector<std::uint64_t>{42}));
+}
+
+TEST_F(SpoolTest, SegmentBeforeASeqGapIsReleasedOnceItsRecordsAre) {
+  SpoolOptions o = options();
+  o.max_bytes = 3 * record_size("t", "payload-0");  // full after three records
+  auto spool = open(o);
+  append_range(*spool, 0, 3);
+  spool->ensure_seq_above(1000);
+  auto blocked =
+      std::async(std::launch::async, [&] { return spool->append("t", "x", 0, false, 0); });
+  EXPECT_EQ(blocked.wait_for(100ms), std::future_status::timeout);
+  EXPECT_EQ(seqs(read_all(*spool)), (std::vector<std::uint64_t>{1, 2, 3}));
+  // Everything read so far is processed: seqs 4..1000 were never used here.
+  spool->release_below(4);
+  if (blocked.wait_for(5s) != std::future_status::ready) {
+    spool->close();  // so that the blocked append returns and the test ends
+    FAIL() << "release_below(4) kept the segment of seqs 1-3, so the append stays blocked";
+  }
+  EXPECT_EQ(blocked.get()->seq, 1001u);
+  EXPECT_EQ(segment_files().size(), 1u);
+}
+
+// ---- kAlways: read only what is on stable storage ----
+
+// Makes every later fdatasync(2) of this thread (and of threads it starts) fail with EIO. Only
+// for a forked child: a seccomp filter cannot be removed again.
+bool fail_every_fdatasync() {
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_fdatasync, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EIO & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog program{static_cast<unsigned short>(std::size(filter)), filter};
+  return ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+         ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) == 0;
+}
+
+// Runs `body` in a forked child and returns its exit code (or 128 + the signal that ended it).
+// The child's own assertions cannot reach gtest, so `body` reports through its return value.
+int run_in_child(const std::function<int()>& body) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(body());
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+TEST_F(SpoolTest, WithFsyncAlwaysARecordWhoseFdatasyncFailedIsNeverRead) {
+  SpoolOptions o = options();
+  o.fsync = SpoolFsync::kAlways;
+  {
+    auto spool = open(o);
+    append_range(*spool, 0, 2);
+  }
+  const std::uint64_t two = 2 * record_size("t", "payload-0");
+  constexpr int kNoSeccomp = 77;
+  const int code = run_in_child([&]() -> int {
+    if (!fail_every_fdatasync()) return kNoSeccomp;
+    Spool spool(o, nullptr);
+    try {
+      spool.append("q", "lost", 9, false, 0);
+      return 10;  // acknowledged although it is not on stable storage
+    } catch (const SpoolError&) {
+    }
+    std::vector<std::uint64_t> seen;
+    while (auto r = spool.read_next(0ms)) seen.push_back(r->seq);
+    if (seen != std::vector<std::uint64_t>{1, 2}) return 11;  // the reader saw it
+    if (spool.stats().bytes != two || fs::file_size(segment_files().at(0)) != two) return 12;
+    // The broker redelivers it (DUP): it must be spooled anew, not dropped as already spooled.
+    try {
+      const auto again = spool.append("q", "lost", 9, true, 0);
+      return again && again->redelivery ? 13 : 14;
+    } catch (const SpoolError&) {
+    }
+    return 0;
+  });
+  if (code == kNoSeccomp) GTEST_SKIP() << "seccomp filters are not available here";
+  ASSERT_EQ(code, 0) << "10: append did not throw, 11: the reader saw the record, 12: the "
+                        "record was not cut back, 13: its redelivery was dropped";
+  // The disk works again: the spool holds exactly the two records and takes new ones.
+  auto spool = open(o);
+  const auto result = spool->append("q", "lost", 9, true, 0);
+  ASSERT_TRUE(result);
+  EXPECT_FALSE(result->redelivery);
+  EXPECT_EQ(result->seq, 3u);
+  EXPECT_EQ(seqs(read_all(*spool)), (std::vector<std::uint64_t>{1, 2, 3}));
+}
+
+TEST_F(SpoolTest, WithFsyncAlwaysAReaderOnAnotherThreadSeesEveryRecordInOrder) {
+  SpoolOptions o = options(4096);
+  o.fsync = SpoolFsync::kAlways;
+  auto spool = open(o);
+  constexpr int kCount = 200;
+  std::thread writer([&] { append_range(*spool, 0, kCount); });
+  std::vector<std::uint64_t> read;
+  while (read.size() < kCount) {
+    auto r = spool->read_next(5s);
+    ASSERT_TRUE(r) << "after " << read.size();
+    read.push_back(r->seq);
+  }
+  writer.join();
+  for (std::size_t i = 0; i < read.size(); ++i) EXPECT_EQ(read[i], i + 1);
+}
+
+// ---- failed appends ----
+
+// Lowers RLIMIT_FSIZE and ignores SIGXFSZ, so that a write past the limit fails with EFBIG
+// instead of killing the process. Restores both on destruction, also when the test fails.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(std::uint64_t bytes) {
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    signal_saved_ = ::sigaction(SIGXFSZ, &ignore, &old_action_) == 0;
+    limit_saved_ = ::getrlimit(RLIMIT_FSIZE, &old_limit_) == 0;
+    rlimit lowered = old_limit_;
+    lowered.rlim_cur = static_cast<rlim_t>(bytes);
+    active_ = signal_saved_ && limit_saved_ && ::setrlimit(RLIMIT_FSIZE, &lowered) == 0;
+  }
+  ~FileSizeLimit() {
+    if (limit_saved_) ::setrlimit(RLIMIT_FSIZE, &old_limit_);
+    if (signal_saved_) ::sigaction(SIGXFSZ, &old_action_, nullptr);
+  }
+  FileSizeLimit(const FileSizeLimit&) = delete;
+  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
+  bool active() const { return active_; }
+
+ private:
+  struct sigaction old_action_ {};
+  rlimit old_limit_{};
+  bool signal_saved_ = false;
+  bool limit_saved_ = false;
+  bool active_ = false;
+};
+
+TEST_F(SpoolTest, FailedAppendIsCutBackAndTheNextOneSucceedsOnceTheDiskTakesWrites) {
+  for (const auto policy : {SpoolFsync::kNever, SpoolFsync::kBatch, SpoolFsync::kAlways}) {
+    SCOPED_TRACE(static_cast<int>(policy));
+    fs::remove_all(dir_);
+    SpoolOptions o = options();
+    o.fsync = policy;
+    auto spool = open(o);
+    append_range(*spool, 0, 3);
+    const fs::path segment = segment_files().at(0);
+    const std::uint64_t good = fs::file_size(segment);
+    auto waiting_reader = std::async(std::launch::async, [&] {
+      std::vector<SpoolRecord> records;
+      while (records.size() < 5) {
+        auto r = spool->read_next(5s);
+        if (!r) break;
+        records.push_back(std::move(*r));
+      }
+      return records;
+    });
+    {
+      FileSizeLimit limit(good + 10);  // room for part of the next record only
+      ASSERT_TRUE(limit.active());
+      try {
+        spool->append("t", std::string(100, 'x'), 0, false, 0);
+        ADD_FAILURE() << "no exception";
+      } catch (const SpoolError& e) {
+        EXPECT_NE(std::string(e.what()).find(segment.string()), std::string::npos) << e.what();
+      }
+      EXPECT_EQ(fs::file_size(segment), good);  // the part that got in was cut back off
+      EXPECT_THROW(spool->append("t", "y", 0, true, 0), SpoolError);  // nothing fits now
+      EXPECT_THROW(spool->append("t", std::string(200, 'z'), 0, false, 0), SpoolError);
+    }
+    const auto first = spool->append("t", "after-1", 0, false, 0);
+    const auto second = spool->append("t", "after-2", 0, false, 0);
+    ASSERT_TRUE(first && second);
+    EXPECT_GT(first->seq, 3u);
+    EXPECT_GT(second->seq, first->seq);
+    const auto records = waiting_reader.get();
+    ASSERT_EQ(records.size(), 5u);
+    std::vector<std::string> payloads;
+    payloads.reserve(records.size());
+    for (const auto& r : records) payloads.push_back(r.payload);
+    EXPECT_EQ(payloads, (std::vector<std::string>{"payload-0", "payload-1", "payload-2", "after-1",
+                                                  "after-2"}));
+    for (std::size_t i = 1; i < records.size(); ++i) EXPECT_GT(records[i].seq, records[i - 1].seq);
+    spool.reset();
+    EXPECT_EQ(read_all(*open(o)), records);  // and so it stays after a restart
+  }
+}
+
+// ---- cursors ----
+
+TEST_F(SpoolTest, CursorReturnsExactlyTheRecordsInItsRangeAcrossSegments) {
+  auto spool = open(options(100));  // two records per segment
+  append_range(*spool, 0, 10);
+  const auto all = read_all(*spool);
+  ASSERT_EQ(all.size(), 10u);
+  auto cursor = spool->cursor(3);
+  std::vector<SpoolRecord> got;
+  while (auto r = cursor->next(8)) got.push_back(std::move(*r));
+  EXPECT_EQ(got, std::vector<SpoolRecord>(all.begin() + 2, all.begin() + 7));
+  EXPECT_FALSE(cursor->next(8));
+  EXPECT_FALSE(cursor->next(3));
+  got.clear();
+  while (auto r = cursor->next(11)) got.push_back(std::move(*r));
+  EXPECT_EQ(seqs(got), (std::vector<std::uint64_t>{8, 9, 10}));
+  // The main reader was not disturbed.
+  ASSERT_TRUE(spool->append("t", "more", 0, false, 0));
+  EXPECT_EQ(spool->read_next(0ms)->payload, "more");
+}
+
+TEST_F(SpoolTest, CursorSeesRecordsAppendedAfterItWasCreatedOnceBelowMoves) {
+  auto spool = open(options(100));
+  auto cursor = spool->cursor(1);
+  EXPECT_FALSE(cursor->next(1000));
+  append_range(*spool, 0, 3);
+  EXPECT_FALSE(cursor->next(1));
+  EXPECT_EQ(cursor->next(2)->seq, 1u);
+  EXPECT_FALSE(cursor->next(2));
+  EXPECT_EQ(cursor->next(4)->seq, 2u);
+  EXPECT_EQ(cursor->next(4)->payload, "payload-2");
+  EXPECT_FALSE(cursor->next(4));
+  append_range(*spool, 3, 8);  // over two more segment rolls
+  std::vector<std::uint64_t> got;
+  while (auto r = cursor->next(1000)) got.push_back(r->seq);
+  EXPECT_EQ(got, (std::vector<std::uint64_t>{4, 5, 6, 7, 8}));
+}
+
+TEST_F(SpoolTest, CursorSurvivesReleaseOfTheSegmentsBeforeItsPosition) {
+  auto spool = open(options(100));
+  append_range(*spool, 0, 10);  // segments 1-2, 3-4, 5-6, 7-8, 9-10
+  read_all(*spool);
+  auto cursor = spool->cursor(5);
+  EXPECT_EQ(cursor->next(100)->seq, 5u);
+  spool->release_below(6);
+  EXPECT_EQ(cursor->next(100)->seq, 6u);
+  spool->release_below(7);  // deletes 5-6, which the cursor is reading
+  EXPECT_EQ(spool->stats().segments, 2u);
+  std::vector<std::uint64_t> got;
+  while (auto r = cursor->next(100)) got.push_back(r->seq);
+  EXPECT_EQ(got, (std::vector<std::uint64_t>{7, 8, 9, 10}));
+}
+
+TEST_F(SpoolTest, CursorFromBelowTheOldestRecordStartsAtTheOldest) {
+  auto spool = open(options(100));
+  append_range(*spool, 0, 6);
+  read_all(*spool);
+  spool->release_below(5);  // 1-2 and 3-4 are gone
+  auto cursor = spool->cursor(1);
+  std::vector<std::uint64_t> got;
+  while (auto r = cursor->next(100)) got.push_back(r->seq);
+  EXPECT_EQ(got, (std::vector<std::uint64_t>{5, 6}));
+}
+
+TEST_F(SpoolTest, CursorFromBeyondTheLastRecordWaitsForIt) {
+  auto spool = open(options(100));
+  append_range(*spool, 0, 3);
+  auto cursor = spool->cursor(6);
+  EXPECT_FALSE(cursor->next(100));
+  append_range(*spool, 3, 7);  // seqs 4..7
+  EXPECT_FALSE(cursor->next(6));
+  EXPECT_EQ(cursor->next(7)->seq, 6u);
+  EXPECT_EQ(cursor->next(100)->seq, 7u);
+  EXPECT_FALSE(cursor->next(100));
+}
+
+TEST_F(SpoolTest, CursorSkipsACorruptRecordAsTheReaderDoes) {
+  {
+    auto spool = open();
+    append_range(*spool, 0, 4);
+  }
+  const std::uint64_t size = record_size("t", "payload-0");
+  flip_byte(segment_files().at(0), 2 * size - 2);  // in the second record's payload
+  auto spool = open();
+  EXPECT_EQ(seqs(read_all(*spool)), (std::vector<std::uint64_t>{1, 3, 4}));
+  auto cursor = spool->cursor(1);
+  std::vector<std::uint64_t> got;
+  while (auto r = cursor->next(100)) got.push_back(r->seq);
+  EXPECT_EQ(got, (std::vector<std::uint64_t>{1, 3, 4}));
+}
+
+TEST_F(SpoolTest, CursorFollowsTheRollOfEnsureSeqAbove) {
+  auto spool = open();
+  append_range(*spool, 0, 3);
+  auto cursor = spool->cursor(2);
+  EXPECT_EQ(cursor->next(3)->seq, 2u);
+  spool->ensure_seq_above(100);
+  ASSERT_EQ(spool->append("t", "after", 0, false, 0)->seq, 101u);
+  std::vector<std::uint64_t> got;
+  while (auto r = cursor->next(1000)) got.push_back(r->seq);
+  EXPECT_EQ(got, (std::vector<std::uint64_t>{3, 101}));
+}
+
+TEST_F(SpoolTest, CursorRunsConcurrentlyWithAppendsReadsAndReleases) {
+  auto spool = open(options(2048));
+  constexpr std::uint64_t kCount = 3000;
+  constexpr std::uint64_t kFrom = 500;
+  std::atomic<std::uint64_t> read_below{1};     // every seq below it was read by read_next
+  std::atomic<std::uint64_t> cursor_at{kFrom};  // the cursor's position
+  std::thread writer([&] { append_range(*spool, 0, static_cast<int>(kCount)); });
+  std::thread consumer([&] {
+    while (read_below.load() <= kCount) {
+      auto r = spool->read_next(5s);
+      if (!r) break;
+      read_below.store(r->seq + 1);
+      spool->release_below(std::min(r->seq, cursor_at.load()));
+    }
+    // Then deletes segments behind the cursor while it reads.
+    while (cursor_at.load() <= kCount) {
+      spool->release_below(cursor_at.load());
+      std::this_thread::sleep_for(100us);
+    }
+  });
+  auto cursor = spool->cursor(kFrom);
+  std::vector<std::uint64_t> got;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (cursor_at.load() <= kCount && std::chrono::steady_clock::now() < deadline) {
+    if (auto r = cursor->next(read_below.load())) {
+      got.push_back(r->seq);
+      EXPECT_EQ(r->payload, "payload-" + std::to_string(r->seq - 1));
+      cursor_at.store(r->seq + 1);
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  writer.join();
+  consumer.join();
+  ASSERT_EQ(got.size(), kCount - kFrom + 1);
+  for (std::size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], kFrom + i);
 }
 
 // A sanity print, not an assertion: the MQTT callback path needs ~10k appends/s.

@@ -1,0 +1,91 @@
+// The spool's record format: how one received MQTT message is laid out in a segment file, and
+// the codec. Pure functions, thread-safe. The spool (spool.h) writes and reads these records;
+// tests and the fuzzer use the codec directly.
+//
+// A record is a little-endian header, then the topic, then the payload:
+//   [magic u32][length u32: bytes after this field][crc32 u32 of all bytes after this field]
+//   [seq u64][arrival_us i64][packet_id u16][flags u8][topic_len u16]
+//   [original_size u64: only with flag bit 2]
+//   [topic: topic_len bytes][payload: the rest]
+// flags: bit 0 = dup (the MQTT DUP flag), bit 1 = retained (the MQTT RETAIN flag), bit 2 = payload
+// cut (the record holds only the first bytes of a payload of original_size bytes). Bits 1 and 2
+// came later: a record without them is laid out exactly as before, so old segments decode
+// unchanged. Any other bit makes the record corrupt, so a reader never misreads a format it does
+// not know (the price: a gateway older than bits 1 and 2 skips records that use them).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace gateway {
+
+struct SpoolRecord {
+  std::uint64_t seq = 0;  // assigned by append, strictly increasing, never reused (gaps allowed)
+  std::int64_t arrival_us = 0;  // wall clock, microseconds since the epoch
+  std::uint16_t packet_id = 0;  // MQTT packet id (0 for QoS 0)
+  bool dup = false;             // the MQTT DUP flag
+  std::string topic;            // at most kSpoolMaxTopicBytes
+  std::string payload;          // raw bytes, at most kSpoolMaxPayloadBytes
+  // The two newer fields come last so that positional initialisers of the fields above still
+  // compile unchanged.
+  bool retained = false;            // the MQTT RETAIN flag
+  std::uint64_t original_size = 0;  // > 0: payload holds only the first bytes of a payload of this
+                                    // many bytes (always more than payload.size())
+
+  friend bool operator==(const SpoolRecord&, const SpoolRecord&) = default;
+};
+
+// Limits of the record format; Spool::append() and encode_record() throw std::invalid_argument
+// beyond them. The payload limit is MQTT's own maximum packet size (256 MiB), so a real message
+// always fits.
+inline constexpr std::size_t kSpoolMaxTopicBytes = 65535;
+inline constexpr std::size_t kSpoolMaxPayloadBytes = 256u << 20;
+
+// Bytes of a record besides its topic and payload: the header, plus original_size when the
+// payload was cut.
+inline constexpr std::size_t kSpoolRecordHeaderBytes = 33;
+inline constexpr std::size_t kSpoolCutRecordHeaderBytes = kSpoolRecordHeaderBytes + 8;
+
+// Throws std::invalid_argument if the topic or payload exceeds the limits above, or if
+// original_size is neither 0 nor larger than the payload.
+std::string encode_record(const SpoolRecord& record);
+
+enum class DecodeStatus { kOk, kIncomplete, kCorrupt };
+struct DecodeResult {
+  DecodeStatus status;
+  SpoolRecord record;    // kOk: the record; kCorrupt by checksum: only seq, as stored (untrusted)
+  std::size_t consumed;  // bytes to skip. kOk, or kCorrupt for a framed record with bad content
+                         // (checksum, flags, topic length, original_size): the whole record.
+                         // kIncomplete: 0 (more bytes needed). kCorrupt with 0: bad magic or an
+                         // impossible length, so nothing after this point can be framed
+};
+// Decodes the record at the start of `bytes`. A kOk record re-encodes to exactly the bytes it
+// consumed. Never throws, never reads out of bounds.
+DecodeResult decode_record(std::string_view bytes);
+
+// For the spool's writer: the fields of a record without copies of the topic and payload.
+struct SpoolRecordView {
+  std::uint64_t seq = 0;
+  std::int64_t arrival_us = 0;
+  std::uint16_t packet_id = 0;
+  bool dup = false;
+  bool retained = false;
+  std::uint64_t original_size = 0;
+  std::string_view topic;
+  std::string_view payload;
+};
+// Throws std::invalid_argument where encode_record() would.
+void check_record_limits(std::string_view topic, std::string_view payload,
+                         std::uint64_t original_size);
+// encode_record() into `out`, reusing its capacity (no allocation per record once warmed up).
+// Throws std::invalid_argument where encode_record() would.
+void encode_record_into(std::string& out, const SpoolRecordView& record);
+
+// The total size of the record that starts with `bytes`, from its length field, once at least 8
+// bytes are there and decode_record() did not find them corrupt; otherwise 0. For readers that
+// load a record before decoding it.
+std::size_t framed_record_size(std::string_view bytes);
+
+}  // namespace gateway
