@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS data_records (
   flow_id      INT NOT NULL,
   msg_id       BIGINT NOT NULL,
   topic        VARCHAR(1024) NOT NULL,
-  field_name   VARCHAR(255) NOT NULL,
+  -- Compared as bytes, trailing spaces included (utf8mb4_bin would pad): "a", "A" and "a " are
+  -- different fields. --init-db migrates tables made by older versions.
+  field_name   VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
   field_value  JSON NOT NULL,
   created_at   TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   UNIQUE KEY uq_data_records_flow_msg_field (flow_id, msg_id, field_name),
@@ -88,3 +90,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
   last_error       VARCHAR(1024) NULL,
   PRIMARY KEY (flow_id, msg_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- Which gateway instance delivers a flow's outbox: one owner at a time in the whole cluster, so
+-- that with several instances each POST happens once and in msg_id order. A lease rather than a
+-- lock held by a connection (GET_LOCK) because Galera does not replicate GET_LOCK; expires_ms is
+-- the database's clock (no skew between hosts). A crashed owner's lease runs out and another
+-- instance takes the flow over.
+CREATE TABLE IF NOT EXISTS delivery_leases (
+  flow_id     INT NOT NULL PRIMARY KEY,
+  owner       CHAR(32) NOT NULL,
+  expires_ms  BIGINT NOT NULL
+) ENGINE=InnoDB;

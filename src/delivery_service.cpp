@@ -8,10 +8,18 @@
 
 #include "gateway/backoff.h"
 #include "gateway/errors.h"
-#include "gateway/mysql_flow_repository.h"
 
 namespace gateway {
 namespace {
+
+// 32 hex digits, new for every service instance (process start).
+std::string random_owner_id() {
+  std::random_device rd;
+  std::uniform_int_distribution<int> hex(0, 15);
+  std::string id(32, '0');
+  for (char& c : id) c = "0123456789abcdef"[hex(rd)];
+  return id;
+}
 
 std::string describe(const HttpResult& r) {
   if (r.status == 0) return r.error;
@@ -51,7 +59,8 @@ DeliveryService::DeliveryService(RepositoryFactory repositories, PosterFactory p
       posters_(std::move(posters)),
       options_(options),
       metrics_(metrics),
-      log_(std::move(log)) {}
+      log_(std::move(log)),
+      owner_(random_owner_id()) {}
 
 DeliveryService::~DeliveryService() { stop(); }
 
@@ -67,7 +76,8 @@ void DeliveryService::stop() {
     std::lock_guard lock(mu_);
     stopping_ = true;
   }
-  cv_.notify_all();
+  work_cv_.notify_all();
+  stop_cv_.notify_all();
   if (scanner_.joinable()) scanner_.join();
   for (auto& w : workers_) {
     if (w.joinable()) w.join();
@@ -77,22 +87,23 @@ void DeliveryService::stop() {
 
 bool DeliveryService::sleep_unless_stopping(std::chrono::milliseconds d) {
   std::unique_lock lock(mu_);
-  return !cv_.wait_for(lock, d, [this] { return stopping_; });
+  return !stop_cv_.wait_for(lock, d, [this] { return stopping_; });
 }
 
 void DeliveryService::scan_loop() {
-  MySqlThreadScope mysql_thread;
+  const std::shared_ptr<void> thread_scope =
+      options_.thread_scope ? options_.thread_scope() : nullptr;
   std::unique_ptr<DeliveryRepository> repo;
-  Backoff backoff(std::chrono::milliseconds(200), std::chrono::seconds(10));
+  Backoff backoff(options_.db_retry_initial, options_.db_retry_max);
   auto delay = options_.poll;
   while (sleep_unless_stopping(delay)) {
     delay = options_.poll;
     std::vector<DueFlow> due;
     try {
       if (!repo) repo = repositories_();
-      due = repo->pending_flows();
+      due = repo->pending_flows(owner_);
       backoff.reset();
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       log_->debug("delivery scan: {}", e.what());
       repo.reset();
       delay = backoff.next();
@@ -104,21 +115,22 @@ void DeliveryService::scan_loop() {
       if (f.next_attempt_ms > now || claimed_.count(f.flow_id)) continue;
       claimed_.insert(f.flow_id);
       ready_.push_back(f.flow_id);
-      cv_.notify_one();
+      work_cv_.notify_one();
     }
   }
 }
 
 void DeliveryService::worker_loop(std::size_t index) {
-  MySqlThreadScope mysql_thread;
+  const std::shared_ptr<void> thread_scope =
+      options_.thread_scope ? options_.thread_scope() : nullptr;
   std::unique_ptr<DeliveryRepository> repo;
   std::unique_ptr<HttpPoster> http = posters_();
-  Backoff backoff(std::chrono::milliseconds(200), std::chrono::seconds(10));
+  Backoff backoff(options_.db_retry_initial, options_.db_retry_max);
   for (;;) {
     std::int64_t flow_id;
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [this] { return stopping_ || !ready_.empty(); });
+      work_cv_.wait(lock, [this] { return stopping_ || !ready_.empty(); });
       if (stopping_) return;
       flow_id = ready_.front();
       ready_.pop_front();
@@ -127,8 +139,10 @@ void DeliveryService::worker_loop(std::size_t index) {
       if (!repo) repo = repositories_();
       deliver_flow(flow_id, *repo, *http);
       backoff.reset();
-    } catch (const Error& e) {
-      // The outbox row is untouched: the next scan hands the flow out again.
+    } catch (const std::exception& e) {
+      // Whatever failed, known or not: the outbox rows are untouched (a row leaves only in the
+      // commit that deletes it after a 2xx or moves it to rejected_messages), and the next scan
+      // hands the flow out again.
       log_->warn("delivery worker {}: {}", index, e.what());
       repo.reset();
       sleep_unless_stopping(backoff.next());
@@ -140,6 +154,23 @@ void DeliveryService::worker_loop(std::size_t index) {
 
 void DeliveryService::deliver_flow(std::int64_t flow_id, DeliveryRepository& repo,
                                    HttpPoster& http) {
+  // One owner per flow in the whole cluster; the lease is renewed well before it runs out.
+  const std::int64_t ttl_ms = options_.lease.count();
+  if (!repo.claim(flow_id, owner_, ttl_ms)) return;  // another instance delivers it
+  auto renewed = std::chrono::steady_clock::now();
+  const auto keep_lease = [&] {
+    if (std::chrono::steady_clock::now() - renewed < options_.lease / 3) return true;
+    renewed = std::chrono::steady_clock::now();
+    if (repo.claim(flow_id, owner_, ttl_ms)) return true;
+    log_->warn("delivery: the lease on flow {} passed to another instance; stopping here", flow_id);
+    return false;
+  };
+  deliver_leased(flow_id, repo, http, keep_lease);
+  repo.release(flow_id, owner_);
+}
+
+void DeliveryService::deliver_leased(std::int64_t flow_id, DeliveryRepository& repo,
+                                     HttpPoster& http, const std::function<bool()>& keep_lease) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
   const auto target = repo.delivery_target(flow_id);
   for (;;) {
@@ -166,6 +197,10 @@ void DeliveryService::deliver_flow(std::int64_t flow_id, DeliveryRepository& rep
       {
         std::lock_guard lock(mu_);
         if (stopping_) break;
+      }
+      if (!keep_lease()) {
+        flush();
+        return;
       }
       if (!target || !target->endpoint_url || target->endpoint_url->empty()) {
         flush();

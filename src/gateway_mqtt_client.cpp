@@ -3,6 +3,13 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <utility>
+
+#include "gateway/backoff.h"
 #include "gateway/errors.h"
 #include "gateway/signal_mask.h"
 
@@ -62,11 +69,10 @@ std::string GatewayMqttClient::subscription(const std::string& filter) const {
   return "$share/" + settings_.mqtt_shared_group + "/" + filter;
 }
 
-std::vector<std::string> GatewayMqttClient::subscriptions(
-    const std::vector<std::string>& filters) const {
-  std::vector<std::string> out;
-  out.reserve(filters.size());
-  for (const std::string& f : filters) out.push_back(subscription(f));
+std::set<std::string> GatewayMqttClient::wanted_subscriptions() const {
+  std::set<std::string> out;
+  for (const std::string& f : flows_.snapshot()->filters()) out.insert(subscription(f));
+  if (settings_.mqtt_heartbeat_seconds > 0) out.insert(heartbeat_topic());
   return out;
 }
 
@@ -74,9 +80,51 @@ std::string GatewayMqttClient::heartbeat_topic() const {
   return "mqtt-gateway/heartbeat/" + settings_.mqtt_client_id;
 }
 
+std::filesystem::path GatewayMqttClient::subscriptions_file() const {
+  return std::filesystem::path(settings_.spool_dir) / "mqtt-subscriptions";
+}
+
+std::string GatewayMqttClient::session_key() const {
+  return "# session " + std::string(connect_options_.use_tls ? "ssl://" : "tcp://") +
+         connect_options_.host + ":" + std::to_string(connect_options_.port) + " " +
+         connect_options_.client_id;
+}
+
+std::set<std::string> GatewayMqttClient::load_subscriptions() const {
+  std::ifstream in(subscriptions_file());
+  std::string line;
+  // Written for another broker or client id: it says nothing about this session.
+  if (!std::getline(in, line) || line != session_key()) return {};
+  std::set<std::string> out;
+  while (std::getline(in, line)) {
+    if (!line.empty()) out.insert(line);
+  }
+  return out;
+}
+
+void GatewayMqttClient::save_subscriptions(const std::set<std::string>& subscribed) const {
+  const auto path = subscriptions_file();
+  const auto temp = path.string() + ".tmp";
+  {
+    std::ofstream out(temp, std::ios::trunc);
+    out << session_key() << "\n";
+    for (const std::string& s : subscribed) out << s << "\n";
+    if (!out) {
+      log_->warn("cannot write {}: the next start subscribes to every filter again", temp);
+      return;
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(temp, path, ec);
+  if (ec) log_->warn("cannot replace {}: {}", path.string(), ec.message());
+}
+
 FlowDiff GatewayMqttClient::reload_flows() {
-  std::lock_guard lock(reload_mu_);
-  FlowDiff diff = flows_.replace(load_flows());
+  FlowDiff diff;
+  {
+    std::lock_guard lock(reload_mu_);
+    diff = flows_.replace(load_flows());
+  }
   metrics_.last_reload_unix.store(unix_now_us() / 1000000);
   for (const auto& [flow, why] : diff.invalid) {
     log_->error("flow {} disabled: invalid topic filter '{}': {}", flow.code, flow.topic, why);
@@ -91,38 +139,120 @@ FlowDiff GatewayMqttClient::reload_flows() {
                join_codes(diff.added), join_codes(diff.removed), changed.empty() ? "-" : changed,
                flows_.snapshot()->flows().size());
   }
-  if (connection_ && connection_->connected()) {
-    if (!diff.unsubscribe.empty()) {
-      connection_->unsubscribe(subscriptions(diff.unsubscribe));
-      for (const auto& f : diff.unsubscribe) log_->info("unsubscribed from {}", subscription(f));
-    }
-    if (!diff.subscribe.empty()) {
-      connection_->subscribe(subscriptions(diff.subscribe), false);
-      for (const auto& f : diff.subscribe) log_->info("subscribed to {}", subscription(f));
-    }
-  }
+  if (!diff.subscribe.empty() || !diff.unsubscribe.empty()) request_sync();
   return diff;
 }
 
-void GatewayMqttClient::on_connect(bool reconnect) {
+void GatewayMqttClient::request_sync() {
+  {
+    std::lock_guard lock(timer_mu_);
+    sync_needed_ = true;
+  }
+  timer_cv_.notify_all();
+}
+
+void GatewayMqttClient::sync_subscriptions() {
+  std::lock_guard lock(sync_mu_);
+  const std::set<std::string> wanted = wanted_subscriptions();
+  std::vector<std::string> add, drop;
+  std::set_difference(wanted.begin(), wanted.end(), subscribed_.begin(), subscribed_.end(),
+                      std::back_inserter(add));
+  std::set_difference(subscribed_.begin(), subscribed_.end(), wanted.begin(), wanted.end(),
+                      std::back_inserter(drop));
+  if (add.empty() && drop.empty()) return;
+  // Many filters per packet, but bounded, so that thousands of flows need few round trips
+  // without one huge SUBSCRIBE.
+  constexpr std::size_t kPerPacket = 256;
+  for (std::size_t i = 0; i < drop.size(); i += kPerPacket) {
+    const std::vector<std::string> part(
+        drop.begin() + static_cast<std::ptrdiff_t>(i),
+        drop.begin() + static_cast<std::ptrdiff_t>(std::min(drop.size(), i + kPerPacket)));
+    connection_->unsubscribe(part);
+    for (const auto& f : part) {
+      subscribed_.erase(f);
+      log_->info("unsubscribed from {}", f);
+    }
+    save_subscriptions(subscribed_);
+  }
+  for (std::size_t i = 0; i < add.size(); i += kPerPacket) {
+    const std::vector<std::string> part(
+        add.begin() + static_cast<std::ptrdiff_t>(i),
+        add.begin() + static_cast<std::ptrdiff_t>(std::min(add.size(), i + kPerPacket)));
+    connection_->subscribe(part, true);
+    for (const auto& f : part) {
+      subscribed_.insert(f);
+      log_->info("subscribed to {}", f);
+    }
+    save_subscriptions(subscribed_);
+  }
+}
+
+void GatewayMqttClient::on_reconnected(bool session_present) {
   connected_at_ms_ = steady_now_ms();
   last_heartbeat_ms_ = steady_now_ms();
   metrics_.broker_connected = true;
   metrics_.broker_down_since_ms = 0;
-  auto filters = subscriptions(flows_.snapshot()->filters());
-  if (settings_.mqtt_heartbeat_seconds > 0) filters.push_back(heartbeat_topic());
-  log_->info("{} to the broker; subscribing to {} filter(s)",
-             reconnect ? "reconnected" : "connected", filters.size());
-  // Always resubscribe: a broker without persistence (or a new one) has forgotten the session.
-  if (reconnect) connection_->subscribe(filters, false);
+  if (!session_present) {
+    // A broker without persistence (or a new one) has forgotten the session: subscribe again.
+    std::lock_guard lock(sync_mu_);
+    subscribed_.clear();
+  }
+  log_->info("reconnected to the broker ({})",
+             session_present ? "session present" : "new session: subscribing again");
+  request_sync();
 }
 
 void GatewayMqttClient::on_message(const MqttMessage& m) {
   if (settings_.mqtt_heartbeat_seconds > 0 && m.topic == heartbeat_topic()) {
+    // "<spool id> <time>": a heartbeat of another spool on our topic means another gateway is
+    // connected with our client id, taking turns with us on one session.
+    const std::string_view from = m.payload.substr(0, m.payload.find(' '));
+    if (from != spool_.id()) {
+      const std::int64_t now = steady_now_ms();
+      if (now - foreign_heartbeat_logged_ms_.load() > 600000) {
+        foreign_heartbeat_logged_ms_ = now;
+        log_->error(
+            "another gateway (spool {}) uses MQTT_CLIENT_ID '{}' too: the two take each other's "
+            "broker session over; give every instance its own MQTT_CLIENT_ID",
+            std::string(from), settings_.mqtt_client_id);
+      }
+      return;
+    }
     last_heartbeat_ms_ = steady_now_ms();
     return;
   }
-  auto appended = spool_.append(m.topic, m.payload, m.packet_id, m.dup, unix_now_us());
+  // A payload over MAX_PAYLOAD_BYTES can only become a dead letter: spool just the part that
+  // rejected_messages keeps, so that it is never held in memory (or on disk) again.
+  std::string_view payload = m.payload;
+  std::uint64_t original_size = 0;
+  if (payload.size() > settings_.max_payload_bytes) {
+    original_size = payload.size();
+    payload = payload.substr(0, settings_.rejected_payload_max_bytes);
+  }
+  std::optional<AppendResult> appended;
+  std::optional<Backoff> backoff;  // made on the first failure (seeding costs)
+  for (;;) {
+    try {
+      appended = spool_.append(m.topic, payload, m.packet_id, m.dup, unix_now_us(), m.retained,
+                               original_size);
+      break;
+    } catch (const std::exception& e) {
+      // The disk is full or failing. Returning (or throwing through Paho's C frames) would
+      // acknowledge a message that is not on disk: hold the callback, and with it the broker's
+      // deliveries, until an append works again.
+      if (!metrics_.spool_failing.exchange(true)) {
+        metrics_.spool_failing_since_ms = steady_now_ms();
+        log_->error("spool append failed: {}; holding the broker's messages until it works",
+                    e.what());
+      }
+      if (!backoff) backoff.emplace(std::chrono::milliseconds(100), std::chrono::seconds(5));
+      std::this_thread::sleep_for(backoff->next());
+    }
+  }
+  if (metrics_.spool_failing.exchange(false)) {
+    log_->info("spool writable again after {} s",
+               (steady_now_ms() - metrics_.spool_failing_since_ms.exchange(0)) / 1000);
+  }
   if (!appended) {
     // The spool was closed for shutdown while this message waited for space. Returning would
     // acknowledge a message that is not stored, so hold it: the broker redelivers it after the
@@ -153,8 +283,9 @@ void GatewayMqttClient::start() {
   o.keepalive_seconds = settings_.mqtt_keepalive;
   o.clean_session = false;
   o.reconnect_max = std::chrono::seconds(settings_.mqtt_reconnect_max_seconds);
+  connect_options_ = o;
   MqttHandlers h;
-  h.connected = [this](bool reconnect) { on_connect(reconnect); };
+  h.reconnected = [this](bool session_present) { on_reconnected(session_present); };
   h.connection_lost = [this](const std::string& cause) {
     metrics_.broker_connected = false;
     metrics_.broker_down_since_ms = steady_now_ms();
@@ -164,22 +295,26 @@ void GatewayMqttClient::start() {
   log_->info("connecting to broker {}:{} (server id {}, tls {}, user {})", server.host, server.port,
              server.id, server.use_tls ? "on" : "off", server.username.value_or("-"));
   connection_ = connect_(std::move(o), std::move(h));
-  connection_->connect();
-
-  auto filters = subscriptions(flows_.snapshot()->filters());
-  if (settings_.mqtt_heartbeat_seconds > 0) filters.push_back(heartbeat_topic());
-  connection_->subscribe(filters, true);
-  for (const auto& f : filters) log_->info("subscribed to {}", f);
+  const bool session_present = connection_->connect();
+  connected_at_ms_ = steady_now_ms();
+  last_heartbeat_ms_ = steady_now_ms();
+  metrics_.broker_connected = true;
+  {
+    std::lock_guard lock(sync_mu_);
+    subscribed_ = session_present ? load_subscriptions() : std::set<std::string>{};
+  }
+  log_->info("connected to the broker ({}; {} subscription(s) kept)",
+             session_present ? "session present" : "new session", subscribed_.size());
+  sync_subscriptions();
 
   timer_ = std::thread([this] { timer_loop(); });
+  mqtt_thread_ = std::thread([this] { mqtt_loop(); });
 }
 
 void GatewayMqttClient::timer_loop() {
   using namespace std::chrono;
   const auto reload_every = seconds(settings_.flows_reload_interval_seconds);
-  const auto heartbeat_every = seconds(settings_.mqtt_heartbeat_seconds);
   auto next_reload = steady_clock::now() + reload_every;
-  auto next_heartbeat = steady_clock::now() + heartbeat_every;
   auto next_db_probe = steady_clock::now();
   std::unique_lock lock(timer_mu_);
   while (!timer_cv_.wait_for(lock, milliseconds(200), [this] { return stopping_; })) {
@@ -197,24 +332,57 @@ void GatewayMqttClient::timer_loop() {
       next_db_probe = now + seconds(5);
       probe_database();
     }
-    if (settings_.mqtt_heartbeat_seconds > 0 && now >= next_heartbeat) {
-      next_heartbeat = now + heartbeat_every;
-      const std::int64_t silent_ms = steady_now_ms() - last_heartbeat_ms_;
-      const std::int64_t up_ms = steady_now_ms() - connected_at_ms_;
-      const std::int64_t limit_ms = 3000LL * settings_.mqtt_heartbeat_seconds;
-      if (spool_.stats().full) {
-        // A full spool blocks the message thread on purpose, inside Paho's client lock: no
-        // heartbeat can arrive, and a publish would block this thread (reloads, probes) too.
-        // Count the time as heard from, so that no reconnect follows once there is room again.
-        last_heartbeat_ms_ = steady_now_ms();
-      } else if (connection_->connected() && silent_ms > limit_ms && up_ms > limit_ms) {
-        connection_->force_reconnect("no heartbeat from the broker for " +
-                                     std::to_string(silent_ms / 1000) + " s (stalled session)");
-      } else {
-        connection_->publish(heartbeat_topic(), std::to_string(unix_now_us()), 1);
+    lock.lock();
+  }
+}
+
+void GatewayMqttClient::mqtt_loop() {
+  using namespace std::chrono;
+  const auto heartbeat_every = seconds(settings_.mqtt_heartbeat_seconds);
+  auto next_heartbeat = steady_clock::now() + heartbeat_every;
+  std::optional<steady_clock::time_point> retry_sync_at;  // after a failed sync
+  std::unique_lock lock(timer_mu_);
+  for (;;) {
+    timer_cv_.wait_for(lock, milliseconds(200), [this] { return stopping_ || sync_needed_; });
+    if (stopping_) return;
+    if (retry_sync_at && steady_clock::now() >= *retry_sync_at) {
+      retry_sync_at.reset();
+      sync_needed_ = true;
+    }
+    const bool sync = std::exchange(sync_needed_, false);
+    lock.unlock();
+    if (sync) {
+      try {
+        if (!connection_->connected()) throw Error("not connected");
+        sync_subscriptions();
+      } catch (const std::exception& e) {
+        log_->warn("subscriptions not in line with the flows yet ({}); retrying", e.what());
+        retry_sync_at = steady_clock::now() + seconds(2);
       }
     }
+    if (settings_.mqtt_heartbeat_seconds > 0 && steady_clock::now() >= next_heartbeat) {
+      next_heartbeat = steady_clock::now() + heartbeat_every;
+      heartbeat();
+    }
     lock.lock();
+  }
+}
+
+void GatewayMqttClient::heartbeat() {
+  const std::int64_t silent_ms = steady_now_ms() - last_heartbeat_ms_;
+  const std::int64_t up_ms = steady_now_ms() - connected_at_ms_;
+  const std::int64_t limit_ms = 3000LL * settings_.mqtt_heartbeat_seconds;
+  if (spool_.stats().full || metrics_.spool_failing) {
+    // A full or failing spool blocks the message thread on purpose, inside Paho's lock: no
+    // heartbeat can arrive. Count the time as heard from, so that no reconnect follows once there
+    // is room again.
+    last_heartbeat_ms_ = steady_now_ms();
+  } else if (connection_->connected() && silent_ms > limit_ms && up_ms > limit_ms) {
+    connection_->force_reconnect("no heartbeat from the broker for " +
+                                 std::to_string(silent_ms / 1000) + " s (stalled session)");
+  } else {
+    connection_->publish(heartbeat_topic(), spool_.id() + " " + std::to_string(unix_now_us()), 1,
+                         false);
   }
 }
 
@@ -266,12 +434,13 @@ void GatewayMqttClient::stop() {
     if (stopping_) return;
     stopping_ = true;
   }
-  // A message callback waiting for room in a full spool holds Paho's client lock, so the timer
-  // (publishing a heartbeat) and disconnect() below would wait for it forever. Let it spool the
-  // message and return; nothing is acknowledged that is not spooled.
+  // A message callback waiting for room in a full spool holds Paho's client lock, so the MQTT
+  // thread (subscribing, publishing a heartbeat) and disconnect() below would wait for it
+  // forever. Let it spool the message and return; nothing is acknowledged that is not spooled.
   spool_.stop_back_pressure();
   timer_cv_.notify_all();
   if (timer_.joinable()) timer_.join();
+  if (mqtt_thread_.joinable()) mqtt_thread_.join();
   if (connection_) {
     connection_->disconnect(std::chrono::seconds(5));
     metrics_.broker_connected = false;

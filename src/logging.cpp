@@ -77,7 +77,9 @@ Logging::Logging(const Settings& s) : impl_(std::make_unique<Impl>()) {
   impl_->dir = s.log_dir;
   std::error_code ec;
   std::filesystem::create_directories(impl_->dir, ec);
-  if (ec) throw ConfigError("LOG_DIR: cannot create '" + s.log_dir + "': " + ec.message());
+  // Run-time I/O faults (exit 1, systemd retries), not bad settings: the directory may be on a
+  // volume that is not mounted yet.
+  if (ec) throw Error("LOG_DIR: cannot create '" + s.log_dir + "': " + ec.message());
   impl_->path = (impl_->dir / "mqtt-gateway.log").string();
   impl_->max_bytes = s.log_max_bytes;
   impl_->max_files = static_cast<std::size_t>(s.log_max_files);
@@ -85,7 +87,7 @@ Logging::Logging(const Settings& s) : impl_(std::make_unique<Impl>()) {
   try {
     impl_->file->add_sink(impl_->open_file());
   } catch (const spdlog::spdlog_ex& e) {
-    throw ConfigError("LOG_DIR: cannot write '" + impl_->path + "': " + e.what());
+    throw Error("LOG_DIR: cannot write '" + impl_->path + "': " + e.what());
   }
   if (stderr_is_journal()) {
     auto formatter = std::make_unique<spdlog::pattern_formatter>();

@@ -119,6 +119,7 @@ PipelineOptions pipeline_options(const Settings& s) {
   o.processor.rejected_payload_max_bytes = s.rejected_payload_max_bytes;
   o.retry_max = std::chrono::seconds(s.db_retry_max_seconds);
   o.processor.post_inline = s.http_delivery == "inline";
+  o.thread_scope = [] { return std::make_shared<MySqlThreadScope>(); };
   return o;
 }
 
@@ -129,6 +130,10 @@ DeliveryOptions delivery_options(const Settings& s) {
   o.max_attempts = s.http_max_attempts;
   o.max_age = std::chrono::seconds(s.http_max_age_seconds);
   o.retry_max = std::chrono::seconds(s.http_retry_max_seconds);
+  // Renewed every third; a POST (at most the HTTP timeout) must fit in that with room to spare.
+  o.lease = std::max<std::chrono::milliseconds>(std::chrono::seconds(30),
+                                                3 * o.http_timeout + std::chrono::seconds(5));
+  o.thread_scope = [] { return std::make_shared<MySqlThreadScope>(); };
   return o;
 }
 
@@ -136,10 +141,12 @@ std::string summary(const Metrics& m, const Spool& spool) {
   const auto st = spool.stats();
   return fmt::format(
       "summary: received {}, stored {}, posted {}, rejected {}, redeliveries dropped {}, backlog "
-      "{}, spool {:.1f} MiB{}, broker {}, database {}",
+      "{}, spool {:.1f} MiB{}, broker {}, database {}, held flows {} ({} messages waiting)",
       m.received.load(), m.stored.load(), m.posted.load(), m.rejected.load(), m.redeliveries.load(),
-      m.backlog.load(), static_cast<double>(st.bytes) / (1 << 20), st.full ? " (FULL)" : "",
-      m.broker_connected ? "up" : "down", m.db_connected ? "up" : "down");
+      m.backlog.load(), static_cast<double>(st.bytes) / (1 << 20),
+      m.spool_failing ? " (NOT WRITABLE)" : (st.full ? " (FULL)" : ""),
+      m.broker_connected ? "up" : "down", m.db_connected ? "up" : "down", m.flows_held.load(),
+      m.held_messages.load());
 }
 
 int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
@@ -153,6 +160,8 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
             spool.stats().segments, spool.stats().bytes, spool.stats().next_seq);
   FlowTable flows;
   auto repositories = [&settings] { return std::make_unique<MySqlFlowRepository>(settings); };
+  // Before anything is appended: never hand out a seq the database already committed.
+  spool.ensure_seq_above(repositories()->last_committed_seq(spool.id()));
 
   GatewayMqttClient client(
       settings, repositories, flows, spool, metrics,
@@ -254,7 +263,10 @@ int main(int argc, char** argv) {
 
   try {
     if (cl.init_db) {
-      MySqlFlowRepository(settings).apply_script(builtin_schema_sql());
+      MySqlFlowRepository repo(settings);
+      repo.apply_script(builtin_schema_sql());
+      for (const std::string& change : repo.upgrade_schema())
+        std::cout << "upgraded: " << change << "\n";
       std::cout << "schema applied to " << settings.database_url_redacted() << "\n";
       return 0;
     }

@@ -38,6 +38,21 @@ std::map<std::string, FlowCounters> Metrics::flows() const {
   return flows_;
 }
 
+void Metrics::set_held(const std::string& code, const std::string& reason) {
+  std::lock_guard lock(mu_);
+  held_[code] = reason;
+}
+
+void Metrics::clear_held(const std::string& code) {
+  std::lock_guard lock(mu_);
+  held_.erase(code);
+}
+
+std::map<std::string, std::string> Metrics::held() const {
+  std::lock_guard lock(mu_);
+  return held_;
+}
+
 namespace {
 
 void counter(std::ostringstream& o, const char* name, const char* help, std::uint64_t v,
@@ -78,6 +93,12 @@ std::string Metrics::prometheus_text() const {
           broker_connected ? 1 : 0, "gauge");
   counter(o, "gateway_db_connected", "1 while the database answers.", db_connected ? 1 : 0,
           "gauge");
+  counter(o, "gateway_flows_held", "Flows held: the database does not take their writes.",
+          flows_held, "gauge");
+  counter(o, "gateway_held_messages", "Messages that arrived for held flows and wait in the spool.",
+          held_messages, "gauge");
+  counter(o, "gateway_spool_writable", "0 while appends to the spool fail (disk full, I/O error).",
+          spool_failing ? 0 : 1, "gauge");
   counter(o, "gateway_last_reload_timestamp_seconds", "Unix time of the last flow reload.",
           static_cast<std::uint64_t>(last_reload_unix.load()), "gauge");
 
@@ -108,6 +129,11 @@ std::string Metrics::prometheus_text() const {
       o << "gateway_flow_messages_" << what << "_total{flow=\"" << label(code) << "\"} "
         << c.*member << '\n';
     }
+  }
+  o << "# HELP gateway_flow_held 1 for each flow held, with the reason.\n"
+       "# TYPE gateway_flow_held gauge\n";
+  for (const auto& [code, reason] : held()) {
+    o << "gateway_flow_held{flow=\"" << label(code) << "\",reason=\"" << label(reason) << "\"} 1\n";
   }
   return o.str();
 }

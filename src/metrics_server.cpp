@@ -24,6 +24,13 @@ std::string health_problem(const Metrics& m, std::int64_t now_ms, std::int64_t l
   if (!m.db_connected && db_down != 0 && now_ms - db_down > limit_ms) {
     return "database unreachable for " + std::to_string((now_ms - db_down) / 1000) + " s";
   }
+  if (m.spool_failing) return "spool not writable (disk full or I/O error); broker messages held";
+  // A flow held by the database is a problem at once: the server answers but refuses its writes.
+  const auto held = m.held();
+  if (!held.empty()) {
+    return "database refuses writes: " + std::to_string(held.size()) + " flow(s) held (" +
+           held.begin()->first + ": " + held.begin()->second + ")";
+  }
   return {};
 }
 
@@ -53,7 +60,8 @@ MetricsServer::MetricsServer(const std::string& address, const Metrics& metrics,
         res.set_content(problem.empty() ? "ok\n" : problem + "\n", "text/plain");
       });
   if (!impl_->server.bind_to_port(where->host, where->port)) {
-    throw ConfigError("METRICS_ADDRESS: cannot listen on " + address);
+    // A port in use is a run-time fault (exit 1, systemd retries), not a bad setting.
+    throw Error("METRICS_ADDRESS: cannot listen on " + address + " (in use or not permitted)");
   }
   impl_->port = where->port;
   impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });

@@ -11,6 +11,7 @@
 #include <map>
 #include <sstream>
 
+#include "gateway/db_error_class.h"
 #include "gateway/errors.h"
 
 namespace gateway {
@@ -46,19 +47,29 @@ constexpr const char* kInsertRejectedRow = "(?, ?, ?, ?, ?, ?, ?)";
 // Multi-row INSERTs go out in chunks of these sizes so that a handful of prepared statements
 // serve every batch size.
 constexpr std::array<std::size_t, 7> kChunkSizes = {1024, 256, 64, 16, 4, 2, 1};
+// What a bound row costs in an execute packet besides its values (types, length prefixes), with
+// room to spare.
+constexpr std::size_t kRowOverheadBytes = 64;
+// Kept free in every packet for the protocol's own header and the statement id.
+constexpr std::size_t kPacketHeadroomBytes = 4096;
 
-// Sorts a driver error the way the caller must react (see flow_repository.h).
+// Turns a driver error into the exception that tells the caller whose fault it is
+// (db_error_class.h has the table).
 [[noreturn]] void rethrow(const sql::SQLException& e, std::string_view what) {
   const int code = e.getErrorCode();
   std::ostringstream msg;
   msg << what << ": " << e.what() << " (MySQL error " << code << ")";
-  // 2000-2999 are client errors (gone away, lost connection, can't connect); 1053 server
-  // shutdown, 1927 connection killed, 4031 idle disconnect: all mean the session is gone.
-  if ((code >= 2000 && code < 3000) || code == 1053 || code == 1927 || code == 4031) {
-    throw DbUnavailable(msg.str());
+  switch (classify_db_error(code)) {
+    case DbFault::kConnection:
+      throw DbUnavailable(msg.str(), code);
+    case DbFault::kDeadlock:
+      throw DbRetryable(msg.str(), code);
+    case DbFault::kData:
+      throw DbDataError(msg.str(), code);
+    case DbFault::kEnvironment:
+      break;
   }
-  if (code == 1205 || code == 1213) throw DbRetryable(msg.str());
-  throw Error(msg.str());
+  throw DbRefused(msg.str(), code);
 }
 
 std::optional<std::string> nullable_string(sql::ResultSet& rs, int column) {
@@ -106,6 +117,10 @@ MySqlThreadScope::~MySqlThreadScope() { get_driver_instance()->threadEnd(); }
 
 struct MySqlFlowRepository::Impl {
   std::unique_ptr<sql::Connection> conn;
+  // The most bytes of bound values one statement may carry: the server's max_allowed_packet (read
+  // at connect) less headroom. A larger packet would make the server drop the connection, and the
+  // retry would fail the same way forever.
+  std::size_t packet_budget = 1u << 20;
   std::map<std::string, std::unique_ptr<sql::PreparedStatement>, std::less<>> statements;
 
   // Multi-row INSERTs by (statement prefix, row count): built and prepared once.
@@ -152,27 +167,32 @@ class MySqlFlowTransaction final : public FlowTransaction {
   std::uint64_t committed_seq() const override { return committed_seq_; }
 
   void insert_records(std::span<const DataRecord> rows) override {
-    insert_in_chunks(rows, kInsertRecordsPrefix, kInsertRecordRow, "insert data_records",
-                     [this](sql::PreparedStatement& stmt, int& p, const DataRecord& r) {
-                       stmt.setInt64(p++, flow_.id);
-                       stmt.setInt64(p++, r.msg_id);
-                       stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
-                       stmt.setString(p++,
-                                      sql::SQLString(r.field_name.data(), r.field_name.size()));
-                       stmt.setString(p++, r.field_value);
-                     });
+    insert_in_chunks(
+        rows, kInsertRecordsPrefix, kInsertRecordRow, "insert data_records",
+        [this](sql::PreparedStatement& stmt, int& p, const DataRecord& r) {
+          stmt.setInt64(p++, flow_.id);
+          stmt.setInt64(p++, r.msg_id);
+          stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
+          stmt.setString(p++, sql::SQLString(r.field_name.data(), r.field_name.size()));
+          stmt.setString(p++, r.field_value);
+        },
+        [](const DataRecord& r) {
+          return r.topic.size() + r.field_name.size() + r.field_value.size();
+        });
   }
 
   void insert_deliveries(std::span<const OutboxEntry> rows) override {
-    insert_in_chunks(rows, kInsertDeliveriesPrefix, kInsertDeliveryRow, "insert deliveries",
-                     [this](sql::PreparedStatement& stmt, int& p, const OutboxEntry& r) {
-                       stmt.setInt64(p++, flow_.id);
-                       stmt.setInt64(p++, r.msg_id);
-                       stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
-                       stmt.setString(p++, sql::SQLString(r.payload.data(), r.payload.size()));
-                       stmt.setInt64(p++, r.created_ms);
-                       stmt.setInt64(p++, r.created_ms);
-                     });
+    insert_in_chunks(
+        rows, kInsertDeliveriesPrefix, kInsertDeliveryRow, "insert deliveries",
+        [this](sql::PreparedStatement& stmt, int& p, const OutboxEntry& r) {
+          stmt.setInt64(p++, flow_.id);
+          stmt.setInt64(p++, r.msg_id);
+          stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
+          stmt.setString(p++, sql::SQLString(r.payload.data(), r.payload.size()));
+          stmt.setInt64(p++, r.created_ms);
+          stmt.setInt64(p++, r.created_ms);
+        },
+        [](const OutboxEntry& r) { return r.topic.size() + r.payload.size(); });
   }
 
   void insert_rejected(std::span<const RejectedMessage> rows) override {
@@ -182,9 +202,13 @@ class MySqlFlowTransaction final : public FlowTransaction {
         stmt.setInt64(1, flow_.id);
         const std::string_view topic = utf8_prefix(r.topic, 1024);
         stmt.setString(2, sql::SQLString(topic.data(), topic.size()));
-        std::istringstream blob(std::string(r.payload));
+        // Cut further if a dead letter would not fit a packet: it must always be writable.
+        const std::string_view payload = r.payload.substr(
+            0, db_.packet_budget -
+                   std::min(db_.packet_budget, topic.size() + 2 * 1024 + kRowOverheadBytes));
+        std::istringstream blob{std::string(payload)};
         stmt.setBlob(3, &blob);
-        stmt.setInt(4, r.payload_truncated ? 1 : 0);
+        stmt.setInt(4, r.payload_truncated || payload.size() < r.payload.size() ? 1 : 0);
         stmt.setString(5, std::string(utf8_prefix(r.reason, 1024)));
         stmt.setString(6, spool_id_);
         stmt.setInt64(7, static_cast<std::int64_t>(r.spool_seq));
@@ -225,19 +249,36 @@ class MySqlFlowTransaction final : public FlowTransaction {
   }
 
  private:
-  // One multi-row INSERT per chunk size (kChunkSizes), each statement prepared once.
-  template <typename Row, typename Bind>
+  // Multi-row INSERTs: runs of rows that fit one packet (db_.packet_budget), each run sent as
+  // statements of the kChunkSizes row counts, each statement prepared once. A single row larger
+  // than a packet is its message's fault: DbDataError.
+  template <typename Row, typename Bind, typename Size>
   void insert_in_chunks(std::span<const Row> rows, const char* prefix, const char* row_sql,
-                        std::string_view what, Bind bind) {
+                        std::string_view what, Bind bind, Size size) {
     try {
       std::size_t done = 0;
-      for (std::size_t chunk : kChunkSizes) {
-        while (rows.size() - done >= chunk) {
-          auto& stmt = db_.prepare_rows(prefix, row_sql, chunk);
-          int p = 1;
-          for (std::size_t i = done; i < done + chunk; ++i) bind(stmt, p, rows[i]);
-          stmt.executeUpdate();
-          done += chunk;
+      while (done < rows.size()) {
+        std::size_t n = 0, bytes = 0;
+        while (done + n < rows.size() && n < kChunkSizes.front()) {
+          const std::size_t b = size(rows[done + n]) + kRowOverheadBytes;
+          if (n == 0 && b > db_.packet_budget) {
+            throw DbDataError(std::string(what) + ": a row of " + std::to_string(b) +
+                                  " bytes does not fit the server's max_allowed_packet",
+                              1153);
+          }
+          if (bytes + b > db_.packet_budget) break;
+          bytes += b;
+          ++n;
+        }
+        for (std::size_t chunk : kChunkSizes) {
+          while (n >= chunk) {
+            auto& stmt = db_.prepare_rows(prefix, row_sql, chunk);
+            int p = 1;
+            for (std::size_t i = done; i < done + chunk; ++i) bind(stmt, p, rows[i]);
+            stmt.executeUpdate();
+            done += chunk;
+            n -= chunk;
+          }
         }
       }
     } catch (const sql::SQLException& e) {
@@ -274,14 +315,19 @@ MySqlFlowRepository::MySqlFlowRepository(const Settings& settings) : impl_(new I
     st->execute("SET SESSION innodb_lock_wait_timeout = 20");
     // READ COMMITTED: no gap locks between workers inserting rows of different flows.
     st->execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
+    {
+      std::unique_ptr<sql::ResultSet> rs(st->executeQuery("SELECT @@max_allowed_packet"));
+      if (rs->next()) {
+        const auto max = static_cast<std::size_t>(rs->getUInt64(1));
+        impl_->packet_budget =
+            max > 2 * kPacketHeadroomBytes ? max - kPacketHeadroomBytes : max / 2;
+      }
+    }
     impl_->conn->setAutoCommit(false);
   } catch (const sql::SQLException& e) {
     std::ostringstream where;
     where << "database " << settings.db_name << " at " << settings.db_host << ":"
           << settings.db_port << " as " << settings.db_user;
-    if (e.getErrorCode() == 1045 || e.getErrorCode() == 1044 || e.getErrorCode() == 1049) {
-      throw Error(where.str() + ": " + e.what());
-    }
     rethrow(e, where.str());
   }
 }
@@ -369,12 +415,29 @@ bool MySqlFlowRepository::ping() {
   }
 }
 
-std::vector<DueFlow> MySqlFlowRepository::pending_flows() {
+std::uint64_t MySqlFlowRepository::last_committed_seq(std::string_view spool_id) {
+  try {
+    auto& stmt =
+        impl_->prepare("SELECT COALESCE(MAX(last_seq), 0) FROM spool_offsets WHERE spool_id = ?");
+    stmt.setString(1, sql::SQLString(spool_id.data(), spool_id.size()));
+    std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
+    const std::uint64_t seq = rs->next() ? static_cast<std::uint64_t>(rs->getInt64(1)) : 0;
+    rs.reset();
+    impl_->conn->commit();
+    return seq;
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "read spool offsets");
+  }
+}
+
+std::vector<DueFlow> MySqlFlowRepository::pending_flows(std::string_view owner) {
   try {
     auto& stmt = impl_->prepare(
         "SELECT d.flow_id, d.next_attempt_ms FROM deliveries d JOIN (SELECT flow_id, MIN(msg_id) "
         "AS head FROM deliveries GROUP BY flow_id) h ON h.flow_id = d.flow_id AND h.head = "
-        "d.msg_id");
+        "d.msg_id LEFT JOIN delivery_leases l ON l.flow_id = d.flow_id WHERE l.flow_id IS NULL "
+        "OR l.owner = ? OR l.expires_ms < ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000)");
+    stmt.setString(1, sql::SQLString(owner.data(), owner.size()));
     std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
     std::vector<DueFlow> due;
     while (rs->next()) due.push_back(DueFlow{rs->getInt64(1), rs->getInt64(2)});
@@ -383,6 +446,47 @@ std::vector<DueFlow> MySqlFlowRepository::pending_flows() {
     return due;
   } catch (const sql::SQLException& e) {
     rethrow(e, "list pending deliveries");
+  }
+}
+
+bool MySqlFlowRepository::claim(std::int64_t flow_id, std::string_view owner, std::int64_t ttl_ms) {
+  try {
+    // The assignments run left to right: `owner` is decided first, then the expiry follows the
+    // (possibly new) owner.
+    auto& upsert = impl_->prepare(
+        "INSERT INTO delivery_leases (flow_id, owner, expires_ms) VALUES (?, ?, "
+        "ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000) + ?) ON DUPLICATE KEY UPDATE owner = IF(owner = "
+        "VALUES(owner) OR expires_ms < ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000), VALUES(owner), "
+        "owner), expires_ms = IF(owner = VALUES(owner), VALUES(expires_ms), expires_ms)");
+    upsert.setInt64(1, flow_id);
+    upsert.setString(2, sql::SQLString(owner.data(), owner.size()));
+    upsert.setInt64(3, ttl_ms);
+    upsert.executeUpdate();
+    auto& holder = impl_->prepare("SELECT owner FROM delivery_leases WHERE flow_id = ?");
+    holder.setInt64(1, flow_id);
+    std::unique_ptr<sql::ResultSet> rs(holder.executeQuery());
+    const bool mine = rs->next() && std::string(rs->getString(1)) == owner;
+    rs.reset();
+    impl_->conn->commit();
+    return mine;
+  } catch (const sql::SQLException& e) {
+    try {
+      impl_->conn->rollback();
+    } catch (const sql::SQLException&) {
+    }
+    rethrow(e, "claim delivery lease");
+  }
+}
+
+void MySqlFlowRepository::release(std::int64_t flow_id, std::string_view owner) {
+  try {
+    auto& stmt = impl_->prepare("DELETE FROM delivery_leases WHERE flow_id = ? AND owner = ?");
+    stmt.setInt64(1, flow_id);
+    stmt.setString(2, sql::SQLString(owner.data(), owner.size()));
+    stmt.executeUpdate();
+    impl_->conn->commit();
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "release delivery lease");
   }
 }
 
@@ -513,9 +617,34 @@ void MySqlFlowRepository::apply_script(std::string_view sql) {
   }
 }
 
+std::vector<std::string> MySqlFlowRepository::upgrade_schema() {
+  std::vector<std::string> done;
+  try {
+    auto& collation = impl_->prepare(
+        "SELECT COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+        "AND TABLE_NAME = 'data_records' AND COLUMN_NAME = 'field_name'");
+    std::unique_ptr<sql::ResultSet> rs(collation.executeQuery());
+    const bool needs_bin = rs->next() && std::string(rs->getString(1)) != "utf8mb4_nopad_bin";
+    rs.reset();
+    if (needs_bin) {
+      // Copies the table (the unique key changes); done once, by --init-db, not at start-up.
+      std::unique_ptr<sql::Statement> st(impl_->conn->createStatement());
+      st->execute(
+          "ALTER TABLE data_records MODIFY field_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE "
+          "utf8mb4_nopad_bin NOT NULL");
+      done.emplace_back("data_records.field_name now compares as bytes (utf8mb4_nopad_bin)");
+    }
+    impl_->conn->commit();
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "upgrade schema");
+  }
+  return done;
+}
+
 std::vector<std::string> MySqlFlowRepository::missing_tables() {
-  static constexpr std::array<const char*, 6> kTables = {
-      "mqtt_servers", "flows", "data_records", "rejected_messages", "spool_offsets", "deliveries"};
+  static constexpr std::array<const char*, 7> kTables = {
+      "mqtt_servers",  "flows",      "data_records",   "rejected_messages",
+      "spool_offsets", "deliveries", "delivery_leases"};
   std::vector<std::string> missing;
   try {
     auto& stmt = impl_->prepare(

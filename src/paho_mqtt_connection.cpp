@@ -10,14 +10,23 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
-#include <condition_variable>
-#include <mutex>
 #include <thread>
 
 #include "gateway/backoff.h"
 #include "gateway/errors.h"
+#include "gateway/loss_ledger.h"
 
 namespace gateway {
+
+namespace {
+
+// A connection that drops this soon after it was made, several times in a row, is being taken
+// over: another client connects with the same client id, the broker closes the older connection,
+// and the two take turns. MQTT 3.1.1 gives no reason code for it.
+constexpr auto kQuickLoss = std::chrono::seconds(5);
+constexpr int kQuickLossesForTakeover = 3;
+
+}  // namespace
 
 struct PahoMqttConnection::Impl {
   MqttConnectOptions options;
@@ -26,13 +35,11 @@ struct PahoMqttConnection::Impl {
   mqtt::async_client client;
   mqtt::connect_options connect_options;
   std::atomic<bool> is_connected{false};
-  std::atomic<bool> ever_connected{false};
-
-  std::mutex mu;
-  std::condition_variable cv;
-  bool lost = false;      // guarded by mu; the reconnect thread has work
-  bool stopping = false;  // guarded by mu
+  std::atomic<std::int64_t> connected_at_ms{0};  // steady clock of the last successful connect
+  std::atomic<int> quick_losses{0};              // consecutive losses soon after connecting
+  LossLedger losses;
   std::thread reconnector;
+  std::atomic<bool> stopped{false};
 
   Impl(MqttConnectOptions o, MqttHandlers h, std::shared_ptr<spdlog::logger> l)
       : options(std::move(o)),
@@ -56,23 +63,37 @@ struct PahoMqttConnection::Impl {
 
     client.set_message_callback([this](const mqtt::const_message_ptr& msg) {
       const auto& payload = msg->get_payload_ref();
-      MqttMessage m{msg->get_topic(), std::string_view(payload.data(), payload.size()),
-                    static_cast<std::uint16_t>(msg->c_struct().msgid), msg->is_duplicate(),
+      MqttMessage m{msg->get_topic(),
+                    std::string_view(payload.data(), payload.size()),
+                    static_cast<std::uint16_t>(msg->c_struct().msgid),
+                    msg->is_duplicate(),
+                    msg->is_retained(),
                     msg->get_qos()};
       handlers.message(m);
     });
-    client.set_connected_handler([this](const std::string&) {
-      const bool again = ever_connected.exchange(true);
-      is_connected = true;
-      if (handlers.connected) handlers.connected(again);
-    });
     client.set_connection_lost_handler([this](const std::string& cause) {
       is_connected = false;
+      const bool quick = steady_ms() - connected_at_ms.load() < ms(kQuickLoss);
+      const int streak = quick ? quick_losses.fetch_add(1) + 1 : (quick_losses = 0, 0);
+      if (streak == kQuickLossesForTakeover) {
+        log->error(
+            "mqtt: the connection to {} dropped {} times right after connecting: another client "
+            "is probably connected with the same MQTT_CLIENT_ID '{}' (every gateway instance "
+            "needs its own); backing off instead of taking its session over",
+            uri(options), streak, options.client_id);
+      }
       if (handlers.connection_lost)
         handlers.connection_lost(cause.empty() ? "connection lost" : cause);
-      schedule_reconnect();
+      losses.report_loss();
     });
     reconnector = std::thread([this] { reconnect_loop(); });
+  }
+
+  static std::int64_t ms(std::chrono::milliseconds d) { return d.count(); }
+  static std::int64_t steady_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
   }
 
   static std::string uri(const MqttConnectOptions& o) {
@@ -81,36 +102,39 @@ struct PahoMqttConnection::Impl {
 
   std::string where() const { return uri(options) + " as " + options.client_id; }
 
-  void schedule_reconnect() {
-    std::lock_guard lock(mu);
-    lost = true;
-    cv.notify_all();
+  // Connects and waits; returns the session-present flag. Throws mqtt::exception or Error.
+  bool connect_and_wait() {
+    auto tok = client.connect(connect_options);
+    if (!tok->wait_for(options.connect_timeout + std::chrono::seconds(1)) ||
+        !client.is_connected()) {
+      throw Error("MQTT broker " + where() + ": connect timed out");
+    }
+    connected_at_ms = steady_ms();
+    is_connected = true;
+    return tok->get_connect_response().is_session_present();
   }
 
   void reconnect_loop() {
     Backoff backoff(std::chrono::milliseconds(500), options.reconnect_max);
-    std::unique_lock lock(mu);
-    for (;;) {
-      cv.wait(lock, [this] { return stopping || lost; });
-      if (stopping) return;
-      const auto delay = backoff.next();
+    while (losses.wait_for_loss()) {
+      auto delay = backoff.next();
+      // Taken over: wait the longest backoff, so that the other client keeps its session.
+      if (quick_losses.load() >= kQuickLossesForTakeover) delay = options.reconnect_max;
       log->info("mqtt: reconnecting to {} in {} ms (attempt {})", uri(options), delay.count(),
                 backoff.attempts());
-      if (cv.wait_for(lock, delay, [this] { return stopping; })) return;
-      lock.unlock();
-      bool ok = false;
+      if (!losses.sleep(delay)) return;
+      const std::uint64_t ticket = losses.begin_attempt();
+      bool session_present = false;
       try {
-        client.connect(connect_options)
-            ->wait_for(options.connect_timeout + std::chrono::seconds(1));
-        ok = client.is_connected();
-      } catch (const mqtt::exception& e) {
+        session_present = connect_and_wait();
+      } catch (const std::exception& e) {
         log->warn("mqtt: reconnect to {} failed: {}", uri(options), e.what());
+        continue;
       }
-      lock.lock();
-      if (ok) {
-        lost = false;
-        backoff.reset();
-      }
+      backoff.reset();
+      // From this thread, not Paho's: the handler may subscribe and wait for the answer.
+      if (handlers.reconnected) handlers.reconnected(session_present);
+      losses.settle(ticket);  // a loss since the attempt began keeps the loop going
     }
   }
 };
@@ -121,20 +145,20 @@ PahoMqttConnection::PahoMqttConnection(MqttConnectOptions options, MqttHandlers 
 
 PahoMqttConnection::~PahoMqttConnection() { disconnect(std::chrono::seconds(2)); }
 
-void PahoMqttConnection::connect() {
+bool PahoMqttConnection::connect() {
   try {
-    auto tok = impl_->client.connect(impl_->connect_options);
-    if (!tok->wait_for(impl_->options.connect_timeout + std::chrono::seconds(1)) ||
-        !impl_->client.is_connected()) {
-      throw Error("MQTT broker " + impl_->where() + ": connect timed out");
-    }
+    return impl_->connect_and_wait();
   } catch (const mqtt::exception& e) {
     throw Error("MQTT broker " + impl_->where() + ": " + e.what());
   }
 }
 
 void PahoMqttConnection::subscribe(const std::vector<std::string>& filters, bool wait) {
-  if (filters.empty() || !impl_->client.is_connected()) return;
+  if (filters.empty()) return;
+  if (!impl_->client.is_connected()) {
+    if (wait) throw Error("MQTT subscribe: not connected");
+    return;
+  }
   auto topics = mqtt::string_collection::create(filters);
   std::vector<int> qos(filters.size(), 1);
   try {
@@ -154,18 +178,21 @@ void PahoMqttConnection::subscribe(const std::vector<std::string>& filters, bool
 }
 
 void PahoMqttConnection::unsubscribe(const std::vector<std::string>& filters) {
-  if (filters.empty() || !impl_->client.is_connected()) return;
+  if (filters.empty()) return;
+  if (!impl_->client.is_connected()) throw Error("MQTT unsubscribe: not connected");
   try {
-    impl_->client.unsubscribe(mqtt::string_collection::create(filters));
+    auto tok = impl_->client.unsubscribe(mqtt::string_collection::create(filters));
+    if (!tok->wait_for(std::chrono::seconds(10))) throw Error("MQTT unsubscribe timed out");
   } catch (const mqtt::exception& e) {
-    impl_->log->error("mqtt: unsubscribe failed: {}", e.what());
+    throw Error(std::string("MQTT unsubscribe failed: ") + e.what());
   }
 }
 
-void PahoMqttConnection::publish(std::string_view topic, std::string_view payload, int qos) {
+void PahoMqttConnection::publish(std::string_view topic, std::string_view payload, int qos,
+                                 bool retain) {
   if (!impl_->client.is_connected()) return;
   try {
-    impl_->client.publish(std::string(topic), payload.data(), payload.size(), qos, false);
+    impl_->client.publish(std::string(topic), payload.data(), payload.size(), qos, retain);
   } catch (const mqtt::exception& e) {
     impl_->log->warn("mqtt: publish to {} failed: {}", topic, e.what());
   }
@@ -179,18 +206,14 @@ void PahoMqttConnection::force_reconnect(const std::string& why) {
   } catch (const mqtt::exception&) {
     // Already down: the reconnect below is what matters.
   }
-  impl_->schedule_reconnect();
+  impl_->losses.report_loss();
 }
 
 bool PahoMqttConnection::connected() const { return impl_->is_connected; }
 
 void PahoMqttConnection::disconnect(std::chrono::milliseconds timeout) {
-  {
-    std::lock_guard lock(impl_->mu);
-    if (impl_->stopping) return;
-    impl_->stopping = true;
-    impl_->cv.notify_all();
-  }
+  if (impl_->stopped.exchange(true)) return;
+  impl_->losses.stop();
   if (impl_->reconnector.joinable()) impl_->reconnector.join();
   try {
     if (impl_->client.is_connected()) {

@@ -4,15 +4,14 @@
 
 #include <algorithm>
 
-#include "gateway/backoff.h"
 #include "gateway/errors.h"
-#include "gateway/mysql_flow_repository.h"
 
 namespace gateway {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-using MessagePtr = std::shared_ptr<const InboundMessage>;
+// A deadlock is retried at once this many times before the flow is held like any other failure.
+constexpr int kDeadlockRetries = 3;
+constexpr auto kDeadlockPause = std::chrono::milliseconds(20);
 
 }  // namespace
 
@@ -23,7 +22,7 @@ Pipeline::Pipeline(Spool& spool, const FlowTable& flows, RepositoryFactory repos
       flows_(flows),
       repositories_(std::move(repositories)),
       posters_(std::move(posters)),
-      options_(options),
+      options_(std::move(options)),
       metrics_(metrics),
       log_(std::move(log)) {}
 
@@ -44,21 +43,54 @@ void Pipeline::stop(std::chrono::milliseconds deadline) {
   }
   work_cv_.notify_all();
   space_cv_.notify_all();
+  const auto started = Clock::now();
   if (dispatcher_.joinable()) dispatcher_.join();
-  // Workers finish the transaction in hand; one stuck in a slow POST or a dead database is
-  // bounded by the HTTP timeout and the driver's read timeout.
-  const auto until = Clock::now() + deadline;
   for (auto& w : workers_) {
     if (w.joinable()) w.join();
   }
-  if (Clock::now() > until)
+  if (Clock::now() - started > deadline)
     log_->warn("pipeline: stopping took longer than {} ms", deadline.count());
   workers_.clear();
 }
 
-bool Pipeline::sleep_unless_stopping(std::chrono::milliseconds d) {
-  std::unique_lock lock(mu_);
-  return !work_cv_.wait_for(lock, d, [this] { return stopping_; });
+std::string Pipeline::flow_name(std::int64_t flow_id) const {
+  for (const Flow& f : flows_.snapshot()->flows()) {
+    if (f.id == flow_id) return f.code;
+  }
+  return "#" + std::to_string(flow_id);
+}
+
+Pipeline::MessagePtr Pipeline::to_message(SpoolRecord&& record) const {
+  auto m = std::make_shared<InboundMessage>();
+  m->seq = record.seq;
+  m->arrival_us = record.arrival_us;
+  m->topic = std::move(record.topic);
+  m->payload = std::move(record.payload);
+  m->original_size = record.original_size;
+  if (record.original_size > 0) {
+    // Only the head of it was spooled (on_message): the whole never reached memory twice.
+    m->parsed.error = "payload is " + std::to_string(record.original_size) + " bytes, limit " +
+                      std::to_string(options_.limits.max_bytes);
+  } else {
+    m->parsed = parse_payload(m->payload, options_.limits);
+  }
+  return m;
+}
+
+std::optional<SpoolRecord> Pipeline::read_spool(std::chrono::milliseconds timeout) {
+  try {
+    auto record = spool_.read_next(timeout);
+    if (spool_read_failing_) {
+      spool_read_failing_ = false;
+      log_->info("spool readable again");
+    }
+    return record;
+  } catch (const std::exception& e) {
+    // The records stay where they are; reading is retried, never skipped.
+    if (!std::exchange(spool_read_failing_, true)) log_->error("spool read failed: {}", e.what());
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    return std::nullopt;
+  }
 }
 
 void Pipeline::dispatch_loop() {
@@ -67,13 +99,15 @@ void Pipeline::dispatch_loop() {
   constexpr std::size_t kMaxGroup = 256;
   constexpr auto kLinger = std::chrono::microseconds(500);  // added latency at low rates
   struct Routed {
-    std::shared_ptr<InboundMessage> message;
+    std::uint64_t seq;
+    MessagePtr message;  // null when no flow matched
     std::vector<std::int64_t> flows;
   };
   std::vector<Routed> group;
   auto last_release = Clock::now();
   for (;;) {
     std::size_t room;
+    std::size_t room_bytes;
     {
       std::unique_lock lock(mu_);
       // Waiting for room is progress too (the workers are retrying the database): keep the
@@ -86,10 +120,11 @@ void Pipeline::dispatch_loop() {
       }
       if (stopping_) return;
       room = std::min(kMaxGroup, options_.max_in_flight - in_flight_.size());
+      room_bytes = options_.max_in_flight_bytes - in_flight_bytes_;
     }
-    std::optional<SpoolRecord> record = spool_.read_next(std::chrono::milliseconds(0));
+    std::optional<SpoolRecord> record = read_spool(std::chrono::milliseconds(0));
     if (!record) {
-      record = spool_.read_next(std::chrono::milliseconds(100));
+      record = read_spool(std::chrono::milliseconds(100));
       // It had to wait: let the records arriving right behind it join the group.
       if (record) std::this_thread::sleep_for(kLinger);
     }
@@ -99,133 +134,303 @@ void Pipeline::dispatch_loop() {
       last_release = Clock::now();
     }
     group.clear();
+    const auto snapshot = flows_.snapshot();
     while (record) {
-      Routed r{std::make_shared<InboundMessage>(), {}};
-      r.message->seq = record->seq;
-      r.message->arrival_us = record->arrival_us;
-      r.message->topic = std::move(record->topic);
-      r.message->payload = std::move(record->payload);
-      flows_.snapshot()->match(r.message->topic, r.flows);
-      if (!r.flows.empty()) r.message->parsed = parse_payload(r.message->payload, options_.limits);
+      Routed r{record->seq, nullptr, {}};
+      snapshot->match(record->topic, r.flows);
+      if (r.flows.empty()) {
+        metrics_.unrouted.fetch_add(1, std::memory_order_relaxed);
+        log_->debug("no flow matches topic {}; seq {} dropped", record->topic, record->seq);
+      } else {
+        r.message = to_message(std::move(*record));
+      }
+      const std::size_t bytes = r.message ? r.message->payload.size() : 0;
       group.push_back(std::move(r));
-      if (group.size() >= room) break;
-      record = spool_.read_next(std::chrono::milliseconds(0));
+      // Bounded by bytes as well: a group of large payloads stops at the cap (overshooting it by
+      // one payload at most), not 256 payloads past it.
+      if (group.size() >= room || bytes >= room_bytes) break;
+      room_bytes -= bytes;
+      record = read_spool(std::chrono::milliseconds(0));
     }
     if (group.empty()) continue;
 
     std::lock_guard lock(mu_);
-    next_seq_ = group.back().message->seq + 1;
+    next_seq_ = group.back().seq + 1;
     for (Routed& r : group) {
-      const InboundMessage& m = *r.message;
-      if (r.flows.empty()) {
-        metrics_.unrouted.fetch_add(1, std::memory_order_relaxed);
-        log_->debug("no flow matches topic {}; seq {} dropped", m.topic, m.seq);
-        continue;
-      }
-      in_flight_.emplace(m.seq, InFlight{static_cast<std::uint32_t>(r.flows.size()),
-                                         static_cast<std::uint32_t>(m.payload.size())});
-      in_flight_bytes_ += m.payload.size();
+      std::uint32_t in_memory = 0;
       for (std::int64_t id : r.flows) {
         FlowQueue& q = queues_[id];
-        q.pending.push_back(r.message);
-        ++queued_messages_;
-        if (!q.busy && !q.queued) {
-          q.queued = true;
-          ready_.push_back(id);
-          work_cv_.notify_one();
+        if (q.parked_from != 0) {
+          // Its earlier messages are still in the spool only: this one joins them there, so
+          // that the flow's order holds. The worker re-reads them.
+          if (q.held) {
+            ++q.waited;
+            ++held_waiting_;
+          }
+          continue;
         }
+        q.pending.push_back(r.message);
+        ++in_memory;
+        if (!q.held) make_ready_locked(id, q);
+      }
+      if (in_memory > 0) {
+        const std::size_t bytes = r.message->payload.size();
+        in_flight_.emplace(r.seq, InFlight{in_memory, static_cast<std::uint32_t>(bytes)});
+        in_flight_bytes_ += bytes;
       }
     }
-    metrics_.backlog.store(in_flight_.size(), std::memory_order_relaxed);
+    publish_gauges_locked();
   }
+}
+
+void Pipeline::make_ready_locked(std::int64_t flow_id, FlowQueue& q) {
+  if (q.busy || q.queued) return;
+  q.queued = true;
+  ready_.push_back(flow_id);
+  work_cv_.notify_one();
+}
+
+void Pipeline::forget_in_flight_locked(std::uint64_t seq) {
+  auto it = in_flight_.find(seq);
+  if (it == in_flight_.end() || --it->second.flows_left > 0) return;
+  in_flight_bytes_ -= it->second.payload_bytes;
+  in_flight_.erase(it);
+}
+
+void Pipeline::publish_gauges_locked() {
+  metrics_.backlog.store(in_flight_.size() + held_waiting_, std::memory_order_relaxed);
+  metrics_.flows_held.store(held_count_, std::memory_order_relaxed);
+  metrics_.held_messages.store(held_waiting_, std::memory_order_relaxed);
 }
 
 void Pipeline::release_spool() {
   std::uint64_t low;
   {
     std::lock_guard lock(mu_);
-    low = in_flight_.empty() ? next_seq_ : in_flight_.begin()->first;
+    low = in_flight_.empty() ? next_seq_ : std::min(next_seq_, in_flight_.begin()->first);
+    // A parked flow still needs everything from parked_from on.
+    for (const auto& [id, q] : queues_) {
+      if (q.parked_from != 0) low = std::min(low, q.parked_from);
+    }
   }
   if (low > 0) spool_.release_below(low);
   metrics_.spool_bytes.store(spool_.stats().bytes, std::memory_order_relaxed);
 }
 
+void Pipeline::refill(std::int64_t flow_id, FlowQueue& q, std::uint64_t from, std::uint64_t below,
+                      std::vector<MessagePtr>& batch) {
+  if (!q.cursor) q.cursor = spool_.cursor(from);
+  const auto snapshot = flows_.snapshot();
+  std::vector<std::int64_t> matched;
+  while (batch.size() < options_.max_batch) {
+    std::optional<SpoolRecord> record = q.cursor->next(below);
+    if (!record) return;
+    snapshot->match(record->topic, matched);
+    if (std::find(matched.begin(), matched.end(), flow_id) == matched.end()) continue;
+    batch.push_back(to_message(std::move(*record)));
+  }
+}
+
 void Pipeline::worker_loop(std::size_t index) {
-  MySqlThreadScope mysql_thread;
-  std::unique_ptr<FlowRepository> repo;
-  std::unique_ptr<HttpPoster> http = posters_();
-  std::unique_ptr<Processor> processor;
-  // One per worker: seeding a Backoff per batch cost ~25 µs (std::random_device) per transaction.
-  Backoff backoff(std::chrono::milliseconds(200), options_.retry_max);
+  const std::shared_ptr<void> thread_scope =
+      options_.thread_scope ? options_.thread_scope() : nullptr;
+  Worker w;
+  w.index = index;
+  w.http = posters_();
   std::vector<MessagePtr> batch;
+  std::unique_lock lock(mu_);
   for (;;) {
-    std::int64_t flow_id;
-    {
-      std::unique_lock lock(mu_);
-      work_cv_.wait(lock, [this] { return stopping_ || !ready_.empty(); });
-      if (stopping_) return;
-      flow_id = ready_.front();
-      ready_.pop_front();
-      FlowQueue& q = queues_[flow_id];
-      q.queued = false;
-      q.busy = true;
-      batch.clear();
-      while (!q.pending.empty() && batch.size() < options_.max_batch) {
-        batch.push_back(std::move(q.pending.front()));
-        q.pending.pop_front();
+    // Held flows whose retry is due become ready again.
+    for (auto now = Clock::now(); !due_.empty() && due_.begin()->first <= now;) {
+      const std::int64_t id = due_.begin()->second;
+      due_.erase(due_.begin());
+      FlowQueue& q = queues_[id];
+      if (q.held && q.retry_at <= now) make_ready_locked(id, q);
+    }
+    if (stopping_) return;
+    if (ready_.empty()) {
+      if (due_.empty()) {
+        work_cv_.wait(lock);
+      } else {
+        work_cv_.wait_until(lock, due_.begin()->first);
       }
-      queued_messages_ -= batch.size();
+      continue;
     }
-
-    const bool done = run_batch(flow_id, batch, repo, http, processor, backoff, index);
-
-    std::lock_guard lock(mu_);
-    FlowQueue& q = queues_[flow_id];
-    q.busy = false;
-    if (!done) return;  // stopping: the batch stays in the spool for the next run
-    if (!q.pending.empty() && !q.queued) {
-      q.queued = true;
-      ready_.push_back(flow_id);
-      work_cv_.notify_one();
+    const std::int64_t flow_id = ready_.front();
+    ready_.pop_front();
+    FlowQueue& q = queues_[flow_id];  // node-based map: stays valid while unlocked
+    q.queued = false;
+    q.busy = true;
+    batch.clear();
+    while (!q.pending.empty() && batch.size() < options_.max_batch) {
+      batch.push_back(std::move(q.pending.front()));
+      q.pending.pop_front();
     }
-    for (const MessagePtr& m : batch) {
-      auto it = in_flight_.find(m->seq);
-      if (it != in_flight_.end() && --it->second.flows_left == 0) {
-        in_flight_bytes_ -= it->second.payload_bytes;
-        in_flight_.erase(it);
+    if (batch.empty() && q.parked_from != 0) {
+      const std::uint64_t from = q.parked_from;
+      const std::uint64_t below = next_seq_;
+      lock.unlock();
+      try {
+        refill(flow_id, q, from, below, batch);
+      } catch (const std::exception& e) {
+        // The spool could not be read: leave the flow parked and retry like a held flow.
+        log_->error("flow {}: re-reading its messages from the spool failed: {}",
+                    flow_name(flow_id), e.what());
+        lock.lock();
+        q.cursor.reset();
+        hold_locked(flow_id, q, std::string("spool: ") + e.what(), false, 0, 0);
+        q.busy = false;
+        continue;
+      }
+      lock.lock();
+      for (const MessagePtr& m : batch) {
+        auto [it, added] = in_flight_.try_emplace(
+            m->seq, InFlight{0, static_cast<std::uint32_t>(m->payload.size())});
+        if (added) in_flight_bytes_ += m->payload.size();
+        ++it->second.flows_left;
+      }
+      if (!batch.empty()) {
+        q.parked_from = batch.back()->seq + 1;
+      } else if (next_seq_ == below) {
+        // Caught up, and the dispatcher has read nothing since: it queues this flow's next
+        // messages in memory again.
+        q.parked_from = 0;
+        q.cursor.reset();
+        if (q.held) recover_locked(flow_id, q);
+      }
+      if (batch.empty()) {
+        q.busy = false;
+        if (q.parked_from != 0 || !q.pending.empty()) make_ready_locked(flow_id, q);
+        continue;
       }
     }
-    metrics_.backlog.store(in_flight_.size(), std::memory_order_relaxed);
+    lock.unlock();
+
+    const BatchOutcome outcome = run_batch(flow_id, batch, w);
+
+    lock.lock();
+    settle_locked(flow_id, q, batch, outcome);
+    publish_gauges_locked();
     space_cv_.notify_one();
   }
 }
 
-bool Pipeline::run_batch(std::int64_t flow_id, const std::vector<MessagePtr>& batch,
-                         std::unique_ptr<FlowRepository>& repo, std::unique_ptr<HttpPoster>& http,
-                         std::unique_ptr<Processor>& processor, Backoff& backoff,
-                         std::size_t worker) {
+void Pipeline::settle_locked(std::int64_t flow_id, FlowQueue& q,
+                             const std::vector<MessagePtr>& batch, const BatchOutcome& outcome) {
+  q.busy = false;
+  if (outcome.held) {
+    const std::size_t uncommitted = batch.size() - outcome.committed;
+    hold_locked(flow_id, q, *outcome.held, outcome.by_connection,
+                uncommitted > 0 ? batch[outcome.committed]->seq : 0, uncommitted);
+  } else if (q.held) {
+    // Committed again (it may still be catching up from the spool, but without retries).
+    recover_locked(flow_id, q);
+  }
+  for (const MessagePtr& m : batch) forget_in_flight_locked(m->seq);
+  if (!q.held && (!q.pending.empty() || q.parked_from != 0)) make_ready_locked(flow_id, q);
+}
+
+void Pipeline::hold_locked(std::int64_t flow_id, FlowQueue& q, const std::string& reason,
+                           bool by_connection, std::uint64_t first_uncommitted_seq,
+                           std::size_t uncommitted) {
+  const auto now = Clock::now();
+  // Nothing of this flow stays in memory: from its first uncommitted message on, it is re-read
+  // from the spool when the flow is retried. (When parked already, pending is empty.)
+  std::uint64_t from = first_uncommitted_seq;
+  if (from == 0 && !q.pending.empty()) from = q.pending.front()->seq;
+  const std::size_t dropped = q.pending.size();
+  for (const MessagePtr& m : q.pending) forget_in_flight_locked(m->seq);
+  q.pending.clear();
+  if (from != 0 && (q.parked_from == 0 || from < q.parked_from)) {
+    q.parked_from = from;
+    q.cursor.reset();
+  }
+  if (!q.held) {
+    q.held = true;
+    q.held_since = now;
+    q.held_by_connection = by_connection;
+    q.waited = dropped + uncommitted;
+    held_waiting_ += q.waited;
+    ++held_count_;
+    if (!q.backoff) q.backoff.emplace(options_.retry_initial, options_.retry_max);
+    const std::string name = flow_name(flow_id);
+    // A lost connection is reported once for the whole database, not per flow.
+    if (!by_connection) {
+      metrics_.set_held(name, reason);
+      log_->warn("flow {} held: {}; its messages wait in the spool and are retried", name, reason);
+    }
+  }
+  const auto delay = q.backoff->next();
+  q.retry_at = now + delay;
+  due_.emplace(q.retry_at, flow_id);
+  log_->debug("flow {}: retry in {} ms ({})", flow_id, delay.count(), reason);
+  work_cv_.notify_one();  // a sleeping worker recomputes its wake-up time
+}
+
+void Pipeline::recover_locked(std::int64_t flow_id, FlowQueue& q) {
+  q.held = false;
+  --held_count_;
+  held_waiting_ -= q.waited;
+  if (q.backoff) q.backoff->reset();
+  const std::string name = flow_name(flow_id);
+  metrics_.clear_held(name);
+  if (!q.held_by_connection) {
+    const auto secs =
+        std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - q.held_since).count();
+    log_->info("flow {} recovered after {} s; {} message(s) waited", name, secs, q.waited);
+  }
+  q.waited = 0;
+}
+
+Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
+                                           const std::vector<MessagePtr>& batch, Worker& w) {
   std::vector<const InboundMessage*> view;
   view.reserve(batch.size());
   for (const MessagePtr& m : batch) view.push_back(m.get());
   std::span<const InboundMessage* const> pending(view);
-  // A batch the server refuses as a whole is retried one message at a time, so one bad message
-  // cannot hold back the others (see the Error branch).
+  BatchOutcome out;
+  // A batch the server refuses for its data is retried one message at a time, so that one bad
+  // message cannot hold back the others; the one it refuses alone becomes a dead letter.
   bool one_by_one = false;
-  std::size_t next = 0;
+  std::string refused;  // set: the message at out.committed is to be written as a dead letter
+  int deadlocks = 0;
 
-  while (next < pending.size()) {
-    auto part = one_by_one ? pending.subspan(next, 1) : pending.subspan(next);
+  const auto hold = [&](const std::exception& e, bool by_connection) {
+    metrics_.db_errors.fetch_add(1, std::memory_order_relaxed);
+    if (by_connection) {
+      if (metrics_.db_connected.exchange(false) || w.repo) {
+        log_->error("database unavailable (worker {}): {}", w.index, e.what());
+      }
+      if (metrics_.db_down_since_ms.load() == 0) metrics_.db_down_since_ms.store(steady_now_ms());
+    }
+    // Whatever state the session is in, a fresh one is the safe start for the retry.
+    w.processor.reset();
+    w.repo.reset();
+    out.held = e.what();
+    out.by_connection = by_connection;
+    return out;
+  };
+
+  while (out.committed < pending.size()) {
+    auto part = one_by_one ? pending.subspan(out.committed, 1) : pending.subspan(out.committed);
     try {
-      if (!repo) {
-        repo = repositories_();
-        processor = std::make_unique<Processor>(*repo, *http, options_.processor, log_);
+      if (!w.repo) {
+        w.repo = repositories_();
+        w.processor = std::make_unique<Processor>(*w.repo, *w.http, options_.processor, log_);
         if (!metrics_.db_connected.exchange(true)) {
-          log_->info("database connection restored (worker {})", worker);
+          log_->info("database connection restored (worker {})", w.index);
         }
         metrics_.db_down_since_ms.store(0);
       }
+      if (!refused.empty()) {
+        w.processor->reject(flow_id, *part.front(), refused, spool_.id());
+        metrics_.rejected.fetch_add(1, std::memory_order_relaxed);
+        refused.clear();
+        ++out.committed;
+        continue;
+      }
       const auto started = Clock::now();
-      BatchResult r = processor->process_batch(flow_id, part, spool_.id());
+      BatchResult r = w.processor->process_batch(flow_id, part, spool_.id());
       metrics_.observe_transaction(std::chrono::duration<double>(Clock::now() - started).count());
       metrics_.transactions.fetch_add(1, std::memory_order_relaxed);
       metrics_.last_progress_ms.store(steady_now_ms(), std::memory_order_relaxed);
@@ -244,47 +449,37 @@ bool Pipeline::run_batch(std::int64_t flow_id, const std::vector<MessagePtr>& ba
                      r.skipped);
         }
       }
-      next += part.size();
-      backoff.reset();
-    } catch (const DbUnavailable& e) {
+      out.committed += part.size();
+      deadlocks = 0;
+    } catch (const DbDataError& e) {
       metrics_.db_errors.fetch_add(1, std::memory_order_relaxed);
-      if (metrics_.db_connected.exchange(false) || repo) {
-        log_->error("database unavailable (worker {}): {}", worker, e.what());
+      if (!refused.empty()) {
+        // Not even the dead letter could be written: the message stays, the flow is held.
+        return hold(Error(std::string("the dead letter was refused too: ") + e.what()), false);
       }
-      if (metrics_.db_down_since_ms.load() == 0) metrics_.db_down_since_ms.store(steady_now_ms());
-      processor.reset();
-      repo.reset();
-      const auto delay = backoff.next();
-      log_->debug("worker {} retries in {} ms", worker, delay.count());
-      if (!sleep_unless_stopping(delay)) return false;
-    } catch (const DbRetryable& e) {
-      metrics_.db_errors.fetch_add(1, std::memory_order_relaxed);
-      log_->warn("flow {}: {}; retrying the transaction", flow_id, e.what());
-      if (!sleep_unless_stopping(std::chrono::milliseconds(20))) return false;
-    } catch (const Error& e) {
-      metrics_.db_errors.fetch_add(1, std::memory_order_relaxed);
       if (!one_by_one && part.size() > 1) {
         log_->warn("flow {}: batch of {} refused ({}); retrying one by one", flow_id, part.size(),
                    e.what());
         one_by_one = true;
         continue;
       }
-      // A single message the server refuses on its own data: a dead letter, never retried forever.
       const InboundMessage& m = *part.front();
       log_->error("flow {}: message seq {} on topic {} refused by the database: {}", flow_id, m.seq,
                   m.topic, e.what());
-      try {
-        processor->reject(flow_id, m, std::string("database refused: ") + e.what(), spool_.id());
-      } catch (const Error& again) {
-        log_->error(
-            "flow {}: message seq {} could not be recorded as rejected either ({}); dropped",
-            flow_id, m.seq, again.what());
-      }
-      metrics_.rejected.fetch_add(1, std::memory_order_relaxed);
-      ++next;
+      refused = std::string("database refused: ") + e.what();
+    } catch (const DbRetryable& e) {
+      metrics_.db_errors.fetch_add(1, std::memory_order_relaxed);
+      if (++deadlocks > kDeadlockRetries) return hold(e, false);
+      log_->warn("flow {}: {}; retrying the transaction", flow_id, e.what());
+      std::this_thread::sleep_for(kDeadlockPause);
+    } catch (const DbUnavailable& e) {
+      return hold(e, true);
+    } catch (const std::exception& e) {
+      // Anything else, known or not, is the environment's fault: the message waits.
+      return hold(e, false);
     }
   }
-  return true;
+  return out;
 }
 
 }  // namespace gateway

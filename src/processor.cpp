@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <deque>
 
 #include "gateway/errors.h"
 #include "gateway/metrics.h"
@@ -72,6 +73,18 @@ HttpResult Processor::post(const Flow& flow, const InboundMessage& m, std::int64
   return http_.post(req);
 }
 
+RejectedMessage Processor::dead_letter(const InboundMessage& m, const std::string& why,
+                                       std::string& topic) const {
+  const auto valid = [](std::string_view s, std::size_t max) {
+    return find_invalid_utf8(s) ? printable_excerpt(s, max) : std::string(s);
+  };
+  topic = valid(m.topic, options_.max_topic_length);
+  const std::string_view payload =
+      std::string_view(m.payload).substr(0, options_.rejected_payload_max_bytes);
+  return RejectedMessage{topic, payload, m.original_size > 0 || payload.size() < m.payload.size(),
+                         valid(why, 1024), m.seq};
+}
+
 BatchResult Processor::process_batch(std::int64_t flow_id,
                                      std::span<const InboundMessage* const> batch,
                                      std::string_view spool_id) {
@@ -88,6 +101,7 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
   std::uint64_t last_seq = 0;
   std::vector<DataRecord> rows;
   std::vector<RejectedMessage> rejects;
+  std::deque<std::string> reject_topics;  // stable addresses for the rows' views
   std::vector<OutboxEntry> outbox;
   const bool post_now = post_endpoint && options_.post_inline;
   const std::int64_t now_ms = unix_now_ms();
@@ -109,9 +123,7 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
       }
     }
     if (!why.empty()) {
-      rejects.push_back(RejectedMessage{
-          m->topic, std::string_view(m->payload).substr(0, options_.rejected_payload_max_bytes),
-          m->payload.size() > options_.rejected_payload_max_bytes, why, m->seq});
+      rejects.push_back(dead_letter(*m, why, reject_topics.emplace_back()));
       result.rejections.push_back("flow " + flow.code + " topic " + m->topic + ": " + why);
       ++result.rejected;
       continue;
@@ -143,9 +155,8 @@ void Processor::reject(std::int64_t flow_id, const InboundMessage& m, const std:
                        std::string_view spool_id) {
   std::unique_ptr<FlowTransaction> tx = repo_.lock_flow(flow_id, spool_id);
   if (!tx || (m.seq != 0 && m.seq <= tx->committed_seq())) return;
-  const RejectedMessage row{
-      m.topic, std::string_view(m.payload).substr(0, options_.rejected_payload_max_bytes),
-      m.payload.size() > options_.rejected_payload_max_bytes, why, m.seq};
+  std::string topic;
+  const RejectedMessage row = dead_letter(m, why, topic);
   tx->insert_rejected(std::span(&row, 1));
   tx->advance(tx->flow().last_msg_id, m.seq);
   tx->commit();

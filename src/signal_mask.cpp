@@ -34,6 +34,9 @@ SignalMask::SignalMask(std::initializer_list<int> signals) {
   ignore.sa_handler = SIG_IGN;
   sigemptyset(&ignore.sa_mask);
   if (sigaction(SIGPIPE, &ignore, nullptr) != 0) throw_errno("sigaction(SIGPIPE)", errno);
+  // A file-size limit (systemd LimitFSIZE=) then fails the spool's write with EFBIG, which it
+  // handles (the message is held), instead of killing the process.
+  if (sigaction(SIGXFSZ, &ignore, nullptr) != 0) throw_errno("sigaction(SIGXFSZ)", errno);
   if (int rc = pthread_sigmask(SIG_BLOCK, &signals_, &previous_); rc != 0) {
     throw_errno("pthread_sigmask", rc);
   }

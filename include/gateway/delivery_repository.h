@@ -37,8 +37,15 @@ struct DueFlow {
 class DeliveryRepository {
  public:
   virtual ~DeliveryRepository() = default;
-  // Every flow with something in the outbox; the due time is that of its lowest msg_id.
-  virtual std::vector<DueFlow> pending_flows() = 0;
+  // Every flow with something in the outbox that no other live owner's lease covers; the due
+  // time is that of its lowest msg_id.
+  virtual std::vector<DueFlow> pending_flows(std::string_view owner) = 0;
+  // Takes or renews the lease on the flow's outbox for `owner` for `ttl_ms` (database clock).
+  // True when `owner` holds it now (it was free, expired or already its own); false when another
+  // owner's lease is still running.
+  virtual bool claim(std::int64_t flow_id, std::string_view owner, std::int64_t ttl_ms) = 0;
+  // Gives the lease up, if `owner` still holds it.
+  virtual void release(std::int64_t flow_id, std::string_view owner) = 0;
   // std::nullopt when the flow row is gone.
   virtual std::optional<DeliveryTarget> delivery_target(std::int64_t flow_id) = 0;
   // The flow's oldest pending deliveries in msg_id order, at most `limit`.

@@ -2,9 +2,10 @@
 // the MQTT client see only these interfaces; MySqlFlowRepository is the real adapter and
 // tests/fakes has an in-memory one.
 //
-// Errors: DbUnavailable when the connection is gone (the caller drops this repository, reconnects
-// and retries), DbRetryable for a deadlock or lock wait timeout (retry the transaction), any other
-// gateway::Error for a statement the server refused.
+// Errors (errors.h, db_error_class.h): DbDataError when the server refused the rows' data (the
+// message's fault); DbUnavailable when the connection is gone, DbRetryable for a deadlock,
+// DbRefused for anything else the server refused: the caller drops this repository, backs off
+// and retries; the messages wait.
 #pragma once
 
 #include <cstdint>
@@ -76,6 +77,10 @@ class FlowRepository {
                                                      std::string_view spool_id) = 0;
   // Cheap liveness probe (SELECT 1); false when the connection is gone.
   virtual bool ping() = 0;
+  // The highest spool seq any flow committed for `spool_id` (0 if none). At start-up the spool's
+  // next seq must be above it: a spool that came back shorter than the database (power loss,
+  // restored copy) would otherwise reuse seqs that every flow skips as already committed.
+  virtual std::uint64_t last_committed_seq(std::string_view spool_id) = 0;
 };
 
 }  // namespace gateway

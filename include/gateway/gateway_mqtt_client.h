@@ -2,16 +2,31 @@
 // subscriptions, and what happens to an arriving message: it is appended to the spool, and only
 // then acknowledged to the broker. Storing it is the pipeline's job.
 //
-// Threads: on_connect()/on_message() run on the MQTT connection's thread; reload_flows() on the
-// reload timer thread or the caller's (SIGHUP); they are serialised where they share state.
+// Subscriptions follow the flows: reload_flows() installs the new flows and asks the MQTT thread
+// to bring the broker's subscriptions in line (sync_subscriptions()). Only that thread (and
+// start()/stop(), before and after it runs) calls the broker: a message handler blocked on a full
+// or failing spool holds Paho's lock, and a broker call waiting behind it must never stall the
+// main thread (signals, watchdog) or the reload timer.
+//
+// Retained messages: every SUBSCRIBE makes the broker send the retained messages that match
+// again. So the client subscribes only to what the broker does not have for this session: the
+// subscriptions it made are remembered in SPOOL_DIR/mqtt-subscriptions, and when the broker says
+// the session is present (a gateway restart, a broker restart with persistence), only new filters
+// are subscribed. What is re-sent anyway is recognised by the flow transaction (processor.h).
+//
+// Threads: on_message() runs on Paho's thread; on_reconnected() on the connection's reconnect
+// thread; reload_flows() on the reload timer thread or the caller's (SIGHUP); sync_subscriptions()
+// and the heartbeat on the MQTT thread.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,29 +63,44 @@ class GatewayMqttClient {
   MqttServer load_mqtt_server();
   // The enabled flows.
   std::vector<Flow> load_flows();
-  // Loads the flows, installs them, subscribes to new filters and unsubscribes from filters no
-  // flow uses any more; logs what changed. Throws what the repository throws (the old flows stay).
+  // Loads the flows, installs them, logs what changed and asks the MQTT thread to subscribe and
+  // unsubscribe accordingly; never calls the broker itself. Throws what the repository throws
+  // (the old flows stay).
   FlowDiff reload_flows();
 
   // Loads broker and flows, connects, subscribes (waiting for the broker's answer) and starts the
-  // reload timer. Throws Error when any of that fails.
+  // reload timer and the MQTT thread. Throws Error when any of that fails.
   void start();
   // Blocks until SIGTERM or SIGINT arrives (returned); SIGHUP reloads the flows at once and calls
   // on_hangup (the log files are reopened there). `on_tick` runs about every second.
   int run_forever(const SignalMask& signals, const std::function<void()>& on_hangup,
                   const std::function<void()>& on_tick);
-  // Stops the timer and disconnects cleanly. Idempotent.
+  // Stops the threads and disconnects cleanly. Idempotent.
   void stop();
 
+  // Subscribes to the filters the flows need and the broker does not have for this session, and
+  // unsubscribes from those no flow needs; records the result. Throws Error when the broker
+  // refuses or does not answer (what was not confirmed is tried again next time).
+  void sync_subscriptions();
+
   // Connection callbacks (public for the tests; the connection calls them).
-  void on_connect(bool reconnect);
+  void on_reconnected(bool session_present);
   void on_message(const MqttMessage& message);
 
  private:
   std::string subscription(const std::string& filter) const;
-  std::vector<std::string> subscriptions(const std::vector<std::string>& filters) const;
+  // What the broker should have: the flows' filters (as subscriptions) and the heartbeat topic.
+  std::set<std::string> wanted_subscriptions() const;
   std::string heartbeat_topic() const;
+  std::filesystem::path subscriptions_file() const;
+  // The first line of the subscriptions file: the session it belongs to.
+  std::string session_key() const;
+  std::set<std::string> load_subscriptions() const;
+  void save_subscriptions(const std::set<std::string>& subscribed) const;
   void timer_loop();
+  void mqtt_loop();
+  void heartbeat();
+  void request_sync();
   // Pings the database on the control connection; keeps the health state in Metrics current
   // even when no message is flowing.
   void probe_database();
@@ -87,15 +117,22 @@ class GatewayMqttClient {
   ConnectionFactory connect_;
   std::shared_ptr<spdlog::logger> log_;
   std::unique_ptr<MqttConnection> connection_;
+  MqttConnectOptions connect_options_;  // set by start()
 
   std::recursive_mutex reload_mu_;  // serialises reload_flows() and the repository
   std::atomic<std::int64_t> last_heartbeat_ms_{0};
   std::atomic<std::int64_t> connected_at_ms_{0};
+  std::atomic<std::int64_t> foreign_heartbeat_logged_ms_{0};
+
+  std::mutex sync_mu_;                // serialises sync_subscriptions()
+  std::set<std::string> subscribed_;  // guarded by sync_mu_; what the broker has for our session
 
   std::mutex timer_mu_;
-  std::condition_variable timer_cv_;
-  bool stopping_ = false;  // guarded by timer_mu_
+  std::condition_variable timer_cv_;  // both threads: stopping, or (MQTT thread) work
+  bool stopping_ = false;             // guarded by timer_mu_
+  bool sync_needed_ = false;          // guarded by timer_mu_
   std::thread timer_;
+  std::thread mqtt_thread_;
 };
 
 }  // namespace gateway

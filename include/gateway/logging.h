@@ -19,7 +19,8 @@ namespace gateway {
 
 class Logging {
  public:
-  // Creates LOG_DIR if missing. Throws ConfigError naming LOG_DIR when it cannot be written.
+  // Creates LOG_DIR if missing. Throws Error (exit status 1) naming LOG_DIR when it cannot be
+  // written.
   explicit Logging(const Settings& settings);
   ~Logging();  // flushes
   Logging(const Logging&) = delete;

@@ -36,6 +36,10 @@ class Metrics {
   std::atomic<std::int64_t> db_down_since_ms{0};      // steady clock, 0 while up
   std::atomic<std::int64_t> last_reload_unix{0};
   std::atomic<std::int64_t> last_progress_ms{0};  // steady clock of the last dispatcher/worker step
+  std::atomic<std::uint64_t> flows_held{0};       // flows waiting for the database to take writes
+  std::atomic<std::uint64_t> held_messages{0};    // messages that arrived for them while held
+  std::atomic<bool> spool_failing{false};         // the last spool append failed (disk full, EIO)
+  std::atomic<std::int64_t> spool_failing_since_ms{0};  // steady clock, 0 while writable
 
   // Transaction latency histogram (seconds), Prometheus-style cumulative buckets.
   static constexpr double kLatencyBuckets[] = {0.001, 0.002, 0.005, 0.01, 0.02,
@@ -45,6 +49,12 @@ class Metrics {
   void add_flow(const std::string& code, const FlowCounters& delta);
   std::map<std::string, FlowCounters> flows() const;
 
+  // Held flows by code, with the reason (the pipeline sets and clears them; /healthz and the
+  // summary read them).
+  void set_held(const std::string& code, const std::string& reason);
+  void clear_held(const std::string& code);
+  std::map<std::string, std::string> held() const;
+
   // The Prometheus text exposition of everything above.
   std::string prometheus_text() const;
 
@@ -53,6 +63,7 @@ class Metrics {
   std::atomic<std::uint64_t> latency_sum_us_{0};
   mutable std::mutex mu_;
   std::map<std::string, FlowCounters> flows_;  // guarded by mu_
+  std::map<std::string, std::string> held_;    // guarded by mu_
 };
 
 // Milliseconds on the steady clock, for the *_ms fields above.

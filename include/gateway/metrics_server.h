@@ -1,6 +1,7 @@
 // The optional HTTP endpoint for operators (METRICS_ADDRESS): Prometheus text at /metrics and a
-// health check at /healthz (503 when the broker or the database has been unreachable for longer
-// than HEALTH_UNREACHABLE_SECONDS). Serves on its own thread; only reads Metrics.
+// health check at /healthz: 503 when the broker or the database has been unreachable for longer
+// than HEALTH_UNREACHABLE_SECONDS, and at once while the spool cannot be written or a flow is held
+// because the database refuses its writes. Serves on its own thread; only reads Metrics.
 #pragma once
 
 #include <memory>
@@ -18,7 +19,7 @@ namespace gateway {
 class MetricsServer {
  public:
   // Binds `address` ("host:port", "[ipv6]:port") at once and serves on two threads. Throws
-  // ConfigError naming METRICS_ADDRESS if the address is malformed or cannot be bound.
+  // ConfigError naming METRICS_ADDRESS if the address is malformed, Error if it cannot be bound.
   MetricsServer(const std::string& address, const Metrics& metrics, const Settings& settings,
                 const std::shared_ptr<spdlog::logger>& log);
   ~MetricsServer();  // stops serving and joins

@@ -20,6 +20,7 @@ struct MqttMessage {
   std::string_view payload;
   std::uint16_t packet_id = 0;
   bool dup = false;
+  bool retained = false;  // the RETAIN flag: a broker's stored copy, sent on subscribe
   int qos = 0;
 };
 
@@ -38,8 +39,10 @@ struct MqttConnectOptions {
 };
 
 struct MqttHandlers {
-  // After every successful (re)connect; subscribe here: a broker without persistence forgets us.
-  std::function<void(bool reconnect)> connected;
+  // After every successful *re*connect (the first connect()'s answer is its return value), on the
+  // connection's own reconnect thread, never Paho's: `session_present` is the broker's CONNACK
+  // flag. A broker without the session has forgotten the subscriptions.
+  std::function<void(bool session_present)> reconnected;
   std::function<void(const std::string& cause)> connection_lost;
   // Returns when the message is safe (spooled): the QoS 1 acknowledgement goes out after it.
   std::function<void(const MqttMessage&)> message;
@@ -48,15 +51,18 @@ struct MqttHandlers {
 class MqttConnection {
  public:
   virtual ~MqttConnection() = default;
-  // Connects, waiting up to connect_timeout. Throws gateway::Error naming the broker on failure.
-  // After that, a lost connection is re-established in the background with capped, jittered
-  // backoff.
-  virtual void connect() = 0;
+  // Connects, waiting up to connect_timeout; returns the CONNACK session-present flag. Throws
+  // gateway::Error naming the broker on failure. After that, a lost connection is re-established
+  // in the background with capped, jittered backoff.
+  virtual bool connect() = 0;
   // Thread-safe. QoS 1. With wait, blocks until the broker answered and throws gateway::Error if
-  // it refused; never wait inside a handler (the answer arrives on the handler's thread).
+  // it refused or did not answer; never call it inside a handler (the answer arrives on the
+  // handler's thread) and never while holding a lock that the message path needs: it blocks
+  // while a message handler is blocked.
   virtual void subscribe(const std::vector<std::string>& filters, bool wait) = 0;
+  // Same threading rules as subscribe(). Throws gateway::Error if the broker did not answer.
   virtual void unsubscribe(const std::vector<std::string>& filters) = 0;
-  virtual void publish(std::string_view topic, std::string_view payload, int qos) = 0;
+  virtual void publish(std::string_view topic, std::string_view payload, int qos, bool retain) = 0;
   // Drops the connection and reconnects (a stalled session).
   virtual void force_reconnect(const std::string& why) = 0;
   virtual bool connected() const = 0;

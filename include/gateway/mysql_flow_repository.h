@@ -31,8 +31,9 @@ class MySqlThreadScope {
 // One database session serving both ports: the flow transaction and the POST outbox.
 class MySqlFlowRepository final : public FlowRepository, public DeliveryRepository {
  public:
-  // Connects at once. Throws DbUnavailable when the server cannot be reached, gateway::Error for
-  // a refused login (the message names host, port, database and user, never the password).
+  // Connects at once and reads the server's max_allowed_packet. Throws DbUnavailable when the
+  // server cannot be reached, DbRefused for a refused login or missing database (the message
+  // names host, port, database and user, never the password).
   explicit MySqlFlowRepository(const Settings& settings);
   ~MySqlFlowRepository() override;
 
@@ -41,8 +42,11 @@ class MySqlFlowRepository final : public FlowRepository, public DeliveryReposito
   std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
                                              std::string_view spool_id) override;
   bool ping() override;
+  std::uint64_t last_committed_seq(std::string_view spool_id) override;
 
-  std::vector<DueFlow> pending_flows() override;
+  std::vector<DueFlow> pending_flows(std::string_view owner) override;
+  bool claim(std::int64_t flow_id, std::string_view owner, std::int64_t ttl_ms) override;
+  void release(std::int64_t flow_id, std::string_view owner) override;
   std::optional<DeliveryTarget> delivery_target(std::int64_t flow_id) override;
   std::vector<PendingDelivery> next_deliveries(std::int64_t flow_id, std::size_t limit) override;
   void delivered(std::int64_t flow_id, std::int64_t first_msg_id,
@@ -52,6 +56,10 @@ class MySqlFlowRepository final : public FlowRepository, public DeliveryReposito
 
   // Runs every statement of an SQL script (config/schema.sql); used by --init-db.
   void apply_script(std::string_view sql);
+  // Brings tables made by an older version up to date (what CREATE TABLE IF NOT EXISTS cannot):
+  // data_records.field_name compared as bytes (utf8mb4_nopad_bin). Returns one line per change
+  // made; empty when there was nothing to do. Idempotent.
+  std::vector<std::string> upgrade_schema();
   // The tables the gateway needs that are missing (empty when the schema is complete).
   std::vector<std::string> missing_tables();
 

@@ -4,9 +4,20 @@
 // each run in one transaction (group commit). A flow is worked on by one worker at a time, so its
 // messages keep their arrival order; other flows proceed in parallel on the other workers.
 //
-// Memory stays bounded: the dispatcher stops reading the spool while max_in_flight messages are
-// queued. What is fully processed is released from the spool; what is not survives a crash and is
-// replayed (the flow transaction skips what it already committed).
+// A message leaves the spool only when every flow it matched committed it: as data, as an outbox
+// row or as a dead letter. What happens on an error is decided by its type (errors.h,
+// db_error_class.h):
+//   - DbDataError (the message's own data): a batch is retried one message at a time; the single
+//     message the server refuses becomes a dead letter, written in a transaction of its own.
+//   - DbRetryable (deadlock): the transaction is retried at once, a few times, then as below.
+//   - anything else, known or not (connection lost, read-only, disk full, access denied, lock
+//     wait timeout, a dead letter that cannot be written): the flow is *held*. Its messages are
+//     dropped from memory and stay in the spool; the flow is retried after a capped, jittered
+//     backoff, and then re-reads them from the spool in order. A held flow keeps neither a worker
+//     nor memory, so the other flows go on.
+//
+// Memory stays bounded: the dispatcher stops reading the spool while max_in_flight messages (or
+// max_in_flight_bytes) are queued; a held flow re-reads at most max_batch messages at a time.
 //
 // Thread-safe: start() and stop() from the owner's thread; everything else runs on its own threads.
 #pragma once
@@ -19,6 +30,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -45,7 +58,10 @@ struct PipelineOptions {
   std::size_t max_in_flight_bytes = 32u << 20;  // ... and their payload bytes
   PayloadLimits limits;                         // MAX_PAYLOAD_BYTES, MAX_JSON_DEPTH
   ProcessorOptions processor;
-  std::chrono::milliseconds retry_max{30000};  // DB_RETRY_MAX_SECONDS
+  std::chrono::milliseconds retry_initial{200};  // first retry of a held flow
+  std::chrono::milliseconds retry_max{30000};    // DB_RETRY_MAX_SECONDS
+  // Per-thread set-up around each worker's life (the MySQL driver's thread state); may be empty.
+  std::function<std::shared_ptr<void>()> thread_scope;
 };
 
 class Pipeline {
@@ -61,27 +77,74 @@ class Pipeline {
   Pipeline& operator=(const Pipeline&) = delete;
 
   void start();
-  // Stops reading the spool and waits, up to `deadline`, for the transactions in progress to
-  // finish. Queued messages stay in the spool for the next start.
+  // Stops reading the spool and joins the threads; a worker finishes the transaction in hand
+  // (bounded by the driver's read timeout and the HTTP timeout). Queued messages stay in the spool
+  // for the next start. Logs a warning when that took longer than `deadline`.
   void stop(std::chrono::milliseconds deadline);
 
  private:
+  using MessagePtr = std::shared_ptr<const InboundMessage>;
+  using Clock = std::chrono::steady_clock;
+
   struct FlowQueue {
-    std::deque<std::shared_ptr<const InboundMessage>> pending;
+    std::deque<MessagePtr> pending;
     bool busy = false;    // a worker holds a batch of this flow
     bool queued = false;  // in ready_
+    // Held: the last attempt failed for a reason that is not the message's; no worker takes the
+    // flow before retry_at.
+    bool held = false;
+    Clock::time_point retry_at{};
+    Clock::time_point held_since{};
+    bool held_by_connection = false;  // the reason is a lost connection (reported globally)
+    std::size_t waited = 0;           // messages that arrived for it while held
+    std::optional<Backoff> backoff;   // made on the first hold
+    // Parked: the flow's messages from seq parked_from on are not in memory; they are re-read
+    // from the spool (cursor) by the worker that takes the flow. 0 when not parked.
+    std::uint64_t parked_from = 0;
+    std::unique_ptr<SpoolCursor> cursor;  // used only by the worker that has the flow busy
+  };
+
+  // One worker's connection and helpers.
+  struct Worker {
+    std::size_t index = 0;
+    std::unique_ptr<FlowRepository> repo;
+    std::unique_ptr<HttpPoster> http;
+    std::unique_ptr<Processor> processor;
+  };
+
+  // How a batch ended: the first `committed` messages are done; when `held` is set, the rest
+  // waits in the spool.
+  struct BatchOutcome {
+    std::size_t committed = 0;
+    std::optional<std::string> held;
+    bool by_connection = false;
   };
 
   void dispatch_loop();
+  // read_next(), except that a read error is logged (once) and retried after a pause.
+  std::optional<SpoolRecord> read_spool(std::chrono::milliseconds timeout);
   void worker_loop(std::size_t index);
-  // Runs one batch to completion, retrying through database outages. False if stopped first.
-  bool run_batch(std::int64_t flow_id,
-                 const std::vector<std::shared_ptr<const InboundMessage>>& batch,
-                 std::unique_ptr<FlowRepository>& repo, std::unique_ptr<HttpPoster>& http,
-                 std::unique_ptr<Processor>& processor, Backoff& backoff, std::size_t worker);
+  BatchOutcome run_batch(std::int64_t flow_id, const std::vector<MessagePtr>& batch, Worker& w);
+  // Re-reads up to max_batch parked messages of a flow from the spool into `batch`. Called with
+  // the flow busy, without mu_.
+  void refill(std::int64_t flow_id, FlowQueue& q, std::uint64_t from, std::uint64_t below,
+              std::vector<MessagePtr>& batch);
+  // The worker's bookkeeping once a batch ended. Requires mu_.
+  void settle_locked(std::int64_t flow_id, FlowQueue& q, const std::vector<MessagePtr>& batch,
+                     const BatchOutcome& outcome);
+  // The flow failed for `reason`: drop its messages from memory (park them from
+  // first_uncommitted_seq, or its first pending one) and schedule a retry with its backoff.
+  void hold_locked(std::int64_t flow_id, FlowQueue& q, const std::string& reason,
+                   bool by_connection, std::uint64_t first_uncommitted_seq,
+                   std::size_t uncommitted);
+  void recover_locked(std::int64_t flow_id, FlowQueue& q);
+  void make_ready_locked(std::int64_t flow_id, FlowQueue& q);
+  void forget_in_flight_locked(std::uint64_t seq);
+  void publish_gauges_locked();
   void release_spool();
-  // Sleeps up to `d` unless stopping; false when stopping.
-  bool sleep_unless_stopping(std::chrono::milliseconds d);
+  std::string flow_name(std::int64_t flow_id) const;
+  // The routed record as a message, its payload parsed once.
+  MessagePtr to_message(SpoolRecord&& record) const;
 
   Spool& spool_;
   const FlowTable& flows_;
@@ -92,20 +155,23 @@ class Pipeline {
   std::shared_ptr<spdlog::logger> log_;
 
   std::mutex mu_;
-  std::condition_variable work_cv_;   // workers: a flow became ready, or stopping
+  std::condition_variable work_cv_;   // workers: a flow became ready or due, or stopping
   std::condition_variable space_cv_;  // dispatcher: in-flight dropped below the limit
   std::unordered_map<std::int64_t, FlowQueue> queues_;  // guarded by mu_
   std::deque<std::int64_t> ready_;  // guarded by mu_; flows with work, no worker
+  std::multimap<Clock::time_point, std::int64_t> due_;  // guarded by mu_; held flows' retries
+  std::size_t held_count_ = 0;                          // guarded by mu_; flows with held set
+  std::size_t held_waiting_ = 0;  // guarded by mu_; sum of waited over the held flows
   struct InFlight {
-    std::uint32_t flows_left;  // flows that have not committed the message yet
+    std::uint32_t flows_left;  // flows that have not committed (or parked) the message yet
     std::uint32_t payload_bytes;
   };
   std::map<std::uint64_t, InFlight> in_flight_;  // guarded by mu_; by spool seq
   std::size_t in_flight_bytes_ = 0;              // guarded by mu_
   std::uint64_t next_seq_ = 0;                   // guarded by mu_; after the last read record
-  std::size_t queued_messages_ = 0;              // guarded by mu_
   bool stopping_ = false;                        // guarded by mu_
 
+  bool spool_read_failing_ = false;  // dispatcher thread only
   std::thread dispatcher_;
   std::vector<std::thread> workers_;
 };

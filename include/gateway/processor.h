@@ -45,6 +45,9 @@ struct InboundMessage {
   std::string topic;
   std::string payload;
   std::int64_t arrival_us = 0;
+  // > 0: the payload was larger than MAX_PAYLOAD_BYTES and only its first bytes were kept (it can
+  // only become a dead letter); this is its size as published.
+  std::uint64_t original_size = 0;
   ParsedPayload parsed;
 };
 
@@ -97,6 +100,11 @@ class Processor {
   // Why `message` cannot go to `flow`, or empty.
   std::string check(const Flow& flow, const InboundMessage& message);
   HttpResult post(const Flow& flow, const InboundMessage& message, std::int64_t msg_id);
+  // The rejected_messages row for `message`: payload cut to the configured limit, topic and
+  // reason made valid UTF-8 (so that the dead letter itself is never refused for its text).
+  // `topic` receives the topic text that the row's view points into.
+  RejectedMessage dead_letter(const InboundMessage& message, const std::string& why,
+                              std::string& topic) const;
 
   FlowRepository& repo_;
   HttpPoster& http_;

@@ -1,8 +1,9 @@
 // SignalMask: the daemon's way to receive SIGTERM/SIGINT/SIGHUP without signal handlers.
 // Construct it first thing in main, before any thread starts (Paho, spdlog and the workers start
 // threads): every thread inherits the blocked mask, so the signals stay pending until main picks
-// them up with wait(). Also sets SIGPIPE to ignored, so a write to a closed socket returns EPIPE
-// instead of killing the process; SIGPIPE stays ignored after destruction.
+// them up with wait(). Also sets SIGPIPE and SIGXFSZ to ignored, so a write to a closed socket or
+// past a file-size limit fails with EPIPE or EFBIG instead of killing the process; they stay
+// ignored after destruction.
 // Not copyable or movable. wait() may be called from any thread that has the mask, one at a time.
 #pragma once
 

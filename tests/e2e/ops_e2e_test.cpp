@@ -339,6 +339,37 @@ TEST_F(OpsCommandLine, CheckFailsWithTheReasonWhenTheDatabaseIsUnreachable) {
   EXPECT_NE(o.output.find(e["DB_PORT"]), std::string::npos) << o.output;
 }
 
+// A port in use or a log directory that cannot be created is a fault of the moment (exit 1, so
+// that systemd restarts it), not a bad setting (exit 2 stops the restarts for good).
+TEST_F(OpsCommandLine, RuntimeIoFailuresExitOneNotTwo) {
+  db_.insert_flow("s", prefix_ + "/s", "STORE_DB", std::nullopt);
+  // Something else listens on the metrics port.
+  const int busy = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(busy, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::bind(busy, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(busy, 1), 0);
+  ASSERT_EQ(::getsockname(busy, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  auto e = env();
+  e["METRICS_ADDRESS"] = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  const Outcome in_use = run_gateway({}, e);
+  ::close(busy);
+  EXPECT_EQ(in_use.code, 1) << in_use.output;
+  EXPECT_NE(in_use.output.find("METRICS_ADDRESS"), std::string::npos) << in_use.output;
+
+  // LOG_DIR below a regular file: it can never be created.
+  TempDir dir;
+  std::ofstream(dir.path() / "file") << "x";
+  e = env();
+  e["LOG_DIR"] = (dir.path() / "file" / "log").string();
+  const Outcome no_log = run_gateway({}, e);
+  EXPECT_EQ(no_log.code, 1) << no_log.output;
+  EXPECT_NE(no_log.output.find("LOG_DIR"), std::string::npos) << no_log.output;
+}
+
 TEST_F(OpsCommandLine, InitDbCreatesTheSchemaOnAnEmptyDatabaseAndIsIdempotent) {
   TempDir dir;
   const auto empty_schema = dir.path() / "empty.sql";

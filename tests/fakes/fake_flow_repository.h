@@ -3,6 +3,7 @@
 // that inject the failures the real database produces.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <map>
 #include <memory>
@@ -29,6 +30,7 @@ struct StoredRejection {
   std::string payload;
   std::string reason;
   std::uint64_t spool_seq;
+  bool payload_truncated = false;
 };
 
 class FakeFlowRepository final : public FlowRepository {
@@ -46,6 +48,10 @@ class FakeFlowRepository final : public FlowRepository {
   std::function<void()> fail_next_lock;
   std::function<void()> fail_next_insert;
   std::function<void()> fail_next_commit;
+  // Persistent faults: called on every call of that kind (may throw) until reset.
+  std::function<void(std::int64_t flow_id)> on_lock;
+  std::function<void(const DataRecord&)> on_insert_record;
+  std::function<void(const RejectedMessage&)> on_insert_rejected;
 
   std::optional<MqttServer> load_mqtt_server() override { return server; }
   std::vector<Flow> load_flows() override {
@@ -56,10 +62,18 @@ class FakeFlowRepository final : public FlowRepository {
     return out;
   }
   bool ping() override { return true; }
+  std::uint64_t last_committed_seq(std::string_view spool_id) override {
+    std::uint64_t seq = 0;
+    for (const auto& [key, last] : offsets) {
+      if (key.first == spool_id) seq = std::max(seq, last);
+    }
+    return seq;
+  }
 
   std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
                                              std::string_view spool_id) override {
     fire(fail_next_lock);
+    if (on_lock) on_lock(flow_id);
     auto it = flows.find(flow_id);
     if (it == flows.end()) return nullptr;
     std::uint64_t seq = 0;
@@ -88,14 +102,16 @@ class FakeFlowRepository final : public FlowRepository {
     void insert_records(std::span<const DataRecord> rows) override {
       fire(repo_.fail_next_insert);
       for (const auto& r : rows) {
+        if (repo_.on_insert_record) repo_.on_insert_record(r);
         records_.push_back(
             {flow_.id, r.msg_id, std::string(r.topic), std::string(r.field_name), r.field_value});
       }
     }
     void insert_rejected(std::span<const RejectedMessage> rows) override {
       for (const auto& r : rows) {
-        rejected_.push_back(
-            {flow_.id, std::string(r.topic), std::string(r.payload), r.reason, r.spool_seq});
+        if (repo_.on_insert_rejected) repo_.on_insert_rejected(r);
+        rejected_.push_back({flow_.id, std::string(r.topic), std::string(r.payload), r.reason,
+                             r.spool_seq, r.payload_truncated});
       }
     }
     void insert_deliveries(std::span<const OutboxEntry> rows) override {

@@ -70,6 +70,28 @@ TEST_F(MySqlFlowRepositoryTest, BuiltInSchemaIsIdempotentAndComplete) {
   EXPECT_TRUE(repo_.missing_tables().empty());
 }
 
+// Field names differing only in case or trailing spaces are different fields; a table made by an
+// older version (case-insensitive collation) is migrated by --init-db's upgrade_schema().
+TEST_F(MySqlFlowRepositoryTest, FieldNamesCompareAsBytesAfterTheUpgrade) {
+  db_.execute(
+      "ALTER TABLE data_records MODIFY field_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE "
+      "utf8mb4_unicode_ci NOT NULL");
+  const auto flow = db_.insert_flow("f", "t/#", "STORE_DB", std::nullopt);
+  const auto insert_case_variants = [&] {
+    auto tx = repo_.lock_flow(flow, "s");
+    ASSERT_TRUE(tx);
+    const std::vector<DataRecord> rows = {
+        {1, "t/a", "a", "1"}, {1, "t/a", "A", "2"}, {1, "t/a", "a ", "3"}};
+    tx->insert_records(rows);
+    tx->commit();
+  };
+  EXPECT_THROW(insert_case_variants(), DbDataError) << "the old collation makes them collide";
+  EXPECT_EQ(repo_.upgrade_schema().size(), 1u);
+  EXPECT_TRUE(repo_.upgrade_schema().empty()) << "idempotent";
+  insert_case_variants();
+  EXPECT_EQ(db_.query_int("SELECT COUNT(*) FROM data_records"), 3);
+}
+
 TEST_F(MySqlFlowRepositoryTest, WrongPasswordIsAClearErrorWithoutThePassword) {
   Settings bad = settings_;
   bad.db_password = Secret("definitely-wrong-pw");

@@ -344,4 +344,73 @@ std::map<std::string, std::string> TestDatabase::gateway_env() const {
   };
 }
 
+struct SqlSession::Impl {
+  std::unique_ptr<sql::Connection> connection;
+};
+
+SqlSession::SqlSession(As who, const std::string& database) : impl_(std::make_unique<Impl>()) {
+  const TestServices& services = test_services();
+  sql::ConnectOptionsMap options;
+  std::string host = "tcp://" + services.db_host + ":" + std::to_string(services.db_port);
+  std::string user = services.db_user;
+  std::string password = services.db_password;
+  if (who == As::kRoot) {
+    const char* socket = std::getenv("GW_TEST_DB_SOCKET");
+    if (socket != nullptr && socket[0] != '\0') host = std::string("unix://") + socket;
+    user = "root";
+    password.clear();
+  }
+  options["hostName"] = sql::SQLString(host);
+  options["userName"] = sql::SQLString(user);
+  options["password"] = sql::SQLString(password);
+  options["OPT_CONNECT_TIMEOUT"] = 5;
+  options["OPT_READ_TIMEOUT"] = 60;
+  options["OPT_WRITE_TIMEOUT"] = 60;
+  options["OPT_RECONNECT"] = false;
+  options["OPT_CHARSET_NAME"] = sql::SQLString("utf8mb4");
+  try {
+    impl_->connection.reset(get_driver_instance()->connect(options));
+    impl_->connection->setAutoCommit(true);
+    if (!database.empty()) impl_->connection->setSchema(sql::SQLString(database));
+  } catch (const sql::SQLException& e) {
+    throw sql_failure(e, "connect to " + host + " as " + user);
+  }
+}
+
+SqlSession::~SqlSession() = default;
+
+void SqlSession::execute(std::string_view sql) {
+  try {
+    std::unique_ptr<sql::Statement> statement(impl_->connection->createStatement());
+    statement->execute(sql::SQLString(sql.data(), sql.size()));
+  } catch (const sql::SQLException& e) {
+    throw sql_failure(e, sql);
+  }
+}
+
+std::vector<TestDatabase::Row> SqlSession::query(std::string_view sql) {
+  try {
+    std::unique_ptr<sql::Statement> statement(impl_->connection->createStatement());
+    std::unique_ptr<sql::ResultSet> result(
+        statement->executeQuery(sql::SQLString(sql.data(), sql.size())));
+    const unsigned columns = result->getMetaData()->getColumnCount();
+    std::vector<TestDatabase::Row> rows;
+    while (result->next()) {
+      TestDatabase::Row row;
+      row.reserve(columns);
+      for (unsigned column = 1; column <= columns; ++column) {
+        if (result->isNull(column)) {
+          row.emplace_back(std::nullopt);
+        } else {
+          row.emplace_back(std::string(result->getString(column)));
+        }
+      }
+      rows.push_back(std::move(row));
+    }
+    return rows;
+  } catch (const sql::SQLException& e) {
+    throw sql_failure(e, sql);
+  }
+}
+
 }  // namespace gateway::testing

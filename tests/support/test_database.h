@@ -67,4 +67,31 @@ class TestDatabase {
   std::unique_ptr<Connection> connection_;
 };
 
+// A connection of its own, next to the gateway's and TestDatabase's, for fault tests: hold a
+// transaction open (row locks) while the gateway works, or, as MariaDB's root, change server
+// variables (SET GLOBAL read_only). Autocommit, unless the test runs START TRANSACTION itself.
+// Not thread-safe: use it from one thread. SQL errors throw std::runtime_error with the server's
+// message; nothing is retried (a lost connection would silently end the transaction).
+class SqlSession {
+ public:
+  enum class As {
+    kTestUser,  // GW_TEST_DB_USER over TCP, like the gateway (no SUPER, no READ_ONLY ADMIN)
+    kRoot,      // root without a password over the Unix socket GW_TEST_DB_SOCKET (as
+                // scripts/services.sh creates it), else over TCP to GW_TEST_DB_HOST
+  };
+  // Connects (5 s bound) with `database` as the default database (empty: none). Throws
+  // std::runtime_error if it cannot.
+  explicit SqlSession(As who, const std::string& database = {});
+  ~SqlSession();
+  SqlSession(const SqlSession&) = delete;
+  SqlSession& operator=(const SqlSession&) = delete;
+
+  void execute(std::string_view sql);
+  std::vector<TestDatabase::Row> query(std::string_view sql);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 }  // namespace gateway::testing

@@ -2,6 +2,19 @@
 #include "gateway/delivery_service.h"
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <mutex>
+#include <numeric>
+#include <thread>
+
+#include "fakes/fake_delivery_repository.h"
+#include "fakes/fake_http_poster.h"
+#include "gateway/errors.h"
 
 namespace gateway {
 namespace {
@@ -51,6 +64,218 @@ TEST(DeliveryRetryDelayTest, HonoursRetryAfterSecondsUpToTheCap) {
   EXPECT_EQ(retry_delay(1, "3600", o, 0.5).count(), 10000);
   // Not delta-seconds (an HTTP date, garbage): the backoff applies.
   EXPECT_LE(retry_delay(1, "Wed, 21 Oct 2015 07:28:00 GMT", o, 1.0).count(), 500);
+}
+
+}  // namespace
+}  // namespace gateway
+
+// ---------------------------------------------------------------------------------------------
+// The service's error handling against an in-memory outbox that fails on command: an outbox row
+// leaves only when the endpoint took it or its dead letter is written; every database error,
+// known or not, leaves it where it is.
+
+namespace gateway {
+namespace {
+
+using testing::FakeDeliveryRepository;
+using testing::FakeHttpPoster;
+using namespace std::chrono_literals;
+
+class SharedRepository final : public DeliveryRepository {
+ public:
+  explicit SharedRepository(FakeDeliveryRepository& r) : r_(r) {}
+  std::vector<DueFlow> pending_flows(std::string_view owner) override {
+    return r_.pending_flows(owner);
+  }
+  bool claim(std::int64_t id, std::string_view owner, std::int64_t ttl_ms) override {
+    return r_.claim(id, owner, ttl_ms);
+  }
+  void release(std::int64_t id, std::string_view owner) override { r_.release(id, owner); }
+  std::optional<DeliveryTarget> delivery_target(std::int64_t id) override {
+    return r_.delivery_target(id);
+  }
+  std::vector<PendingDelivery> next_deliveries(std::int64_t id, std::size_t limit) override {
+    return r_.next_deliveries(id, limit);
+  }
+  void delivered(std::int64_t id, std::int64_t first, std::int64_t last) override {
+    r_.delivered(id, first, last);
+  }
+  void retry_later(const PendingDelivery& d, int status, std::string_view error) override {
+    r_.retry_later(d, status, error);
+  }
+  void give_up(const PendingDelivery& d, int status, std::string_view reason) override {
+    r_.give_up(d, status, reason);
+  }
+
+ private:
+  FakeDeliveryRepository& r_;
+};
+
+class SharedPoster final : public HttpPoster {
+ public:
+  explicit SharedPoster(FakeHttpPoster& p) : p_(p) {}
+  HttpResult post(const HttpRequest& r) override { return p_.post(r); }
+
+ private:
+  FakeHttpPoster& p_;
+};
+
+class DeliveryServiceTest : public ::testing::Test {
+ protected:
+  DeliveryServiceTest() { outbox_.set_target(1, DeliveryTarget{"hook", "http://127.0.0.1:9/x"}); }
+  ~DeliveryServiceTest() override {
+    if (service_) service_->stop();
+  }
+
+  void start() {
+    DeliveryOptions o;
+    o.workers = 2;
+    o.poll = 5ms;
+    o.retry_initial = 5ms;
+    o.retry_max = 20ms;
+    o.db_retry_initial = 5ms;
+    o.db_retry_max = 20ms;
+    service_ = std::make_unique<DeliveryService>(
+        [this]() -> std::unique_ptr<DeliveryRepository> {
+          std::lock_guard lock(mu_);
+          ++connects_;
+          if (!connect_errors_.empty()) {
+            const int code = connect_errors_.front();
+            connect_errors_.pop_front();
+            throw DbRefused("connect refused (MySQL error " + std::to_string(code) + ")", code);
+          }
+          return std::make_unique<SharedRepository>(outbox_);
+        },
+        [this] { return std::make_unique<SharedPoster>(http_); }, o, metrics_, log_);
+    service_->start();
+  }
+
+  static bool eventually(const std::function<bool()>& pred) {
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (!pred()) {
+      if (std::chrono::steady_clock::now() > until) return pred();
+      std::this_thread::sleep_for(2ms);
+    }
+    return true;
+  }
+
+  // The msg_ids of the successful POSTs, in the order they were sent (first success of each).
+  std::vector<std::int64_t> posted_ids() {
+    std::vector<std::int64_t> ids;
+    for (const HttpRequest& r : http_.requests()) {
+      for (const auto& [k, v] : r.headers) {
+        if (k == "X-Gateway-Msg-Id") ids.push_back(std::stoll(v));
+      }
+    }
+    return ids;
+  }
+
+  FakeDeliveryRepository outbox_;
+  FakeHttpPoster http_;
+  Metrics metrics_;
+  std::mutex mu_;
+  std::deque<int> connect_errors_;  // guarded by mu_
+  int connects_ = 0;                // guarded by mu_
+  std::shared_ptr<spdlog::logger> log_ =
+      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  std::unique_ptr<DeliveryService> service_;
+};
+
+TEST_F(DeliveryServiceTest, DeliversInOrderAndEmptiesTheOutbox) {
+  for (int i = 1; i <= 20; ++i) outbox_.add(1, i, "{}");
+  start();
+  ASSERT_TRUE(eventually([&] { return outbox_.pending() == 0; }));
+  std::vector<std::int64_t> expected(20);
+  std::iota(expected.begin(), expected.end(), 1);
+  EXPECT_EQ(posted_ids(), expected);
+}
+
+TEST_F(DeliveryServiceTest, RemovalRefusedKeepsTheRowsAndPostsThemAgainInOrder) {
+  for (int i = 1; i <= 5; ++i) outbox_.add(1, i, "{}");
+  std::atomic<int> refusals{0};
+  outbox_.on_call([&](const std::string& method) {
+    if (method == "delivered" && refusals++ < 3)
+      throw DbRefused("read-only (MySQL error 1290)", 1290);
+  });
+  start();
+  ASSERT_TRUE(eventually([&] { return outbox_.pending() == 0; }));
+  EXPECT_GE(refusals.load(), 3);
+  const auto ids = posted_ids();
+  // At least once each (same Idempotency-Key on the repeat), never out of order within a pass.
+  for (std::int64_t id = 1; id <= 5; ++id) {
+    EXPECT_NE(std::find(ids.begin(), ids.end(), id), ids.end()) << id;
+  }
+  EXPECT_TRUE(outbox_.rejections().empty());
+}
+
+TEST_F(DeliveryServiceTest, DeadLetterThatCannotBeWrittenStaysInTheOutbox) {
+  outbox_.add(1, 1, "{}");
+  http_.set_default_result(FakeHttpPoster::status_result(400));  // permanent: a dead letter
+  std::atomic<int> refusals{0};
+  outbox_.on_call([&](const std::string& method) {
+    if (method == "give_up" && refusals++ < 4)
+      throw DbRefused("disk full (MySQL error 1021)", 1021);
+  });
+  start();
+  ASSERT_TRUE(eventually([&] { return refusals.load() >= 4; }));
+  ASSERT_TRUE(eventually([&] { return outbox_.pending() == 0; }));
+  ASSERT_EQ(outbox_.rejections().size(), 1u);
+  EXPECT_EQ(outbox_.rejections()[0].msg_id, 1);
+}
+
+TEST_F(DeliveryServiceTest, ReconnectRefusedWith1040And1045IsRetried) {
+  {
+    std::lock_guard lock(mu_);
+    connect_errors_ = {1040, 1045, 1040, 1045};
+  }
+  for (int i = 1; i <= 3; ++i) outbox_.add(1, i, "{}");
+  start();
+  ASSERT_TRUE(eventually([&] { return outbox_.pending() == 0; }));
+  EXPECT_EQ(posted_ids(), (std::vector<std::int64_t>{1, 2, 3}));
+  std::lock_guard lock(mu_);
+  EXPECT_GE(connects_, 5);
+}
+
+TEST_F(DeliveryServiceTest, UnknownErrorReadingTheOutboxIsRetriedNotFatal) {
+  for (int i = 1; i <= 3; ++i) outbox_.add(1, i, "{}");
+  std::atomic<int> failures{0};
+  outbox_.on_call([&](const std::string& method) {
+    if (method == "next_deliveries" && failures++ < 3) throw std::runtime_error("unexpected");
+  });
+  start();
+  ASSERT_TRUE(eventually([&] { return outbox_.pending() == 0; }));
+  EXPECT_EQ(posted_ids(), (std::vector<std::int64_t>{1, 2, 3}));
+}
+
+// Two instances (two services) on one outbox: the lease lets one of them deliver a flow at a
+// time, so each message is POSTed once and in order.
+TEST_F(DeliveryServiceTest, TwoInstancesPostEachMessageOnceInOrder) {
+  for (int i = 1; i <= 300; ++i) outbox_.add(1, i, "{}");
+  start();
+  DeliveryOptions o;
+  o.workers = 2;
+  o.poll = 1ms;
+  DeliveryService other([this] { return std::make_unique<SharedRepository>(outbox_); },
+                        [this] { return std::make_unique<SharedPoster>(http_); }, o, metrics_,
+                        log_);
+  other.start();
+  ASSERT_TRUE(eventually([&] { return outbox_.pending() == 0; }));
+  other.stop();
+  std::vector<std::int64_t> expected(300);
+  std::iota(expected.begin(), expected.end(), 1);
+  EXPECT_EQ(posted_ids(), expected);
+  EXPECT_EQ(outbox_.lease_owner(1), "") << "given back once the flow is empty";
+}
+
+// A crashed owner's lease runs out and another instance takes the flow over.
+TEST_F(DeliveryServiceTest, ExpiredLeaseOfAnotherOwnerIsTakenOver) {
+  outbox_.add(1, 1, "{}");
+  ASSERT_TRUE(outbox_.claim(1, "crashed-instance", 300));  // it never renews or releases
+  start();
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(http_.count(), 0u) << "the lease of a live owner is respected";
+  ASSERT_TRUE(eventually([&] { return outbox_.pending() == 0; }));
+  EXPECT_EQ(posted_ids(), (std::vector<std::int64_t>{1}));
 }
 
 }  // namespace

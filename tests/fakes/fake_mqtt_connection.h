@@ -1,0 +1,112 @@
+// FakeMqttConnection: an in-memory broker session for unit tests of GatewayMqttClient. It records
+// SUBSCRIBE/UNSUBSCRIBE packets and publishes, reports a configurable session-present flag, and
+// can block broker calls (as Paho does while a message handler is blocked) or fail them.
+// Thread-safe (one mutex).
+#pragma once
+
+#include <condition_variable>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "gateway/errors.h"
+#include "gateway/mqtt_connection.h"
+
+namespace gateway::testing {
+
+class FakeMqttConnection final : public MqttConnection {
+ public:
+  explicit FakeMqttConnection(MqttHandlers handlers) : handlers(std::move(handlers)) {}
+
+  MqttHandlers handlers;  // the client's callbacks, for the test to invoke
+
+  // Switches, read by the next calls.
+  void set_session_present(bool present) {
+    std::lock_guard lock(mu_);
+    session_present_ = present;
+  }
+  // While blocked, subscribe/unsubscribe/publish wait (like Paho behind a blocked handler).
+  void block_calls(bool blocked) {
+    {
+      std::lock_guard lock(mu_);
+      blocked_ = blocked;
+    }
+    cv_.notify_all();
+  }
+  void fail_calls(bool fail) {
+    std::lock_guard lock(mu_);
+    fail_ = fail;
+  }
+
+  // What the broker has for the session, and the packets it got.
+  std::set<std::string> subscriptions() const {
+    std::lock_guard lock(mu_);
+    return broker_;
+  }
+  std::vector<std::vector<std::string>> subscribe_packets() const {
+    std::lock_guard lock(mu_);
+    return subscribe_packets_;
+  }
+  int publishes() const {
+    std::lock_guard lock(mu_);
+    return publishes_;
+  }
+  // The broker lost the session (a restart without persistence).
+  void forget_session() {
+    std::lock_guard lock(mu_);
+    broker_.clear();
+  }
+
+  bool connect() override {
+    std::lock_guard lock(mu_);
+    connected_ = true;
+    return session_present_;
+  }
+  void subscribe(const std::vector<std::string>& filters, bool) override {
+    std::unique_lock lock(mu_);
+    wait_unblocked(lock);
+    if (fail_) throw Error("fake: subscribe failed");
+    subscribe_packets_.push_back(filters);
+    broker_.insert(filters.begin(), filters.end());
+  }
+  void unsubscribe(const std::vector<std::string>& filters) override {
+    std::unique_lock lock(mu_);
+    wait_unblocked(lock);
+    if (fail_) throw Error("fake: unsubscribe failed");
+    for (const auto& f : filters) broker_.erase(f);
+  }
+  void publish(std::string_view, std::string_view, int, bool) override {
+    std::unique_lock lock(mu_);
+    wait_unblocked(lock);
+    ++publishes_;
+  }
+  void force_reconnect(const std::string&) override {}
+  bool connected() const override {
+    std::lock_guard lock(mu_);
+    return connected_;
+  }
+  void disconnect(std::chrono::milliseconds) override {
+    std::lock_guard lock(mu_);
+    connected_ = false;
+    blocked_ = false;
+    cv_.notify_all();
+  }
+
+ private:
+  void wait_unblocked(std::unique_lock<std::mutex>& lock) {
+    cv_.wait(lock, [this] { return !blocked_; });
+  }
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool session_present_ = false;                             // guarded by mu_
+  bool blocked_ = false;                                     // guarded by mu_
+  bool fail_ = false;                                        // guarded by mu_
+  bool connected_ = false;                                   // guarded by mu_
+  std::set<std::string> broker_;                             // guarded by mu_
+  std::vector<std::vector<std::string>> subscribe_packets_;  // guarded by mu_
+  int publishes_ = 0;                                        // guarded by mu_
+};
+
+}  // namespace gateway::testing

@@ -1,0 +1,206 @@
+// GatewayMqttClient's subscriptions against a fake broker session: subscribe only what the broker
+// does not have (retained messages are re-sent on every SUBSCRIBE), follow reloads, and never
+// call the broker from the caller's thread (a blocked message handler blocks Paho's calls).
+#include "gateway/gateway_mqtt_client.h"
+
+#include <gtest/gtest.h>
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <future>
+#include <thread>
+
+#include "fakes/fake_flow_repository.h"
+#include "fakes/fake_mqtt_connection.h"
+
+namespace gateway {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using testing::FakeFlowRepository;
+using testing::FakeMqttConnection;
+
+// The client's repository: a view of the test's fake (one thread at a time uses it).
+class RepositoryView final : public FlowRepository {
+ public:
+  explicit RepositoryView(FakeFlowRepository& r) : r_(r) {}
+  std::optional<MqttServer> load_mqtt_server() override { return r_.load_mqtt_server(); }
+  std::vector<Flow> load_flows() override { return r_.load_flows(); }
+  std::unique_ptr<FlowTransaction> lock_flow(std::int64_t id, std::string_view s) override {
+    return r_.lock_flow(id, s);
+  }
+  bool ping() override { return true; }
+  std::uint64_t last_committed_seq(std::string_view s) override { return r_.last_committed_seq(s); }
+
+ private:
+  FakeFlowRepository& r_;
+};
+
+class GatewayMqttClientTest : public ::testing::Test {
+ protected:
+  GatewayMqttClientTest() {
+    std::string pattern = (fs::temp_directory_path() / "gw_client_XXXXXX").string();
+    EXPECT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+    settings_.spool_dir = (dir_ / "spool").string();
+    settings_.mqtt_client_id = "gw-test";
+    settings_.mqtt_heartbeat_seconds = 0;
+    settings_.flows_reload_interval_seconds = 3600;
+    SpoolOptions so;
+    so.dir = settings_.spool_dir;
+    so.fsync = SpoolFsync::kNever;
+    spool_ = std::make_unique<Spool>(so, nullptr);
+    MqttServer server;
+    server.host = "127.0.0.1";
+    server.port = 1;
+    repo_.server = server;
+    add_flow(1, "a/#");
+    add_flow(2, "b/+");
+  }
+  ~GatewayMqttClientTest() override {
+    client_.reset();
+    spool_.reset();
+    fs::remove_all(dir_);
+  }
+
+  void add_flow(std::int64_t id, const std::string& topic) {
+    Flow f;
+    f.id = id;
+    f.code = "f" + std::to_string(id);
+    f.topic = topic;
+    f.action = "STORE_DB";
+    repo_.flows[id] = f;
+  }
+
+  // A new client (a gateway start) on the same spool directory and broker session.
+  void start_client(bool session_present) {
+    client_.reset();
+    flows_ = std::make_unique<FlowTable>();
+    client_ = std::make_unique<GatewayMqttClient>(
+        settings_, [this] { return std::make_unique<RepositoryView>(repo_); }, *flows_, *spool_,
+        metrics_,
+        [this, session_present](MqttConnectOptions, MqttHandlers h) {
+          auto c = std::make_unique<FakeMqttConnection>(std::move(h));
+          c->set_session_present(session_present);
+          // The broker keeps the session's subscriptions across our restarts when it says so.
+          if (session_present) {
+            for (const auto& s : broker_) c->subscribe({s}, true);
+          }
+          connection_ = c.get();
+          return c;
+        },
+        log_);
+    client_->start();
+    broker_ = connection_->subscriptions();
+  }
+
+  static bool eventually(const std::function<bool()>& pred) {
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (!pred()) {
+      if (std::chrono::steady_clock::now() > until) return pred();
+      std::this_thread::sleep_for(5ms);
+    }
+    return true;
+  }
+
+  fs::path dir_;
+  Settings settings_;
+  FakeFlowRepository repo_;
+  std::unique_ptr<Spool> spool_;
+  std::unique_ptr<FlowTable> flows_;
+  Metrics metrics_;
+  std::shared_ptr<spdlog::logger> log_ =
+      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  FakeMqttConnection* connection_ = nullptr;
+  std::set<std::string> broker_;  // the session's subscriptions as the broker keeps them
+  std::unique_ptr<GatewayMqttClient> client_;
+};
+
+TEST_F(GatewayMqttClientTest, FirstStartSubscribesToEveryFlowFilterInOnePacket) {
+  start_client(false);
+  EXPECT_EQ(connection_->subscriptions(), (std::set<std::string>{"a/#", "b/+"}));
+  EXPECT_EQ(connection_->subscribe_packets().size(), 1u);
+}
+
+// A restart with the session present must not SUBSCRIBE again: the broker would re-send every
+// retained message, and they would be stored again.
+TEST_F(GatewayMqttClientTest, RestartWithSessionPresentDoesNotSubscribeAgain) {
+  start_client(false);
+  start_client(true);
+  EXPECT_EQ(connection_->subscribe_packets().size(), broker_.size())
+      << "only the fake's own replay of the kept session";
+  EXPECT_EQ(connection_->subscriptions(), (std::set<std::string>{"a/#", "b/+"}));
+}
+
+TEST_F(GatewayMqttClientTest, RestartWithSessionPresentSubscribesOnlyToNewFilters) {
+  start_client(false);
+  add_flow(3, "c/#");
+  start_client(true);
+  const auto packets = connection_->subscribe_packets();
+  ASSERT_FALSE(packets.empty());
+  EXPECT_EQ(packets.back(), (std::vector<std::string>{"c/#"}));
+  EXPECT_EQ(connection_->subscriptions(), (std::set<std::string>{"a/#", "b/+", "c/#"}));
+}
+
+TEST_F(GatewayMqttClientTest, ReconnectWithoutTheSessionSubscribesToEverythingAgain) {
+  start_client(false);
+  connection_->forget_session();
+  client_->on_reconnected(false);
+  ASSERT_TRUE(eventually([&] { return connection_->subscriptions().size() == 2; }));
+  EXPECT_EQ(connection_->subscriptions(), (std::set<std::string>{"a/#", "b/+"}));
+}
+
+TEST_F(GatewayMqttClientTest, ReconnectWithTheSessionSubscribesToNothing) {
+  start_client(false);
+  client_->on_reconnected(true);
+  std::this_thread::sleep_for(300ms);  // a sync round of the MQTT thread
+  EXPECT_EQ(connection_->subscribe_packets().size(), 1u);
+}
+
+// SIGHUP while the message handler is blocked (full spool): Paho's calls block, but the reload
+// returns at once, and the subscriptions follow once the calls go through.
+TEST_F(GatewayMqttClientTest, ReloadNeverWaitsForABlockedBroker) {
+  start_client(false);
+  connection_->block_calls(true);
+  add_flow(3, "c/#");
+  repo_.flows.erase(2);
+  auto reload = std::async(std::launch::async, [&] { return client_->reload_flows(); });
+  ASSERT_EQ(reload.wait_for(2s), std::future_status::ready) << "reload_flows() blocked";
+  connection_->block_calls(false);
+  ASSERT_TRUE(eventually([&] {
+    return connection_->subscriptions() == std::set<std::string>{"a/#", "c/#"};
+  }));
+}
+
+// A reload that lands between a reconnect and its resubscription: the result follows the newest
+// flows, not the snapshot taken at the reconnect.
+TEST_F(GatewayMqttClientTest, SubscriptionsFollowAReloadDuringAReconnect) {
+  start_client(false);
+  connection_->block_calls(true);
+  connection_->forget_session();
+  client_->on_reconnected(false);
+  add_flow(3, "c/#");
+  repo_.flows.erase(1);
+  client_->reload_flows();
+  connection_->block_calls(false);
+  ASSERT_TRUE(eventually([&] {
+    return connection_->subscriptions() == std::set<std::string>{"b/+", "c/#"};
+  }));
+}
+
+TEST_F(GatewayMqttClientTest, FailedSubscribeIsRetried) {
+  start_client(false);
+  connection_->fail_calls(true);
+  add_flow(3, "c/#");
+  client_->reload_flows();
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(connection_->subscriptions().count("c/#"), 0u);
+  connection_->fail_calls(false);
+  ASSERT_TRUE(eventually([&] { return connection_->subscriptions().count("c/#") == 1; }));
+}
+
+}  // namespace
+}  // namespace gateway
