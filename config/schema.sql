@@ -101,3 +101,15 @@ CREATE TABLE IF NOT EXISTS delivery_leases (
   owner       CHAR(32) NOT NULL,
   expires_ms  BIGINT NOT NULL
 ) ENGINE=InnoDB;
+
+-- The last retained message each flow stored, per topic. The broker sends its retained copy again
+-- on every SUBSCRIBE (MQTT 3.1.1 3.8.4); a retained re-send whose payload equals the one stored
+-- last for that flow and topic is skipped instead of stored again. Hashes are 64-bit FNV-1a.
+CREATE TABLE IF NOT EXISTS retained_messages (
+  flow_id       INT NOT NULL,
+  topic_hash    BIGINT NOT NULL,
+  payload_hash  BIGINT NOT NULL,
+  msg_id        BIGINT NOT NULL,
+  topic         VARCHAR(1024) NOT NULL,
+  PRIMARY KEY (flow_id, topic_hash)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

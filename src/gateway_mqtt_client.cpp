@@ -192,6 +192,7 @@ void GatewayMqttClient::on_reconnected(bool session_present) {
   last_heartbeat_ms_ = steady_now_ms();
   metrics_.broker_connected = true;
   metrics_.broker_down_since_ms = 0;
+  spool_.new_broker_connection(session_present);
   if (!session_present) {
     // A broker without persistence (or a new one) has forgotten the session: subscribe again.
     std::lock_guard lock(sync_mu_);
@@ -296,6 +297,7 @@ void GatewayMqttClient::start() {
              server.id, server.use_tls ? "on" : "off", server.username.value_or("-"));
   connection_ = connect_(std::move(o), std::move(h));
   const bool session_present = connection_->connect();
+  spool_.new_broker_connection(session_present);
   connected_at_ms_ = steady_now_ms();
   last_heartbeat_ms_ = steady_now_ms();
   metrics_.broker_connected = true;

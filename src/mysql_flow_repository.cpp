@@ -1,6 +1,7 @@
 #include "gateway/mysql_flow_repository.h"
 
 #include <cppconn/connection.h>
+#include <cppconn/datatype.h>
 #include <cppconn/driver.h>
 #include <cppconn/exception.h>
 #include <cppconn/prepared_statement.h>
@@ -13,6 +14,7 @@
 
 #include "gateway/db_error_class.h"
 #include "gateway/errors.h"
+#include "gateway/hash.h"
 
 namespace gateway {
 namespace {
@@ -132,6 +134,16 @@ struct MySqlFlowRepository::Impl {
     return *slot;
   }
 
+  // The spool offset of a flow (0 if none). Throws sql::SQLException.
+  std::uint64_t committed_seq(std::int64_t flow_id, std::string_view spool_id) {
+    if (spool_id.empty()) return 0;
+    auto& off = prepare(kOffsetSql);
+    off.setString(1, sql::SQLString(spool_id.data(), spool_id.size()));
+    off.setInt64(2, flow_id);
+    std::unique_ptr<sql::ResultSet> o(off.executeQuery());
+    return o->next() ? static_cast<std::uint64_t>(o->getInt64(1)) : 0;
+  }
+
   sql::PreparedStatement& prepare(const std::string& sql) {
     auto it = statements.find(sql);
     if (it == statements.end()) {
@@ -199,7 +211,11 @@ class MySqlFlowTransaction final : public FlowTransaction {
     try {
       for (const RejectedMessage& r : rows) {
         auto& stmt = db_.prepare_rows(kInsertRejectedPrefix, kInsertRejectedRow, 1);
-        stmt.setInt64(1, flow_.id);
+        if (flow_.id == kNoFlow) {
+          stmt.setNull(1, sql::DataType::INTEGER);
+        } else {
+          stmt.setInt64(1, flow_.id);
+        }
         const std::string_view topic = utf8_prefix(r.topic, 1024);
         stmt.setString(2, sql::SQLString(topic.data(), topic.size()));
         // Cut further if a dead letter would not fit a packet: it must always be writable.
@@ -216,6 +232,39 @@ class MySqlFlowTransaction final : public FlowTransaction {
       }
     } catch (const sql::SQLException& e) {
       rethrow(e, "insert rejected_messages");
+    }
+  }
+
+  std::optional<std::uint64_t> retained_payload(std::string_view topic) override {
+    try {
+      auto& stmt = db_.prepare(
+          "SELECT payload_hash FROM retained_messages WHERE flow_id = ? AND topic_hash = ?");
+      stmt.setInt64(1, flow_.id);
+      stmt.setInt64(2, static_cast<std::int64_t>(fnv1a64(topic)));
+      std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
+      if (!rs->next()) return std::nullopt;
+      return static_cast<std::uint64_t>(rs->getInt64(1));
+    } catch (const sql::SQLException& e) {
+      rethrow(e, "read retained_messages");
+    }
+  }
+
+  void remember_retained(std::string_view topic, std::uint64_t payload_hash,
+                         std::int64_t msg_id) override {
+    try {
+      auto& stmt = db_.prepare(
+          "INSERT INTO retained_messages (flow_id, topic_hash, payload_hash, msg_id, topic) VALUES "
+          "(?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE payload_hash = VALUES(payload_hash), msg_id = "
+          "VALUES(msg_id), topic = VALUES(topic)");
+      stmt.setInt64(1, flow_.id);
+      stmt.setInt64(2, static_cast<std::int64_t>(fnv1a64(topic)));
+      stmt.setInt64(3, static_cast<std::int64_t>(payload_hash));
+      stmt.setInt64(4, msg_id);
+      const std::string_view shown = utf8_prefix(topic, 1024);
+      stmt.setString(5, sql::SQLString(shown.data(), shown.size()));
+      stmt.executeUpdate();
+    } catch (const sql::SQLException& e) {
+      rethrow(e, "write retained_messages");
     }
   }
 
@@ -385,14 +434,7 @@ std::unique_ptr<FlowTransaction> MySqlFlowRepository::lock_flow(std::int64_t flo
     }
     Flow flow = read_flow(*rs);
     rs.reset();
-    std::uint64_t committed = 0;
-    if (!spool_id.empty()) {
-      auto& off = impl_->prepare(kOffsetSql);
-      off.setString(1, sql::SQLString(spool_id.data(), spool_id.size()));
-      off.setInt64(2, flow_id);
-      std::unique_ptr<sql::ResultSet> o(off.executeQuery());
-      if (o->next()) committed = static_cast<std::uint64_t>(o->getInt64(1));
-    }
+    const std::uint64_t committed = impl_->committed_seq(flow_id, spool_id);
     return std::make_unique<MySqlFlowTransaction>(*impl_, std::move(flow), committed,
                                                   std::string(spool_id));
   } catch (const sql::SQLException& e) {
@@ -401,6 +443,23 @@ std::unique_ptr<FlowTransaction> MySqlFlowRepository::lock_flow(std::int64_t flo
     } catch (const sql::SQLException&) {
     }
     rethrow(e, "lock flow " + std::to_string(flow_id));
+  }
+}
+
+std::unique_ptr<FlowTransaction> MySqlFlowRepository::begin_unrouted(std::string_view spool_id) {
+  try {
+    Flow none;
+    none.id = kNoFlow;
+    none.code = "(no flow)";
+    const std::uint64_t committed = impl_->committed_seq(kNoFlow, spool_id);
+    return std::make_unique<MySqlFlowTransaction>(*impl_, std::move(none), committed,
+                                                  std::string(spool_id));
+  } catch (const sql::SQLException& e) {
+    try {
+      impl_->conn->rollback();
+    } catch (const sql::SQLException&) {
+    }
+    rethrow(e, "begin dead letters without a flow");
   }
 }
 
@@ -642,9 +701,9 @@ std::vector<std::string> MySqlFlowRepository::upgrade_schema() {
 }
 
 std::vector<std::string> MySqlFlowRepository::missing_tables() {
-  static constexpr std::array<const char*, 7> kTables = {
-      "mqtt_servers",  "flows",      "data_records",   "rejected_messages",
-      "spool_offsets", "deliveries", "delivery_leases"};
+  static constexpr std::array<const char*, 8> kTables = {
+      "mqtt_servers",  "flows",      "data_records",    "rejected_messages",
+      "spool_offsets", "deliveries", "delivery_leases", "retained_messages"};
   std::vector<std::string> missing;
   try {
     auto& stmt = impl_->prepare(

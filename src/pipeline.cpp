@@ -60,21 +60,29 @@ std::string Pipeline::flow_name(std::int64_t flow_id) const {
   return "#" + std::to_string(flow_id);
 }
 
-Pipeline::MessagePtr Pipeline::to_message(SpoolRecord&& record) const {
+std::shared_ptr<InboundMessage> Pipeline::unparsed_message(SpoolRecord&& record) {
   auto m = std::make_shared<InboundMessage>();
   m->seq = record.seq;
   m->arrival_us = record.arrival_us;
   m->topic = std::move(record.topic);
   m->payload = std::move(record.payload);
   m->original_size = record.original_size;
-  if (record.original_size > 0) {
-    // Only the head of it was spooled (on_message): the whole never reached memory twice.
-    m->parsed.error = "payload is " + std::to_string(record.original_size) + " bytes, limit " +
-                      std::to_string(options_.limits.max_bytes);
-  } else {
-    m->parsed = parse_payload(m->payload, options_.limits);
-  }
+  m->retained = record.retained;
   return m;
+}
+
+Pipeline::MessagePtr Pipeline::to_message(SpoolRecord&& record) const {
+  const std::uint64_t original_size = record.original_size;
+  std::shared_ptr<InboundMessage> shared = unparsed_message(std::move(record));
+  InboundMessage& m = *shared;
+  if (original_size > 0) {
+    // Only the head of it was spooled (on_message): the whole never reached memory twice.
+    m.parsed.error = "payload is " + std::to_string(original_size) + " bytes, limit " +
+                     std::to_string(options_.limits.max_bytes);
+  } else {
+    m.parsed = parse_payload(m.payload, options_.limits);
+  }
+  return shared;
 }
 
 std::optional<SpoolRecord> Pipeline::read_spool(std::chrono::milliseconds timeout) {
@@ -139,8 +147,11 @@ void Pipeline::dispatch_loop() {
       Routed r{record->seq, nullptr, {}};
       snapshot->match(record->topic, r.flows);
       if (r.flows.empty()) {
+        // We subscribe only to flows' filters: its flow was disabled, removed or re-topicked
+        // after it arrived. It becomes a dead letter (never dropped silently).
         metrics_.unrouted.fetch_add(1, std::memory_order_relaxed);
-        log_->debug("no flow matches topic {}; seq {} dropped", record->topic, record->seq);
+        r.flows.push_back(kNoFlow);
+        r.message = unparsed_message(std::move(*record));
       } else {
         r.message = to_message(std::move(*record));
       }
@@ -226,6 +237,10 @@ void Pipeline::refill(std::int64_t flow_id, FlowQueue& q, std::uint64_t from, st
     std::optional<SpoolRecord> record = q.cursor->next(below);
     if (!record) return;
     snapshot->match(record->topic, matched);
+    if (flow_id == kNoFlow) {
+      if (matched.empty()) batch.push_back(unparsed_message(std::move(*record)));
+      continue;
+    }
     if (std::find(matched.begin(), matched.end(), flow_id) == matched.end()) continue;
     batch.push_back(to_message(std::move(*record)));
   }
@@ -429,13 +444,33 @@ Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
         ++out.committed;
         continue;
       }
+      if (flow_id == kNoFlow) {
+        const std::size_t n = w.processor->reject_unrouted(
+            part, spool_.id(),
+            "no enabled flow matches the topic any more (its flow was disabled, removed or "
+            "re-topicked after the message arrived)",
+            true);
+        metrics_.rejected.fetch_add(n, std::memory_order_relaxed);
+        if (n > 0) {
+          log_->warn(
+              "{} message(s) on topics no enabled flow matches any more (first: {}): "
+              "dead-lettered",
+              n, part.front()->topic);
+        }
+        out.committed += part.size();
+        continue;
+      }
       const auto started = Clock::now();
       BatchResult r = w.processor->process_batch(flow_id, part, spool_.id());
       metrics_.observe_transaction(std::chrono::duration<double>(Clock::now() - started).count());
       metrics_.transactions.fetch_add(1, std::memory_order_relaxed);
       metrics_.last_progress_ms.store(steady_now_ms(), std::memory_order_relaxed);
       if (r.flow_missing) {
-        log_->error("flow {} no longer exists; {} message(s) dropped", flow_id, part.size());
+        // Its messages are already past the kNoFlow offset's order: at least once, not dropped.
+        const std::size_t n = w.processor->reject_unrouted(
+            part, spool_.id(), "flow " + std::to_string(flow_id) + " no longer exists", false);
+        metrics_.rejected.fetch_add(n, std::memory_order_relaxed);
+        log_->warn("flow {} no longer exists: {} message(s) dead-lettered", flow_id, n);
       } else {
         const std::size_t stored = r.accepted - r.posted - r.queued;  // queued: posted later
         metrics_.stored.fetch_add(stored, std::memory_order_relaxed);
@@ -443,6 +478,10 @@ Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
         metrics_.rejected.fetch_add(r.rejected, std::memory_order_relaxed);
         metrics_.add_flow(r.flow_code,
                           FlowCounters{part.size() - r.skipped, stored, r.posted, r.rejected});
+        if (r.retained_resends) {
+          log_->info("flow {}: skipped {} retained re-send(s) equal to what it stored last",
+                     r.flow_code, r.retained_resends);
+        }
         for (const std::string& line : r.rejections) log_->warn("rejected: {}", line);
         if (r.skipped) {
           log_->info("flow {}: skipped {} message(s) committed before a restart", r.flow_code,

@@ -6,6 +6,7 @@
 #include <deque>
 
 #include "gateway/errors.h"
+#include "gateway/hash.h"
 #include "gateway/metrics.h"
 
 namespace gateway {
@@ -114,6 +115,14 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
     }
     last_seq = std::max(last_seq, m->seq);
     std::string why = check(flow, *m);
+    std::uint64_t retained_hash = 0;
+    if (why.empty() && m->retained) {
+      retained_hash = fnv1a64(m->payload);
+      if (tx->retained_payload(m->topic) == retained_hash) {
+        ++result.retained_resends;
+        continue;
+      }
+    }
     if (why.empty() && post_now) {
       HttpResult r = post(flow, *m, msg_id + 1);
       if (r.ok()) {
@@ -131,6 +140,7 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
     ++msg_id;
     if (result.first_msg_id == 0) result.first_msg_id = msg_id;
     ++result.accepted;
+    if (m->retained) tx->remember_retained(m->topic, retained_hash, msg_id);
     if (!post_endpoint) {
       append_rows(rows, msg_id, *m);
     } else if (!post_now) {
@@ -160,6 +170,24 @@ void Processor::reject(std::int64_t flow_id, const InboundMessage& m, const std:
   tx->insert_rejected(std::span(&row, 1));
   tx->advance(tx->flow().last_msg_id, m.seq);
   tx->commit();
+}
+
+std::size_t Processor::reject_unrouted(std::span<const InboundMessage* const> batch,
+                                       std::string_view spool_id, const std::string& why,
+                                       bool track_offset) {
+  std::unique_ptr<FlowTransaction> tx = repo_.begin_unrouted(track_offset ? spool_id : "");
+  std::vector<RejectedMessage> rows;
+  std::deque<std::string> topics;  // stable addresses for the rows' views
+  std::uint64_t last_seq = 0;
+  for (const InboundMessage* m : batch) {
+    if (track_offset && m->seq != 0 && m->seq <= tx->committed_seq()) continue;
+    last_seq = std::max(last_seq, m->seq);
+    rows.push_back(dead_letter(*m, why, topics.emplace_back()));
+  }
+  if (!rows.empty()) tx->insert_rejected(rows);
+  if (track_offset) tx->advance(tx->flow().last_msg_id, last_seq);
+  tx->commit();
+  return rows.size();
 }
 
 ProcessResult Processor::process_flow_message(std::int64_t flow_id, const nlohmann::json& payload,

@@ -87,6 +87,7 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   std::optional<SpoolRecord> read_next(std::chrono::milliseconds timeout);
   std::unique_ptr<SpoolCursor> cursor(std::uint64_t from_seq);
   void release_below(std::uint64_t seq);
+  void new_broker_connection(bool session_present);
   void stop_back_pressure();
   void close();
   Stats stats() const;
@@ -105,7 +106,8 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   struct WindowEntry {
     std::uint64_t hash = 0;  // of topic and payload
     std::uint64_t seq = 0;
-    std::uint16_t packet_id = 0;  // 0: unused slot
+    std::uint16_t packet_id = 0;   // 0: unused slot
+    std::uint32_t connection = 0;  // new_broker_connection() calls before it was appended
   };
 
   fs::path segment_path(std::uint64_t first_seq) const;
@@ -153,6 +155,7 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   std::string buffer_;                           // guarded by mu_; the record being written
   std::vector<WindowEntry> window_;              // guarded by mu_; ring buffer
   std::size_t window_next_ = 0;                  // guarded by mu_; the slot to overwrite next
+  std::uint32_t connection_ = 0;                 // guarded by mu_; see new_broker_connection()
 
   // The consumer thread's own state; it takes mu_ only to look at the segments.
   SpoolReader reader_{0};
@@ -408,9 +411,20 @@ void Spool::Impl::cut_back_locked(std::uint64_t seq) {
   }
 }
 
+void Spool::Impl::new_broker_connection(bool session_present) {
+  std::lock_guard lock(mu_);
+  for (WindowEntry& e : window_) {
+    // Without the session the broker redelivers nothing, and its packet ids start again: an old
+    // entry could only make a new message look like a redelivery. With it, only what the
+    // previous connection received can come again.
+    if (!session_present || e.connection < connection_) e = WindowEntry{};
+  }
+  ++connection_;
+}
+
 void Spool::Impl::remember_locked(std::uint64_t hash, std::uint64_t seq, std::uint16_t packet_id) {
   if (window_.empty()) return;
-  window_[window_next_] = WindowEntry{hash, seq, packet_id};
+  window_[window_next_] = WindowEntry{hash, seq, packet_id, connection_};
   window_next_ = (window_next_ + 1) % window_.size();
 }
 
@@ -686,6 +700,10 @@ std::unique_ptr<SpoolCursor> Spool::cursor(std::uint64_t from_seq) {
 void Spool::release_below(std::uint64_t seq) { impl_->release_below(seq); }
 void Spool::stop_back_pressure() { impl_->stop_back_pressure(); }
 void Spool::close() { impl_->close(); }
+
+void Spool::new_broker_connection(bool session_present) {
+  impl_->new_broker_connection(session_present);
+}
 Spool::Stats Spool::stats() const { return impl_->stats(); }
 
 }  // namespace gateway

@@ -20,6 +20,9 @@
 
 namespace gateway {
 
+// The flow id under which messages that match no flow are tracked (real ids start at 1).
+inline constexpr std::int64_t kNoFlow = 0;
+
 // One data_records row. Views point into the message; they live until the transaction ends.
 struct DataRecord {
   std::int64_t msg_id = 0;
@@ -57,6 +60,11 @@ class FlowTransaction {
   virtual void insert_records(std::span<const DataRecord> rows) = 0;
   virtual void insert_rejected(std::span<const RejectedMessage> rows) = 0;
   virtual void insert_deliveries(std::span<const OutboxEntry> rows) = 0;
+  // The payload hash of the last retained message this flow stored for `topic`, if any.
+  virtual std::optional<std::uint64_t> retained_payload(std::string_view topic) = 0;
+  // Records the retained message just stored for `topic` (committed with the rest).
+  virtual void remember_retained(std::string_view topic, std::uint64_t payload_hash,
+                                 std::int64_t msg_id) = 0;
   // Sets flows.last_msg_id and, when last_seq > 0, the flow's spool offset.
   virtual void advance(std::int64_t last_msg_id, std::uint64_t last_seq) = 0;
   virtual void commit() = 0;
@@ -75,6 +83,11 @@ class FlowRepository {
   // The caller owns the result and must destroy it before the next lock_flow().
   virtual std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
                                                      std::string_view spool_id) = 0;
+  // A transaction for messages that no flow takes any more (their flow was disabled, removed or
+  // re-topicked after they arrived), to record them as dead letters with flow_id NULL. It locks
+  // no row; flow() is a placeholder with id kNoFlow, and committed_seq()/advance() use the spool
+  // offset kept under flow id kNoFlow. Same ownership rules as lock_flow().
+  virtual std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view spool_id) = 0;
   // Cheap liveness probe (SELECT 1); false when the connection is gone.
   virtual bool ping() = 0;
   // The highest spool seq any flow committed for `spool_id` (0 if none). At start-up the spool's

@@ -145,6 +145,8 @@ class Pipeline {
   std::string flow_name(std::int64_t flow_id) const;
   // The routed record as a message, its payload parsed once.
   MessagePtr to_message(SpoolRecord&& record) const;
+  // The record as a message without parsing (for messages no flow takes: kNoFlow).
+  static std::shared_ptr<InboundMessage> unparsed_message(SpoolRecord&& record);
 
   Spool& spool_;
   const FlowTable& flows_;

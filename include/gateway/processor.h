@@ -48,6 +48,9 @@ struct InboundMessage {
   // > 0: the payload was larger than MAX_PAYLOAD_BYTES and only its first bytes were kept (it can
   // only become a dead letter); this is its size as published.
   std::uint64_t original_size = 0;
+  // The RETAIN flag: the broker's stored copy, sent because we subscribed. Such a re-send equal
+  // to the last retained message the flow stored for the topic is skipped, not stored again.
+  bool retained = false;
   ParsedPayload parsed;
 };
 
@@ -58,14 +61,16 @@ struct ProcessResult {
   FlowAction action = FlowAction::kStoreDb;
 };
 
-// What one batch transaction did. Counts add up to the batch size.
+// What one batch transaction did. accepted + rejected + skipped + retained_resends is the batch
+// size.
 struct BatchResult {
   std::string flow_code;
-  std::size_t accepted = 0;  // stored or posted, numbered first_msg_id..last_msg_id
-  std::size_t rejected = 0;  // written to rejected_messages
-  std::size_t skipped = 0;   // committed by an earlier run (replay after a crash)
-  std::size_t posted = 0;    // of the accepted ones, delivered by POST (inline)
-  std::size_t queued = 0;    // of the accepted ones, recorded in the outbox for delivery
+  std::size_t accepted = 0;          // stored or posted, numbered first_msg_id..last_msg_id
+  std::size_t rejected = 0;          // written to rejected_messages
+  std::size_t skipped = 0;           // committed by an earlier run (replay after a crash)
+  std::size_t retained_resends = 0;  // retained re-sends equal to the last one stored (skipped)
+  std::size_t posted = 0;            // of the accepted ones, delivered by POST (inline)
+  std::size_t queued = 0;            // of the accepted ones, recorded in the outbox for delivery
   std::int64_t first_msg_id = 0;
   std::int64_t last_msg_id = 0;
   bool flow_missing = false;            // the flow row is gone: nothing was done
@@ -87,6 +92,14 @@ class Processor {
   // also advances the flow's spool offset. For a message the database refused as part of a batch.
   void reject(std::int64_t flow_id, const InboundMessage& message, const std::string& why,
               std::string_view spool_id);
+
+  // Records messages that no flow takes any more (see FlowRepository::begin_unrouted()) as dead
+  // letters with flow_id NULL and reason `why`, in one transaction. With track_offset, messages at
+  // or below the kNoFlow spool offset are skipped and the offset advances (exactly once); without,
+  // nothing is skipped or advanced (at least once: for leftovers of a flow whose row is gone,
+  // which arrive out of seq order). Returns how many were written. Throws as process_batch().
+  std::size_t reject_unrouted(std::span<const InboundMessage* const> batch,
+                              std::string_view spool_id, const std::string& why, bool track_offset);
 
   // The reference's process_flow_message(): one message, one transaction. Throws
   // MessageRejected (nothing written, counter unchanged) when the payload fails validation, the

@@ -135,6 +135,14 @@ class Spool {
   // by what the broker still has in flight to us. Idempotent.
   void stop_back_pressure();
 
+  // A broker connection was made; limits redelivery recognition to what can really be a
+  // redelivery. Without the session (session_present false) the broker redelivers nothing and
+  // its packet ids start again, so the window is emptied: an old record could only make a new
+  // message look like one already spooled, and it would be dropped. With the session, only the
+  // previous connection's records (or, on the first connection, those recovered from disk) stay.
+  // Thread-safe.
+  void new_broker_connection(bool session_present);
+
   // Wakes every blocked append()/read_next(); they (and later calls) return std::nullopt.
   // Idempotent.
   void close();

@@ -394,6 +394,61 @@ inline std::optional<double> metric_sum(const std::string& text, const std::stri
   return sum;
 }
 
+// ---- who is on the other end of a loopback connection
+// --------------------------------------------
+
+// The inode of the IPv4 TCP socket whose local end is 127.0.0.1:local_port and remote end
+// 127.0.0.1:remote_port (from /proc/net/tcp, which lists both ends of a loopback connection);
+// 0 when there is none.
+inline std::uint64_t loopback_socket_inode(int local_port, int remote_port) {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);  // the header
+  const auto port_of = [](const std::string& address) {
+    const auto colon = address.find(':');
+    return colon == std::string::npos
+               ? -1
+               : static_cast<int>(std::strtol(address.c_str() + colon + 1, nullptr, 16));
+  };
+  while (std::getline(in, line)) {
+    // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+    std::istringstream fields(line);
+    std::string sl, local, remote, state, queues, timer, retransmits, uid, timeout;
+    std::uint64_t inode = 0;
+    if (!(fields >> sl >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
+          timeout >> inode)) {
+      continue;
+    }
+    if (local.rfind("0100007F:", 0) == 0 && remote.rfind("0100007F:", 0) == 0 &&
+        port_of(local) == local_port && port_of(remote) == remote_port) {
+      return inode;
+    }
+  }
+  return 0;
+}
+
+// True if process `pid` has the socket with this inode open (one of /proc/<pid>/fd/* is
+// "socket:[inode]").
+inline bool process_holds_socket(pid_t pid, std::uint64_t inode) {
+  if (inode == 0) return false;
+  const std::string wanted = "socket:[" + std::to_string(inode) + "]";
+  std::error_code ec;
+  const std::filesystem::path fds = "/proc/" + std::to_string(pid) + "/fd";
+  for (std::filesystem::directory_iterator it(fds, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code link_ec;
+    if (std::filesystem::read_symlink(it->path(), link_ec).string() == wanted) return true;
+  }
+  return false;
+}
+
+// An error (or critical) line of the gateway's output: "<3>..." (journal format) or
+// "... error [component] ...".
+inline bool is_error_line(const std::string& line) {
+  return line.rfind("<3>", 0) == 0 || line.rfind("<2>", 0) == 0 ||
+         line.find(" error [") != std::string::npos ||
+         line.find(" critical [") != std::string::npos;
+}
+
 // ---- the fixture
 // ----------------------------------------------------------------------------------
 
@@ -465,9 +520,9 @@ class FaultFixture : public GatewayE2eTest {
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     Tally t = tally(flow);
-    std::cout << "[fault] " << name << ": published " << published << " stored " << t.distinct
-              << " lost " << (expected - t.distinct) << " duplicated " << (t.rows - t.distinct)
-              << extra << " (drained in " << drain_ms << " ms)\n";
+    std::cout << "[" << summary_tag_ << "] " << name << ": published " << published << " stored "
+              << t.distinct << " lost " << (expected - t.distinct) << " duplicated "
+              << (t.rows - t.distinct) << extra << " (drained in " << drain_ms << " ms)\n";
     EXPECT_TRUE(arrived) << "only " << t.rows << " of " << expected << " seq rows after "
                          << timeout.count() << " ms";
     return t;
@@ -495,6 +550,7 @@ class FaultFixture : public GatewayE2eTest {
     EXPECT_EQ(gateway_->wait_exit(std::chrono::seconds(30)), 0) << gateway_->output();
   }
 
+  std::string summary_tag_ = "fault";  // the summary line's "[fault]"
   std::string topic_;
   std::int64_t flow_id_ = 0;
   bool db_stopped_ = false;

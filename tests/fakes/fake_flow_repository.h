@@ -41,6 +41,7 @@ class FakeFlowRepository final : public FlowRepository {
   std::vector<StoredRejection> rejections;
   std::map<std::pair<std::string, std::int64_t>, std::uint64_t> offsets;
   std::vector<std::pair<std::int64_t, OutboxEntry>> outbox;  // (flow_id, entry); views into batch
+  std::map<std::int64_t, std::map<std::string, std::uint64_t>> retained;  // flow -> topic -> hash
   int commits = 0;
   int rollbacks = 0;
 
@@ -68,6 +69,16 @@ class FakeFlowRepository final : public FlowRepository {
       if (key.first == spool_id) seq = std::max(seq, last);
     }
     return seq;
+  }
+
+  std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view spool_id) override {
+    Flow none;
+    none.id = kNoFlow;
+    none.code = "(no flow)";
+    std::uint64_t seq = 0;
+    if (auto o = offsets.find({std::string(spool_id), kNoFlow}); o != offsets.end())
+      seq = o->second;
+    return std::make_unique<Tx>(*this, none, seq, std::string(spool_id));
   }
 
   std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
@@ -117,6 +128,15 @@ class FakeFlowRepository final : public FlowRepository {
     void insert_deliveries(std::span<const OutboxEntry> rows) override {
       for (const auto& r : rows) outbox_.emplace_back(flow_.id, r);
     }
+    std::optional<std::uint64_t> retained_payload(std::string_view topic) override {
+      if (auto it = retained_.find(std::string(topic)); it != retained_.end()) return it->second;
+      auto& committed = repo_.retained[flow_.id];
+      if (auto it = committed.find(std::string(topic)); it != committed.end()) return it->second;
+      return std::nullopt;
+    }
+    void remember_retained(std::string_view topic, std::uint64_t hash, std::int64_t) override {
+      retained_[std::string(topic)] = hash;
+    }
     void advance(std::int64_t last_msg_id, std::uint64_t last_seq) override {
       last_msg_id_ = last_msg_id;
       last_seq_ = last_seq;
@@ -128,8 +148,9 @@ class FakeFlowRepository final : public FlowRepository {
       repo_.records.insert(repo_.records.end(), records_.begin(), records_.end());
       repo_.rejections.insert(repo_.rejections.end(), rejected_.begin(), rejected_.end());
       repo_.outbox.insert(repo_.outbox.end(), outbox_.begin(), outbox_.end());
-      if (last_msg_id_) repo_.flows[flow_.id].last_msg_id = *last_msg_id_;
+      if (last_msg_id_ && flow_.id != kNoFlow) repo_.flows[flow_.id].last_msg_id = *last_msg_id_;
       if (last_seq_ > 0) repo_.offsets[{spool_, flow_.id}] = last_seq_;
+      for (const auto& [topic, hash] : retained_) repo_.retained[flow_.id][topic] = hash;
     }
 
    private:
@@ -143,6 +164,7 @@ class FakeFlowRepository final : public FlowRepository {
     std::vector<std::pair<std::int64_t, OutboxEntry>> outbox_;
     std::optional<std::int64_t> last_msg_id_;
     std::uint64_t last_seq_ = 0;
+    std::map<std::string, std::uint64_t> retained_;
   };
 };
 

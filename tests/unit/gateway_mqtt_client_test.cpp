@@ -32,6 +32,9 @@ class RepositoryView final : public FlowRepository {
   std::unique_ptr<FlowTransaction> lock_flow(std::int64_t id, std::string_view s) override {
     return r_.lock_flow(id, s);
   }
+  std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view s) override {
+    return r_.begin_unrouted(s);
+  }
   bool ping() override { return true; }
   std::uint64_t last_committed_seq(std::string_view s) override { return r_.last_committed_seq(s); }
 

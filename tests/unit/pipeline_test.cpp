@@ -46,6 +46,10 @@ class LockedRepository final : public FlowRepository {
     std::lock_guard lock(db_.mu);
     return db_.repo.last_committed_seq(spool_id);
   }
+  std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view spool_id) override {
+    std::unique_lock lock(db_.mu);
+    return std::make_unique<Tx>(std::move(lock), db_.repo.begin_unrouted(spool_id));
+  }
   std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
                                              std::string_view spool_id) override {
     std::unique_lock lock(db_.mu);
@@ -67,6 +71,13 @@ class LockedRepository final : public FlowRepository {
     }
     void insert_deliveries(std::span<const OutboxEntry> rows) override {
       tx_->insert_deliveries(rows);
+    }
+    std::optional<std::uint64_t> retained_payload(std::string_view topic) override {
+      return tx_->retained_payload(topic);
+    }
+    void remember_retained(std::string_view topic, std::uint64_t hash,
+                           std::int64_t msg_id) override {
+      tx_->remember_retained(topic, hash, msg_id);
     }
     void advance(std::int64_t last_msg_id, std::uint64_t last_seq) override {
       tx_->advance(last_msg_id, last_seq);
@@ -338,6 +349,41 @@ TEST_F(PipelineTest, SpoolIsReleasedOnlyAfterTheHeldFlowCommits) {
   with_db([](FakeFlowRepository& r) { r.on_lock = nullptr; });
   ASSERT_TRUE(eventually([&] { return stored(1).size() >= 5; }));
   EXPECT_EQ(stored(1), range(1, 5));
+}
+
+// A flow disabled (or re-topicked) after its messages arrived: those not yet dispatched match no
+// flow any more; they become dead letters (flow NULL), once, never dropped silently.
+TEST_F(PipelineTest, MessagesOfARemovedFlowBecomeDeadLettersOnce) {
+  start();
+  flows_.replace({db_.repo.flows[2]});  // flow alpha (a/#) is gone from the routing table
+  publish("a/x", 1, 5);
+  publish("b/x", 1, 5);
+  ASSERT_TRUE(eventually([&] { return rejected() >= 5 && stored(2).size() >= 5; }));
+  std::this_thread::sleep_for(200ms);
+  with_db([](FakeFlowRepository& r) {
+    ASSERT_EQ(r.rejections.size(), 5u);
+    for (const auto& rej : r.rejections) {
+      EXPECT_EQ(rej.flow_id, kNoFlow);
+      EXPECT_EQ(rej.topic, "a/x");
+      EXPECT_NE(rej.reason.find("no enabled flow"), std::string::npos) << rej.reason;
+    }
+  });
+  EXPECT_EQ(metrics_.unrouted.load(), 5u);
+}
+
+// A flow row deleted while its messages wait: dead letters, not dropped.
+TEST_F(PipelineTest, MessagesOfADeletedFlowRowBecomeDeadLetters) {
+  const Flow alpha = db_.repo.flows[1];
+  db_.repo.flows.erase(1);
+  start();
+  flows_.replace({alpha});  // the routing table still has it (no reload yet)
+  publish("a/x", 1, 3);
+  ASSERT_TRUE(eventually([&] { return rejected() >= 3; }));
+  with_db([](FakeFlowRepository& r) {
+    for (const auto& rej : r.rejections) {
+      EXPECT_NE(rej.reason.find("no longer exists"), std::string::npos) << rej.reason;
+    }
+  });
 }
 
 }  // namespace

@@ -196,5 +196,26 @@ TEST_F(ProcessorTest, DisabledOrMissingFlow) {
   EXPECT_TRUE(gone.flow_missing);
 }
 
+// Every SUBSCRIBE makes the broker send its retained copy again (RETAIN set); stored once, it is
+// skipped when it comes again unchanged, in the same batch or a later one.
+TEST_F(ProcessorTest, RetainedResendEqualToTheLastStoredIsSkipped) {
+  auto retained = [&](std::uint64_t seq, std::string payload) {
+    InboundMessage m = message(seq, std::move(payload));
+    m.retained = true;
+    return m;
+  };
+  BatchResult first = run(1, {retained(1, R"({"temperature": 20, "unit": "C"})"),
+                              retained(2, R"({"temperature": 20, "unit": "C"})")});
+  EXPECT_EQ(first.accepted, 1u);
+  EXPECT_EQ(first.retained_resends, 1u);
+  BatchResult later = run(1, {retained(3, R"({"temperature": 20, "unit": "C"})"),
+                              retained(4, R"({"temperature": 21, "unit": "C"})"),
+                              message(5, R"({"temperature": 21, "unit": "C"})")});
+  EXPECT_EQ(later.retained_resends, 1u) << "the unchanged re-send";
+  EXPECT_EQ(later.accepted, 2u) << "a new retained value, and a live message (RETAIN clear)";
+  EXPECT_EQ(repo_.flows[1].last_msg_id, 3);
+  EXPECT_EQ((repo_.offsets[{"spool-1", 1}]), 5u) << "skipped re-sends still advance the offset";
+}
+
 }  // namespace
 }  // namespace gateway

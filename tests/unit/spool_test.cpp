@@ -575,6 +575,36 @@ TEST_F(SpoolTest, RedeliveryWindowForgetsOldRecords) {
   EXPECT_FALSE(spool->append("t", "old", 1, true, 0)->redelivery);
 }
 
+// After a broker restart without persistence the packet ids start again: a DUP message equal to
+// an old record is new, and dropping it as a redelivery would lose it.
+TEST_F(SpoolTest, NewBrokerSessionForgetsTheRedeliveryWindow) {
+  auto spool = open();
+  spool->new_broker_connection(true);
+  ASSERT_TRUE(spool->append("a/b", "payload", 77, false, 1));
+  spool->new_broker_connection(false);
+  const auto again = spool->append("a/b", "payload", 77, true, 2);
+  ASSERT_TRUE(again);
+  EXPECT_FALSE(again->redelivery) << "a new session cannot redeliver the old one's messages";
+  EXPECT_EQ(spool->stats().appended, 2u);
+}
+
+// With the session kept, the previous connection's records (including those recovered from
+// disk before the first connection) can come again; older ones cannot.
+TEST_F(SpoolTest, KeptSessionRecognisesOnlyThePreviousConnectionsRecords) {
+  {
+    auto spool = open();
+    ASSERT_TRUE(spool->append("t", "before-restart", 5, false, 1));
+  }
+  auto spool = open();
+  spool->new_broker_connection(true);  // first connection after the restart
+  EXPECT_TRUE(spool->append("t", "before-restart", 5, true, 2)->redelivery);
+  ASSERT_TRUE(spool->append("t", "first-connection", 6, false, 3));
+  spool->new_broker_connection(true);  // second connection
+  EXPECT_TRUE(spool->append("t", "first-connection", 6, true, 4)->redelivery);
+  EXPECT_FALSE(spool->append("t", "before-restart", 5, true, 5)->redelivery)
+      << "two connections ago: the broker cannot redeliver it any more";
+}
+
 TEST_F(SpoolTest, ReleaseBelowDeletesWholeSegmentsOnly) {
   auto spool = open(options(100));
   append_range(*spool, 0, 6);  // segments 1-2, 3-4, 5-6
