@@ -370,6 +370,7 @@ struct CollectArgs {
   std::string db;
   std::int64_t count = 100000;
   int pid = 0;                  // the gateway: CPU and peak RSS
+  int db_pid = 0;               // mariadbd: its CPU over the same interval
   bool cpu_from_start = false;  // count the gateway's CPU since it started (backlog runs)
   std::int64_t t0_us = 0;       // start of the interval; 0 = the first publish
   double stall_seconds = 20;
@@ -408,6 +409,7 @@ int collect(const CollectArgs& a) {
 
   std::int64_t cpu0 = 0;
   if (a.pid && !a.cpu_from_start) cpu0 = process_cpu_us(a.pid).value_or(0);
+  const std::int64_t db_cpu0 = a.db_pid ? process_cpu_us(a.db_pid).value_or(0) : 0;
   touch(a.ready_file);
 
   std::int64_t last = -1;
@@ -426,10 +428,13 @@ int collect(const CollectArgs& a) {
     std::this_thread::sleep_for(100ms);
   }
   // The process figures first, before this probe's own big query below.
-  std::optional<std::int64_t> cpu, rss;
+  std::optional<std::int64_t> cpu, rss, db_cpu;
   if (a.pid) {
     if (auto c = process_cpu_us(a.pid)) cpu = *c - cpu0;
     rss = process_peak_rss_kib(a.pid);
+  }
+  if (a.db_pid) {
+    if (auto c = process_cpu_us(a.db_pid)) db_cpu = *c - db_cpu0;
   }
 
   // created_at is the time of the INSERT, inside the transaction: it precedes the COMMIT by the
@@ -449,6 +454,9 @@ int collect(const CollectArgs& a) {
   json r = result_json(a.name, a.kind, a.mode, t, a.t0_us);
   r["cpu_us_per_msg"] =
       cpu && t.unique ? json(static_cast<double>(*cpu) / static_cast<double>(t.unique)) : json();
+  r["db_cpu_us_per_msg"] = db_cpu && t.unique
+                               ? json(static_cast<double>(*db_cpu) / static_cast<double>(t.unique))
+                               : json();
   r["peak_rss_mb"] = rss ? json(static_cast<double>(*rss) / 1024.0) : json();
   std::cout << r.dump() << std::endl;
   std::fprintf(stderr, "collect: %s\n", r.dump().c_str());
@@ -732,9 +740,9 @@ int report(const std::string& path) {
   }
 
   if (store) {
-    std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %9s\n", "case", "msgs", "msgs/s",
+    std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %10s %9s\n", "case", "msgs", "msgs/s",
                 "vs ceiling", "vs baseline", "p50 ms", "p99 ms", "lost", "dup", "CPU us/msg",
-                "peak RSS");
+                "DB us/msg", "peak RSS");
   }
   for (const json& r : rows) {
     const std::string kind = r.value("kind", "");
@@ -742,13 +750,15 @@ int report(const std::string& path) {
     const std::string mode = r.value("mode", "");
     const double rate = r["rate"].get<double>();
     const bool paced = mode == "paced";  // a fixed offered rate: its msgs/s says nothing
-    std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %9s\n", r.value("case", "?").c_str(),
-                num(r["messages"], "%.0f").c_str(), num(r["rate"], "%.0f").c_str(),
+    std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %10s %9s\n",
+                r.value("case", "?").c_str(), num(r["messages"], "%.0f").c_str(),
+                num(r["rate"], "%.0f").c_str(),
                 kind == "ceiling" || paced ? "-" : ratio(rate, rate_of("ceiling", mode)).c_str(),
                 kind != "gateway" || paced ? "-" : ratio(rate, baseline).c_str(),
                 num(r["p50_ms"], "%.2f").c_str(), num(r["p99_ms"], "%.2f").c_str(),
                 num(r["lost"], "%.0f").c_str(), num(r["dup"], "%.0f").c_str(),
                 num(r["cpu_us_per_msg"], "%.1f").c_str(),
+                num(r.value("db_cpu_us_per_msg", json()), "%.1f").c_str(),
                 (num(r["peak_rss_mb"], "%.1f") + " MB").c_str());
   }
   if (idle_ms) std::printf("gateway idle: %.0f ms CPU over %.0f s\n", *idle_ms, *idle_s);
@@ -893,6 +903,7 @@ int main(int argc, char** argv) {
   col->add_option("--db", ca.db)->required();
   col->add_option("--count", ca.count)->check(CLI::PositiveNumber);
   col->add_option("--pid", ca.pid, "the gateway process");
+  col->add_option("--db-pid", ca.db_pid, "mariadbd: its CPU over the case (DB us/msg)");
   col->add_flag("--cpu-from-start", ca.cpu_from_start, "CPU since the process started");
   col->add_option("--t0-us", ca.t0_us, "start of the interval (µs since the epoch)");
   col->add_option("--stall-seconds", ca.stall_seconds);

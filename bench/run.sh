@@ -10,6 +10,7 @@
 #   4 ceiling-backlog   N queued by the broker for a persistent session, drained by the
 #     gateway-backlog   do-nothing subscriber, then by the gateway (each from its connect)
 #   5 gateway-1k/s      the gateway at a fixed 1,000 msg/s for BENCH_PACED_SECONDS: latency
+#   steady-*            1,000 and 5,000 msg/s, batch linger off and default (issue 16)
 #   6 post-baseline     POST_ENDPOINT (issue 5): BENCH_POST_COUNT messages to one flow whose
 #     post-outbox       endpoint is `gw-bench sink` on 127.0.0.1; the baseline POSTs inline
 #                       (HTTP_DELIVERY=inline MAX_BATCH=1 DB_POOL_SIZE=1), the other case runs
@@ -21,8 +22,9 @@
 # topic prefix and client id. Runs as root (services.sh needs it); bounded in time; stops what it
 # started on exit.
 #
-#   BENCH_CASES="all"   which cases, any of: ceiling baseline gateway backlog paced post1 post4;
-#                       "store" = the first five (STORE_DB), "post" = post1 post4, "all" = both
+#   BENCH_CASES="all"   which cases, any of: ceiling baseline gateway backlog paced steady post1
+#                       post4; "store" = the first six (STORE_DB), "post" = post1 post4, "all" = both
+#   BENCH_STEADY_SECONDS=20  (steady: 1k and 5k msg/s, linger off and default; DB us/msg column)
 #   BENCH_COUNT=100000  BENCH_BASELINE_COUNT=10000  BENCH_PACED_SECONDS=10  BENCH_FLOWS=1
 #   BENCH_POST_COUNT=20000  BENCH_SINK_PORT=18347
 #   BENCH_KEEP_SERVICES=1   leave MariaDB and mosquitto running afterwards
@@ -35,13 +37,14 @@ RUN="$REPO/.run/bench"
 N="${BENCH_COUNT:-100000}"
 NB="${BENCH_BASELINE_COUNT:-10000}"
 PACED_SECONDS="${BENCH_PACED_SECONDS:-10}"
+STEADY_SECONDS="${BENCH_STEADY_SECONDS:-20}"
 FLOWS="${BENCH_FLOWS:-1}"
 NP="${BENCH_POST_COUNT:-20000}"
 SINK_PORT="${BENCH_SINK_PORT:-18347}"
 CASES=" ${BENCH_CASES:-all} "
 CASES="${CASES//,/ }"
 CASES="${CASES// all / store post }"
-CASES="${CASES// store / ceiling baseline gateway backlog paced }"
+CASES="${CASES// store / ceiling baseline gateway backlog paced steady }"
 CASES="${CASES// post / post1 post4 }"
 export GW_RUN_DIR="$RUN" GW_DB_PORT=3347 GW_MQTT_PORT=1924 GW_MQTT_TLS_PORT=8924
 DB_PORT=$GW_DB_PORT MQTT_PORT=$GW_MQTT_PORT
@@ -59,8 +62,8 @@ die() {
 
 for c in $CASES; do
   case $c in
-    ceiling | baseline | gateway | backlog | paced | post1 | post4) ;;
-    *) die "BENCH_CASES: unknown case '$c' (ceiling baseline gateway backlog paced post1 post4 store post all)" ;;
+    ceiling | baseline | gateway | backlog | paced | steady | post1 | post4) ;;
+    *) die "BENCH_CASES: unknown case '$c' (ceiling baseline gateway backlog paced steady post1 post4 store post all)" ;;
   esac
 done
 want() { [[ $CASES == *" $1 "* ]]; }
@@ -178,6 +181,7 @@ publish() { # COUNT [extra gw-bench publish options]
 
 collect() { # CASE KIND MODE COUNT [extra gw-bench collect options]; result appended to RESULTS
   timeout 900 "$BENCH" collect --db-port "$DB_PORT" --db "$CASE_DB" --pid "$GW_PID" \
+    --db-pid "$(<"$RUN/mariadb/server.pid")" \
     --case "$1" --kind "$2" --mode "$3" --count "$4" "${@:5}" >>"$RESULTS"
 }
 
@@ -264,6 +268,27 @@ if want paced; then
   publish $((1000 * PACED_SECONDS)) --rate 1000
   wait "$COLLECTOR"
   stop_gateway
+fi
+
+# Steady rates (issue 16): BENCH_STEADY_SECONDS at 1,000 and 5,000 msg/s, with the batch linger
+# off (BATCH_LINGER_MS=0) and at its default, same run: gateway and MariaDB CPU per message.
+if want steady; then
+  for rate in 1000 5000; do
+    for linger in 0 default; do
+      name="steady-$((rate / 1000))k-linger-$linger"
+      say "steady: the gateway at $rate msg/s for $STEADY_SECONDS s, linger $linger"
+      foreign_load "$name"
+      if [[ $linger == default ]]; then new_case "$name"; else new_case "$name" BATCH_LINGER_MS=0; fi
+      start_gateway
+      rm -f "$CASE_DIR/collect.ready"
+      collect "$name" gateway paced $((rate * STEADY_SECONDS)) --ready-file "$CASE_DIR/collect.ready" &
+      COLLECTOR=$!
+      wait_file "$CASE_DIR/collect.ready"
+      publish $((rate * STEADY_SECONDS)) --rate "$rate"
+      wait "$COLLECTOR"
+      stop_gateway
+    done
+  done
 fi
 
 # post_case NAME KIND FLOWS [KEY=VALUE...]: a live burst of BENCH_POST_COUNT messages through

@@ -43,6 +43,7 @@ void Pipeline::stop(std::chrono::milliseconds deadline) {
   }
   work_cv_.notify_all();
   space_cv_.notify_all();
+  linger_cv_.notify_all();
   const auto started = Clock::now();
   if (dispatcher_.joinable()) dispatcher_.join();
   for (auto& w : workers_) {
@@ -182,6 +183,7 @@ void Pipeline::dispatch_loop() {
         }
         q.pending.push_back(r.message);
         ++in_memory;
+        if (q.lingering && q.pending.size() == options_.max_batch) linger_cv_.notify_all();
         if (!q.held) make_ready_locked(id, q);
       }
       if (in_memory > 0) {
@@ -277,6 +279,16 @@ void Pipeline::worker_loop(std::size_t index) {
     q.queued = false;
     q.busy = true;
     batch.clear();
+    if (options_.batch_linger.count() > 0 && !q.pending.empty() &&
+        q.pending.size() < options_.max_batch) {
+      // Light load: wait a moment for more of this flow's messages, so that one transaction
+      // (lock, INSERT, offset, commit and its redo-log flush) carries several. Never when a full
+      // batch is waiting already.
+      q.lingering = true;
+      linger_cv_.wait_for(lock, options_.batch_linger,
+                          [&] { return stopping_ || q.pending.size() >= options_.max_batch; });
+      q.lingering = false;
+    }
     while (!q.pending.empty() && batch.size() < options_.max_batch) {
       batch.push_back(std::move(q.pending.front()));
       q.pending.pop_front();

@@ -386,5 +386,31 @@ TEST_F(PipelineTest, MessagesOfADeletedFlowRowBecomeDeadLetters) {
   });
 }
 
+// At a steady trickle, the linger makes one transaction of several messages instead of one each.
+TEST_F(PipelineTest, LingerGroupsATrickleIntoFewerTransactions) {
+  PipelineOptions o;
+  o.batch_linger = 50ms;
+  start(std::move(o));
+  for (int i = 1; i <= 10; ++i) {
+    publish("a/x", i, i);
+    std::this_thread::sleep_for(2ms);
+  }
+  ASSERT_TRUE(eventually([&] { return stored(1).size() >= 10; }));
+  EXPECT_EQ(stored(1), range(1, 10));
+  EXPECT_LE(with_db([](FakeFlowRepository& r) { return r.commits; }), 3)
+      << "10 messages 2 ms apart within a 50 ms linger";
+}
+
+// A full batch waiting never lingers.
+TEST_F(PipelineTest, FullBatchDoesNotLinger) {
+  PipelineOptions o;
+  o.batch_linger = 5s;
+  o.max_batch = 8;
+  start(std::move(o));
+  publish("a/x", 1, 8);
+  EXPECT_TRUE(eventually([&] { return stored(1).size() >= 8; }, 2s))
+      << "a full batch waited for the linger";
+}
+
 }  // namespace
 }  // namespace gateway
