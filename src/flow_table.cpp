@@ -8,11 +8,8 @@
 
 namespace gateway {
 
-void FlowSnapshot::match(std::string_view topic, std::vector<std::int64_t>& out) const {
-  out.clear();
-  for (const Flow& f : flows_) {
-    if (topic_matches(f.topic, topic)) out.push_back(f.id);
-  }
+FlowSnapshot::FlowSnapshot(std::vector<Flow> flows) : flows_(std::move(flows)) {
+  for (const Flow& f : flows_) routes_.insert(f.topic, f.id);
 }
 
 std::vector<std::string> FlowSnapshot::filters() const {

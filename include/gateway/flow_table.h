@@ -12,21 +12,27 @@
 #include <vector>
 
 #include "gateway/flow.h"
+#include "gateway/topic_tree.h"
 
 namespace gateway {
 
 // An immutable set of routable flows (those whose topic filter is valid).
 class FlowSnapshot {
  public:
-  explicit FlowSnapshot(std::vector<Flow> flows) : flows_(std::move(flows)) {}
+  // `flows` must have valid topic filters (FlowTable::replace() checks them).
+  explicit FlowSnapshot(std::vector<Flow> flows);
   const std::vector<Flow>& flows() const { return flows_; }
-  // Ids of the flows whose filter matches `topic`, appended to `out` (cleared first), in id order.
-  void match(std::string_view topic, std::vector<std::int64_t>& out) const;
+  // Ids of the flows whose filter matches `topic`, in `out` (cleared first), in id order, each
+  // once. O(topic levels), not O(flows): a TopicTree built once per snapshot.
+  void match(std::string_view topic, std::vector<std::int64_t>& out) const {
+    routes_.match(topic, out);
+  }
   // The distinct filters to subscribe to; flows sharing a filter share one subscription.
   std::vector<std::string> filters() const;
 
  private:
   std::vector<Flow> flows_;
+  TopicTree routes_;
 };
 
 // What a reload changed, for the log and for the subscriptions.
