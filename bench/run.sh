@@ -11,6 +11,7 @@
 #     gateway-backlog   do-nothing subscriber, then by the gateway (each from its connect)
 #   5 gateway-1k/s      the gateway at a fixed 1,000 msg/s for BENCH_PACED_SECONDS: latency
 #   steady-*            1,000 and 5,000 msg/s, batch linger off and default (issue 16)
+#   flows-*             a burst over 1, 100 and 1,000 flows (issue 17; BENCH_CASES=manyflows)
 #   6 post-baseline     POST_ENDPOINT (issue 5): BENCH_POST_COUNT messages to one flow whose
 #     post-outbox       endpoint is `gw-bench sink` on 127.0.0.1; the baseline POSTs inline
 #                       (HTTP_DELIVERY=inline MAX_BATCH=1 DB_POOL_SIZE=1), the other case runs
@@ -25,6 +26,7 @@
 #   BENCH_CASES="all"   which cases, any of: ceiling baseline gateway backlog paced steady post1
 #                       post4; "store" = the first six (STORE_DB), "post" = post1 post4, "all" = both
 #   BENCH_STEADY_SECONDS=20  (steady: 1k and 5k msg/s, linger off and default; DB us/msg column)
+#   BENCH_MANY_COUNT=20000   (manyflows: one burst over 1, 100 and 1,000 flows; not in "all")
 #   BENCH_COUNT=100000  BENCH_BASELINE_COUNT=10000  BENCH_PACED_SECONDS=10  BENCH_FLOWS=1
 #   BENCH_POST_COUNT=20000  BENCH_SINK_PORT=18347
 #   BENCH_KEEP_SERVICES=1   leave MariaDB and mosquitto running afterwards
@@ -38,6 +40,7 @@ N="${BENCH_COUNT:-100000}"
 NB="${BENCH_BASELINE_COUNT:-10000}"
 PACED_SECONDS="${BENCH_PACED_SECONDS:-10}"
 STEADY_SECONDS="${BENCH_STEADY_SECONDS:-20}"
+MANY="${BENCH_MANY_COUNT:-20000}"
 FLOWS="${BENCH_FLOWS:-1}"
 NP="${BENCH_POST_COUNT:-20000}"
 SINK_PORT="${BENCH_SINK_PORT:-18347}"
@@ -62,8 +65,8 @@ die() {
 
 for c in $CASES; do
   case $c in
-    ceiling | baseline | gateway | backlog | paced | steady | post1 | post4) ;;
-    *) die "BENCH_CASES: unknown case '$c' (ceiling baseline gateway backlog paced steady post1 post4 store post all)" ;;
+    ceiling | baseline | gateway | backlog | paced | steady | manyflows | post1 | post4) ;;
+    *) die "BENCH_CASES: unknown case '$c' (ceiling baseline gateway backlog paced steady manyflows post1 post4 store post all)" ;;
   esac
 done
 want() { [[ $CASES == *" $1 "* ]]; }
@@ -288,6 +291,19 @@ if want steady; then
       wait "$COLLECTOR"
       stop_gateway
     done
+  done
+fi
+
+# Many flows (issue 17): the same live burst of BENCH_MANY_COUNT messages, round-robin over 1, 100
+# and 1,000 STORE_DB flows (flow k on its own topic), same run.
+if want manyflows; then
+  for nflows in 1 100 1000; do
+    say "many flows: $MANY messages over $nflows flow(s)"
+    foreign_load "flows-$nflows"
+    FLOWS=$nflows new_case "flows-$nflows"
+    start_gateway
+    gateway_burst "flows-$nflows" gateway "$MANY"
+    stop_gateway
   done
 fi
 
