@@ -22,7 +22,10 @@ constexpr std::array kRules = {
     DbErrorRule{1049, kEnvironment, "ER_BAD_DB_ERROR"},
     DbErrorRule{1053, kConnection, "ER_SERVER_SHUTDOWN"},
     DbErrorRule{1054, kEnvironment, "ER_BAD_FIELD_ERROR (schema differs)"},
-    DbErrorRule{1062, kData, "ER_DUP_ENTRY"},
+    // Field names compare as bytes and JSON keys are unique, so no message can collide with
+    // itself: a duplicate (flow_id, msg_id) means last_msg_id is behind existing rows (a restored
+    // or reset flows table). Dead-lettering would not advance msg_id: every message would go.
+    DbErrorRule{1062, kEnvironment, "ER_DUP_ENTRY (msg_id behind existing rows)"},
     DbErrorRule{1114, kEnvironment, "ER_RECORD_FILE_FULL (table full)"},
     DbErrorRule{1142, kEnvironment, "ER_TABLEACCESS_DENIED_ERROR"},
     DbErrorRule{1146, kEnvironment, "ER_NO_SUCH_TABLE"},

@@ -222,6 +222,11 @@ void DeliveryService::deliver_leased(std::int64_t flow_id, DeliveryRepository& r
       if (verdict == DeliveryVerdict::kDelivered) {
         if (first_done == 0) first_done = d.msg_id;
         last_done = d.msg_id;
+        // Removed in small groups: one commit per group, and a crash (or a lease taken over)
+        // repeats at most this many POSTs, each with its Idempotency-Key.
+        if (last_done - first_done + 1 >= static_cast<std::int64_t>(options_.remove_every)) {
+          flush();
+        }
         std::lock_guard lock(mu_);
         if (auto it = streaks_.find(flow_id); it != streaks_.end()) {
           const auto secs = std::chrono::duration_cast<std::chrono::seconds>(

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <charconv>
 #include <fstream>
 #include <iterator>
 #include <optional>
@@ -26,14 +27,16 @@ std::string join_codes(const std::vector<Flow>& flows) {
 
 GatewayMqttClient::GatewayMqttClient(const Settings& settings, RepositoryFactory repositories,
                                      FlowTable& flows, Spool& spool, Metrics& metrics,
-                                     ConnectionFactory connect, std::shared_ptr<spdlog::logger> log)
+                                     ConnectionFactory connect, std::shared_ptr<spdlog::logger> log,
+                                     ClientIdCheck client_id_check)
     : settings_(settings),
       repositories_(std::move(repositories)),
       flows_(flows),
       spool_(spool),
       metrics_(metrics),
       connect_(std::move(connect)),
-      log_(std::move(log)) {}
+      log_(std::move(log)),
+      client_id_check_(client_id_check) {}
 
 GatewayMqttClient::~GatewayMqttClient() { stop(); }
 
@@ -78,6 +81,69 @@ std::set<std::string> GatewayMqttClient::wanted_subscriptions() const {
 
 std::string GatewayMqttClient::heartbeat_topic() const {
   return "mqtt-gateway/heartbeat/" + settings_.mqtt_client_id;
+}
+
+std::string GatewayMqttClient::presence_topic() const {
+  return "mqtt-gateway/presence/" + settings_.mqtt_client_id;
+}
+
+std::string GatewayMqttClient::presence() const {
+  return spool_.id() + " " + std::to_string(unix_now_ms());
+}
+
+std::string GatewayMqttClient::probe_presence(const MqttConnectOptions& o) {
+  MqttConnectOptions p = o;
+  p.client_id = o.client_id + "-probe-" + spool_.id().substr(0, 8);
+  p.clean_session = true;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<std::string> found;  // guarded by mu
+  MqttHandlers h;
+  const std::string topic = presence_topic();
+  h.message = [&](const MqttMessage& m) {
+    if (m.topic != topic) return;
+    {
+      std::lock_guard lock(mu);
+      found = std::string(m.payload);
+    }
+    cv.notify_all();
+  };
+  auto probe = connect_(std::move(p), std::move(h));
+  probe->connect();
+  probe->subscribe({topic}, true);
+  std::string payload;
+  {
+    std::unique_lock lock(mu);
+    // A retained message comes right after the SUBACK; none at all means nobody is there.
+    cv.wait_for(lock, client_id_check_.answer, [&] { return found.has_value(); });
+    payload = found.value_or("");
+  }
+  probe->disconnect(std::chrono::seconds(2));
+  return payload;
+}
+
+void GatewayMqttClient::check_client_id_free(const MqttConnectOptions& o) {
+  const auto until = std::chrono::steady_clock::now() + client_id_check_.wait;
+  for (bool logged = false;;) {
+    const std::string other = probe_presence(o);
+    const auto space = other.find(' ');
+    const std::string spool = other.substr(0, space);
+    std::int64_t seen_ms = 0;
+    if (space != std::string::npos) {
+      const char* end = other.data() + other.size();
+      if (std::from_chars(other.data() + space + 1, end, seen_ms).ptr != end) seen_ms = 0;
+    }
+    const std::int64_t age_ms = unix_now_ms() - seen_ms;
+    // Empty, ours (a restart of this gateway), or stale (its owner died without clearing it).
+    if (other.empty() || spool == spool_.id() || age_ms > client_id_check_.fresh.count()) return;
+    const std::string what = "MQTT_CLIENT_ID '" + settings_.mqtt_client_id +
+                             "' is in use by another running gateway (spool " + spool + ", seen " +
+                             std::to_string(age_ms / 1000) +
+                             " s ago): every instance needs its own MQTT_CLIENT_ID";
+    if (std::chrono::steady_clock::now() + client_id_check_.poll > until) throw ConfigError(what);
+    if (!std::exchange(logged, true)) log_->error("{}; waiting for it to go", what);
+    std::this_thread::sleep_for(client_id_check_.poll);
+  }
 }
 
 std::filesystem::path GatewayMqttClient::subscriptions_file() const {
@@ -194,9 +260,11 @@ void GatewayMqttClient::on_reconnected(bool session_present) {
   metrics_.broker_down_since_ms = 0;
   spool_.new_broker_connection(session_present);
   if (!session_present) {
-    // A broker without persistence (or a new one) has forgotten the session: subscribe again.
+    // A broker without persistence (or a new one) has forgotten the session: subscribe again,
+    // and forget the file at once, so that a restart before the SUBACK does not trust it.
     std::lock_guard lock(sync_mu_);
     subscribed_.clear();
+    save_subscriptions(subscribed_);
   }
   log_->info("reconnected to the broker ({})",
              session_present ? "session present" : "new session: subscribing again");
@@ -205,20 +273,6 @@ void GatewayMqttClient::on_reconnected(bool session_present) {
 
 void GatewayMqttClient::on_message(const MqttMessage& m) {
   if (settings_.mqtt_heartbeat_seconds > 0 && m.topic == heartbeat_topic()) {
-    // "<spool id> <time>": a heartbeat of another spool on our topic means another gateway is
-    // connected with our client id, taking turns with us on one session.
-    const std::string_view from = m.payload.substr(0, m.payload.find(' '));
-    if (from != spool_.id()) {
-      const std::int64_t now = steady_now_ms();
-      if (now - foreign_heartbeat_logged_ms_.load() > 600000) {
-        foreign_heartbeat_logged_ms_ = now;
-        log_->error(
-            "another gateway (spool {}) uses MQTT_CLIENT_ID '{}' too: the two take each other's "
-            "broker session over; give every instance its own MQTT_CLIENT_ID",
-            std::string(from), settings_.mqtt_client_id);
-      }
-      return;
-    }
     last_heartbeat_ms_ = steady_now_ms();
     return;
   }
@@ -228,7 +282,9 @@ void GatewayMqttClient::on_message(const MqttMessage& m) {
   std::uint64_t original_size = 0;
   if (payload.size() > settings_.max_payload_bytes) {
     original_size = payload.size();
-    payload = payload.substr(0, settings_.rejected_payload_max_bytes);
+    // Strictly shorter than the original (the record format requires it), whatever the limits.
+    payload = payload.substr(
+        0, std::min(settings_.rejected_payload_max_bytes, settings_.max_payload_bytes));
   }
   std::optional<AppendResult> appended;
   std::optional<Backoff> backoff;  // made on the first failure (seeding costs)
@@ -295,15 +351,18 @@ void GatewayMqttClient::start() {
   h.message = [this](const MqttMessage& m) { on_message(m); };
   log_->info("connecting to broker {}:{} (server id {}, tls {}, user {})", server.host, server.port,
              server.id, server.use_tls ? "on" : "off", server.username.value_or("-"));
+  check_client_id_free(o);
   connection_ = connect_(std::move(o), std::move(h));
   const bool session_present = connection_->connect();
   spool_.new_broker_connection(session_present);
   connected_at_ms_ = steady_now_ms();
   last_heartbeat_ms_ = steady_now_ms();
   metrics_.broker_connected = true;
+  connection_->publish(presence_topic(), presence(), 1, true);
   {
     std::lock_guard lock(sync_mu_);
     subscribed_ = session_present ? load_subscriptions() : std::set<std::string>{};
+    if (!session_present) save_subscriptions(subscribed_);
   }
   log_->info("connected to the broker ({}; {} subscription(s) kept)",
              session_present ? "session present" : "new session", subscribed_.size());
@@ -342,6 +401,7 @@ void GatewayMqttClient::mqtt_loop() {
   using namespace std::chrono;
   const auto heartbeat_every = seconds(settings_.mqtt_heartbeat_seconds);
   auto next_heartbeat = steady_clock::now() + heartbeat_every;
+  auto next_presence = steady_clock::now() + client_id_check_.refresh;
   std::optional<steady_clock::time_point> retry_sync_at;  // after a failed sync
   std::unique_lock lock(timer_mu_);
   for (;;) {
@@ -365,6 +425,10 @@ void GatewayMqttClient::mqtt_loop() {
     if (settings_.mqtt_heartbeat_seconds > 0 && steady_clock::now() >= next_heartbeat) {
       next_heartbeat = steady_clock::now() + heartbeat_every;
       heartbeat();
+    }
+    if (steady_clock::now() >= next_presence) {
+      next_presence = steady_clock::now() + client_id_check_.refresh;
+      if (connection_->connected()) connection_->publish(presence_topic(), presence(), 1, true);
     }
     lock.lock();
   }
@@ -444,6 +508,8 @@ void GatewayMqttClient::stop() {
   if (timer_.joinable()) timer_.join();
   if (mqtt_thread_.joinable()) mqtt_thread_.join();
   if (connection_) {
+    // Gone on purpose: the next gateway with this client id need not wait for it to go stale.
+    if (connection_->connected()) connection_->publish(presence_topic(), "", 1, true);
     connection_->disconnect(std::chrono::seconds(5));
     metrics_.broker_connected = false;
     log_->info("disconnected from the broker");

@@ -167,6 +167,9 @@ void Pipeline::dispatch_loop() {
     if (group.empty()) continue;
 
     std::lock_guard lock(mu_);
+    if (epochs_.empty() || epochs_.rbegin()->second != snapshot) {
+      epochs_.emplace(group.front().seq, snapshot);
+    }
     next_seq_ = group.back().seq + 1;
     for (Routed& r : group) {
       std::uint32_t in_memory = 0;
@@ -225,20 +228,27 @@ void Pipeline::release_spool() {
     for (const auto& [id, q] : queues_) {
       if (q.parked_from != 0) low = std::min(low, q.parked_from);
     }
+    // Routing epochs wholly below `low` are no longer needed (the one in force at `low` is).
+    while (epochs_.size() > 1 && std::next(epochs_.begin())->first <= low) {
+      epochs_.erase(epochs_.begin());
+    }
   }
   if (low > 0) spool_.release_below(low);
   metrics_.spool_bytes.store(spool_.stats().bytes, std::memory_order_relaxed);
 }
 
 void Pipeline::refill(std::int64_t flow_id, FlowQueue& q, std::uint64_t from, std::uint64_t below,
-                      std::vector<MessagePtr>& batch) {
+                      const Epochs& epochs, std::vector<MessagePtr>& batch) {
   if (!q.cursor) q.cursor = spool_.cursor(from);
-  const auto snapshot = flows_.snapshot();
   std::vector<std::int64_t> matched;
+  std::size_t epoch = 0;
   while (batch.size() < options_.max_batch) {
     std::optional<SpoolRecord> record = q.cursor->next(below);
     if (!record) return;
-    snapshot->match(record->topic, matched);
+    // Routed again exactly as the dispatcher routed it then, not by today's flows.
+    while (epoch + 1 < epochs.size() && epochs[epoch + 1].first <= record->seq) ++epoch;
+    if (epochs.empty()) return;  // nothing was dispatched in this range
+    epochs[epoch].second->match(record->topic, matched);
     if (flow_id == kNoFlow) {
       if (matched.empty()) batch.push_back(unparsed_message(std::move(*record)));
       continue;
@@ -253,7 +263,6 @@ void Pipeline::worker_loop(std::size_t index) {
       options_.thread_scope ? options_.thread_scope() : nullptr;
   Worker w;
   w.index = index;
-  w.http = posters_();
   std::vector<MessagePtr> batch;
   std::unique_lock lock(mu_);
   for (;;) {
@@ -296,9 +305,13 @@ void Pipeline::worker_loop(std::size_t index) {
     if (batch.empty() && q.parked_from != 0) {
       const std::uint64_t from = q.parked_from;
       const std::uint64_t below = next_seq_;
+      Epochs epochs;
+      auto e = epochs_.upper_bound(from);
+      if (e != epochs_.begin()) --e;
+      for (; e != epochs_.end() && e->first < below; ++e) epochs.emplace_back(*e);
       lock.unlock();
       try {
-        refill(flow_id, q, from, below, batch);
+        refill(flow_id, q, from, below, epochs, batch);
       } catch (const std::exception& e) {
         // The spool could not be read: leave the flow parked and retry like a held flow.
         log_->error("flow {}: re-reading its messages from the spool failed: {}",
@@ -323,7 +336,8 @@ void Pipeline::worker_loop(std::size_t index) {
         // messages in memory again.
         q.parked_from = 0;
         q.cursor.reset();
-        if (q.held) recover_locked(flow_id, q);
+        if (q.held) recover_locked(q);
+        publish_gauges_locked();
       }
       if (batch.empty()) {
         q.busy = false;
@@ -351,7 +365,7 @@ void Pipeline::settle_locked(std::int64_t flow_id, FlowQueue& q,
                 uncommitted > 0 ? batch[outcome.committed]->seq : 0, uncommitted);
   } else if (q.held) {
     // Committed again (it may still be catching up from the spool, but without retries).
-    recover_locked(flow_id, q);
+    recover_locked(q);
   }
   for (const MessagePtr& m : batch) forget_in_flight_locked(m->seq);
   if (!q.held && (!q.pending.empty() || q.parked_from != 0)) make_ready_locked(flow_id, q);
@@ -380,7 +394,8 @@ void Pipeline::hold_locked(std::int64_t flow_id, FlowQueue& q, const std::string
     held_waiting_ += q.waited;
     ++held_count_;
     if (!q.backoff) q.backoff.emplace(options_.retry_initial, options_.retry_max);
-    const std::string name = flow_name(flow_id);
+    q.held_name = flow_name(flow_id);
+    const std::string& name = q.held_name;
     // A lost connection is reported once for the whole database, not per flow.
     if (!by_connection) {
       metrics_.set_held(name, reason);
@@ -394,12 +409,12 @@ void Pipeline::hold_locked(std::int64_t flow_id, FlowQueue& q, const std::string
   work_cv_.notify_one();  // a sleeping worker recomputes its wake-up time
 }
 
-void Pipeline::recover_locked(std::int64_t flow_id, FlowQueue& q) {
+void Pipeline::recover_locked(FlowQueue& q) {
   q.held = false;
   --held_count_;
   held_waiting_ -= q.waited;
   if (q.backoff) q.backoff->reset();
-  const std::string name = flow_name(flow_id);
+  const std::string& name = q.held_name;
   metrics_.clear_held(name);
   if (!q.held_by_connection) {
     const auto secs =
@@ -441,6 +456,7 @@ Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
   while (out.committed < pending.size()) {
     auto part = one_by_one ? pending.subspan(out.committed, 1) : pending.subspan(out.committed);
     try {
+      if (!w.http) w.http = posters_();
       if (!w.repo) {
         w.repo = repositories_();
         w.processor = std::make_unique<Processor>(*w.repo, *w.http, options_.processor, log_);

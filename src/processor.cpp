@@ -164,7 +164,9 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
 void Processor::reject(std::int64_t flow_id, const InboundMessage& m, const std::string& why,
                        std::string_view spool_id) {
   std::unique_ptr<FlowTransaction> tx = repo_.lock_flow(flow_id, spool_id);
-  if (!tx || (m.seq != 0 && m.seq <= tx->committed_seq())) return;
+  // No row to record it under: the caller holds the message (never counted as written).
+  if (!tx) throw Error("flow " + std::to_string(flow_id) + ": no row to record the dead letter");
+  if (m.seq != 0 && m.seq <= tx->committed_seq()) return;
   std::string topic;
   const RejectedMessage row = dead_letter(m, why, topic);
   tx->insert_rejected(std::span(&row, 1));

@@ -106,8 +106,7 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   struct WindowEntry {
     std::uint64_t hash = 0;  // of topic and payload
     std::uint64_t seq = 0;
-    std::uint16_t packet_id = 0;   // 0: unused slot
-    std::uint32_t connection = 0;  // new_broker_connection() calls before it was appended
+    std::uint16_t packet_id = 0;  // 0: unused slot
   };
 
   fs::path segment_path(std::uint64_t first_seq) const;
@@ -155,7 +154,6 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   std::string buffer_;                           // guarded by mu_; the record being written
   std::vector<WindowEntry> window_;              // guarded by mu_; ring buffer
   std::size_t window_next_ = 0;                  // guarded by mu_; the slot to overwrite next
-  std::uint32_t connection_ = 0;                 // guarded by mu_; see new_broker_connection()
 
   // The consumer thread's own state; it takes mu_ only to look at the segments.
   SpoolReader reader_{0};
@@ -413,18 +411,16 @@ void Spool::Impl::cut_back_locked(std::uint64_t seq) {
 
 void Spool::Impl::new_broker_connection(bool session_present) {
   std::lock_guard lock(mu_);
-  for (WindowEntry& e : window_) {
-    // Without the session the broker redelivers nothing, and its packet ids start again: an old
-    // entry could only make a new message look like a redelivery. With it, only what the
-    // previous connection received can come again.
-    if (!session_present || e.connection < connection_) e = WindowEntry{};
-  }
-  ++connection_;
+  // Without the session the broker redelivers nothing, and its packet ids start again: an old
+  // entry could only make a new message look like a redelivery. With it, anything not yet
+  // acknowledged may come again, also after several quick reconnects: keep the window.
+  if (session_present) return;
+  for (WindowEntry& e : window_) e = WindowEntry{};
 }
 
 void Spool::Impl::remember_locked(std::uint64_t hash, std::uint64_t seq, std::uint16_t packet_id) {
   if (window_.empty()) return;
-  window_[window_next_] = WindowEntry{hash, seq, packet_id, connection_};
+  window_[window_next_] = WindowEntry{hash, seq, packet_id};
   window_next_ = (window_next_ + 1) % window_.size();
 }
 

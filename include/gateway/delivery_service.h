@@ -38,14 +38,17 @@ class logger;
 namespace gateway {
 
 struct DeliveryOptions {
-  std::size_t workers = 4;                          // flows delivered in parallel
-  std::chrono::milliseconds http_timeout{10000};    // HTTP_TIMEOUT_SECONDS
-  int max_attempts = 10;                            // HTTP_MAX_ATTEMPTS
-  std::chrono::seconds max_age{86400};              // HTTP_MAX_AGE_SECONDS
-  std::chrono::milliseconds retry_initial{500};     // first retry delay
-  std::chrono::milliseconds retry_max{300000};      // HTTP_RETRY_MAX_SECONDS
-  std::chrono::milliseconds poll{100};              // how often the outbox is scanned
-  std::size_t batch = 200;                          // deliveries read (and removed) at a time
+  std::size_t workers = 4;                        // flows delivered in parallel
+  std::chrono::milliseconds http_timeout{10000};  // HTTP_TIMEOUT_SECONDS
+  int max_attempts = 10;                          // HTTP_MAX_ATTEMPTS
+  std::chrono::seconds max_age{86400};            // HTTP_MAX_AGE_SECONDS
+  std::chrono::milliseconds retry_initial{500};   // first retry delay
+  std::chrono::milliseconds retry_max{300000};    // HTTP_RETRY_MAX_SECONDS
+  std::chrono::milliseconds poll{100};            // how often the outbox is scanned
+  std::size_t batch = 200;                        // deliveries read at a time
+  // Delivered rows are removed in groups of this many (one commit each): the most POSTs a crash
+  // or a lease taken over can repeat.
+  std::size_t remove_every = 16;
   std::chrono::milliseconds db_retry_initial{200};  // after a database error: first pause
   std::chrono::milliseconds db_retry_max{10000};    // ... and its cap
   // How long a flow's outbox stays with this instance without renewal (see delivery_leases in

@@ -46,6 +46,19 @@ namespace gateway {
 
 class SignalMask;
 
+// Before it takes the broker session, the client checks that no other live gateway uses the
+// same MQTT_CLIENT_ID: two would take the session from each other, and a message in flight at a
+// takeover can reach both. Each running gateway keeps a retained "<spool id> <unix ms>" on
+// mqtt-gateway/presence/<client id>, refreshed every `refresh` and cleared on a clean stop; a
+// probe connection under another client id reads it at start-up.
+struct ClientIdCheck {
+  std::chrono::milliseconds refresh{10000};  // how often a running gateway renews its presence
+  std::chrono::milliseconds fresh{30000};    // a presence younger than this is a live gateway
+  std::chrono::milliseconds wait{35000};     // start-up waits this long for it to go away
+  std::chrono::milliseconds poll{5000};      // probing every this long
+  std::chrono::milliseconds answer{500};     // how long the probe waits for the retained message
+};
+
 class GatewayMqttClient {
  public:
   using ConnectionFactory =
@@ -56,7 +69,7 @@ class GatewayMqttClient {
   // `repositories` opens the control connection (reconnected after a database error).
   GatewayMqttClient(const Settings& settings, RepositoryFactory repositories, FlowTable& flows,
                     Spool& spool, Metrics& metrics, ConnectionFactory connect,
-                    std::shared_ptr<spdlog::logger> log);
+                    std::shared_ptr<spdlog::logger> log, ClientIdCheck client_id_check = {});
   ~GatewayMqttClient();  // stop()s
 
   // The first enabled broker, default first. Throws Error("no enabled MQTT server ...").
@@ -68,8 +81,10 @@ class GatewayMqttClient {
   // (the old flows stay).
   FlowDiff reload_flows();
 
-  // Loads broker and flows, connects, subscribes (waiting for the broker's answer) and starts the
-  // reload timer and the MQTT thread. Throws Error when any of that fails.
+  // Loads broker and flows, checks that no other live gateway uses MQTT_CLIENT_ID (waiting up to
+  // ClientIdCheck::wait for it to go; ConfigError if it stays), connects, subscribes (waiting for
+  // the broker's answer) and starts the reload timer and the MQTT thread. Throws Error when any of
+  // that fails.
   void start();
   // Blocks until SIGTERM or SIGINT arrives (returned); SIGHUP reloads the flows at once and calls
   // on_hangup (the log files are reopened there). `on_tick` runs about every second.
@@ -92,6 +107,12 @@ class GatewayMqttClient {
   // What the broker should have: the flows' filters (as subscriptions) and the heartbeat topic.
   std::set<std::string> wanted_subscriptions() const;
   std::string heartbeat_topic() const;
+  std::string presence_topic() const;
+  std::string presence() const;  // this gateway's presence payload, now
+  // The presence payload another gateway left under our client id, if a probe connection finds
+  // one (empty otherwise). Throws Error if the probe cannot connect.
+  std::string probe_presence(const MqttConnectOptions& o);
+  void check_client_id_free(const MqttConnectOptions& o);
   std::filesystem::path subscriptions_file() const;
   // The first line of the subscriptions file: the session it belongs to.
   std::string session_key() const;
@@ -122,7 +143,7 @@ class GatewayMqttClient {
   std::recursive_mutex reload_mu_;  // serialises reload_flows() and the repository
   std::atomic<std::int64_t> last_heartbeat_ms_{0};
   std::atomic<std::int64_t> connected_at_ms_{0};
-  std::atomic<std::int64_t> foreign_heartbeat_logged_ms_{0};
+  ClientIdCheck client_id_check_;
 
   std::mutex sync_mu_;                // serialises sync_subscriptions()
   std::set<std::string> subscribed_;  // guarded by sync_mu_; what the broker has for our session

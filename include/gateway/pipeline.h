@@ -101,6 +101,7 @@ class Pipeline {
     Clock::time_point retry_at{};
     Clock::time_point held_since{};
     bool held_by_connection = false;  // the reason is a lost connection (reported globally)
+    std::string held_name;            // its code when held (the flow may be renamed meanwhile)
     std::size_t waited = 0;           // messages that arrived for it while held
     std::optional<Backoff> backoff;   // made on the first hold
     // Parked: the flow's messages from seq parked_from on are not in memory; they are re-read
@@ -132,8 +133,9 @@ class Pipeline {
   BatchOutcome run_batch(std::int64_t flow_id, const std::vector<MessagePtr>& batch, Worker& w);
   // Re-reads up to max_batch parked messages of a flow from the spool into `batch`. Called with
   // the flow busy, without mu_.
+  using Epochs = std::vector<std::pair<std::uint64_t, std::shared_ptr<const FlowSnapshot>>>;
   void refill(std::int64_t flow_id, FlowQueue& q, std::uint64_t from, std::uint64_t below,
-              std::vector<MessagePtr>& batch);
+              const Epochs& epochs, std::vector<MessagePtr>& batch);
   // The worker's bookkeeping once a batch ended. Requires mu_.
   void settle_locked(std::int64_t flow_id, FlowQueue& q, const std::vector<MessagePtr>& batch,
                      const BatchOutcome& outcome);
@@ -142,7 +144,7 @@ class Pipeline {
   void hold_locked(std::int64_t flow_id, FlowQueue& q, const std::string& reason,
                    bool by_connection, std::uint64_t first_uncommitted_seq,
                    std::size_t uncommitted);
-  void recover_locked(std::int64_t flow_id, FlowQueue& q);
+  void recover_locked(FlowQueue& q);
   void make_ready_locked(std::int64_t flow_id, FlowQueue& q);
   void forget_in_flight_locked(std::uint64_t seq);
   void publish_gauges_locked();
@@ -175,9 +177,13 @@ class Pipeline {
     std::uint32_t payload_bytes;
   };
   std::map<std::uint64_t, InFlight> in_flight_;  // guarded by mu_; by spool seq
-  std::size_t in_flight_bytes_ = 0;              // guarded by mu_
-  std::uint64_t next_seq_ = 0;                   // guarded by mu_; after the last read record
-  bool stopping_ = false;                        // guarded by mu_
+  // The routing table the dispatcher used from each seq on: a parked flow re-reads exactly the
+  // messages that were routed to it, even if the flows changed since. Pruned below the spool's
+  // release point.
+  std::map<std::uint64_t, std::shared_ptr<const FlowSnapshot>> epochs_;  // guarded by mu_
+  std::size_t in_flight_bytes_ = 0;                                      // guarded by mu_
+  std::uint64_t next_seq_ = 0;  // guarded by mu_; after the last read record
+  bool stopping_ = false;       // guarded by mu_
 
   bool spool_read_failing_ = false;  // dispatcher thread only
   std::thread dispatcher_;

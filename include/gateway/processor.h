@@ -90,6 +90,7 @@ class Processor {
 
   // Records `message` as a dead letter of the flow for `why`, in a transaction of its own that
   // also advances the flow's spool offset. For a message the database refused as part of a batch.
+  // Throws Error when the flow row is gone (nothing written), and what the repository throws.
   void reject(std::int64_t flow_id, const InboundMessage& message, const std::string& why,
               std::string_view spool_id);
 

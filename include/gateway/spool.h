@@ -138,8 +138,8 @@ class Spool {
   // A broker connection was made; limits redelivery recognition to what can really be a
   // redelivery. Without the session (session_present false) the broker redelivers nothing and
   // its packet ids start again, so the window is emptied: an old record could only make a new
-  // message look like one already spooled, and it would be dropped. With the session, only the
-  // previous connection's records (or, on the first connection, those recovered from disk) stay.
+  // message look like one already spooled, and it would be dropped. With the session the window
+  // stays (what any earlier connection of the session left unacknowledged may come again).
   // Thread-safe.
   void new_broker_connection(bool session_present);
 

@@ -69,12 +69,18 @@ TEST_F(GatewayE2e, FlowChangesTakeEffectAfterAReload) {
   // Added: a new flow on a new topic gets subscribed.
   db_.insert_flow("b", prefix_ + "/b/#", "STORE_DB", std::nullopt);
   ASSERT_TRUE(gateway_->wait_for_output("added [b]", 10s)) << gateway_->output();
+  // The MQTT thread subscribes right after the reload; a publish before the SUBACK would find no
+  // subscriber at the broker.
+  ASSERT_TRUE(gateway_->wait_for_output("subscribed to " + prefix_ + "/b/#", 10s))
+      << gateway_->output();
   publisher().publish(prefix_ + "/b/x", R"({"n": 2})");
   ASSERT_TRUE(wait_for_count("SELECT last_msg_id FROM flows WHERE code = 'b'", 1));
 
   // Changed: flow a moves to another topic; the old one is no longer routed.
   db_.execute("UPDATE flows SET topic = '" + prefix_ + "/a2' WHERE id = " + std::to_string(a));
   ASSERT_TRUE(gateway_->wait_for_output("changed [a]", 10s)) << gateway_->output();
+  ASSERT_TRUE(gateway_->wait_for_output("subscribed to " + prefix_ + "/a2", 10s))
+      << gateway_->output();
   publisher().publish(prefix_ + "/a", R"({"n": 3})");
   publisher().publish(prefix_ + "/a2", R"({"n": 4})");
   ASSERT_TRUE(wait_for_count("SELECT last_msg_id FROM flows WHERE code = 'a'", 2));

@@ -564,6 +564,9 @@ TEST_F(OpsDaemon, SighupLoadsANewFlowAtOnceAndReopensTheLogFile) {
   ASSERT_TRUE(gateway_->kill(SIGHUP));
   ASSERT_TRUE(gateway_->wait_for_output("added [b]", 5s)) << gateway_->output();
   EXPECT_LT(std::chrono::steady_clock::now() - signalled, 5s);
+  // Subscribed by the MQTT thread right after the reload (a publish before would be dropped).
+  ASSERT_TRUE(gateway_->wait_for_output("subscribed to " + prefix_ + "/b", 5s))
+      << gateway_->output();
   publisher().publish(prefix_ + "/b", R"({"v": 2})");
   ASSERT_TRUE(wait_for_count("SELECT last_msg_id FROM flows WHERE code = 'b'", 1, 10s))
       << gateway_->output();

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
@@ -64,11 +65,31 @@ class FakeMqttConnection final : public MqttConnection {
     return session_present_;
   }
   void subscribe(const std::vector<std::string>& filters, bool) override {
-    std::unique_lock lock(mu_);
-    wait_unblocked(lock);
-    if (fail_) throw Error("fake: subscribe failed");
-    subscribe_packets_.push_back(filters);
-    broker_.insert(filters.begin(), filters.end());
+    std::vector<std::pair<std::string, std::string>> resend;  // (topic, payload)
+    {
+      std::unique_lock lock(mu_);
+      wait_unblocked(lock);
+      if (fail_) throw Error("fake: subscribe failed");
+      subscribe_packets_.push_back(filters);
+      broker_.insert(filters.begin(), filters.end());
+      for (const auto& f : filters) {
+        if (auto it = retained_.find(f); it != retained_.end()) resend.emplace_back(f, it->second);
+      }
+    }
+    // Like a broker: the retained message of an exact filter, with RETAIN set, after the SUBACK.
+    for (const auto& [topic, payload] : resend) {
+      if (handlers.message) handlers.message(MqttMessage{topic, payload, 0, false, true, 1});
+    }
+  }
+  // A retained message the broker holds (exact topics only).
+  void set_retained(const std::string& topic, const std::string& payload) {
+    std::lock_guard lock(mu_);
+    retained_[topic] = payload;
+  }
+  std::string retained(const std::string& topic) const {
+    std::lock_guard lock(mu_);
+    auto it = retained_.find(topic);
+    return it == retained_.end() ? std::string() : it->second;
   }
   void unsubscribe(const std::vector<std::string>& filters) override {
     std::unique_lock lock(mu_);
@@ -76,10 +97,16 @@ class FakeMqttConnection final : public MqttConnection {
     if (fail_) throw Error("fake: unsubscribe failed");
     for (const auto& f : filters) broker_.erase(f);
   }
-  void publish(std::string_view, std::string_view, int, bool) override {
+  void publish(std::string_view topic, std::string_view payload, int, bool retain) override {
     std::unique_lock lock(mu_);
     wait_unblocked(lock);
     ++publishes_;
+    if (!retain) return;
+    if (payload.empty()) {
+      retained_.erase(std::string(topic));
+    } else {
+      retained_[std::string(topic)] = std::string(payload);
+    }
   }
   void force_reconnect(const std::string&) override {}
   bool connected() const override {
@@ -107,6 +134,7 @@ class FakeMqttConnection final : public MqttConnection {
   std::set<std::string> broker_;                             // guarded by mu_
   std::vector<std::vector<std::string>> subscribe_packets_;  // guarded by mu_
   int publishes_ = 0;                                        // guarded by mu_
+  std::map<std::string, std::string> retained_;              // guarded by mu_
 };
 
 }  // namespace gateway::testing

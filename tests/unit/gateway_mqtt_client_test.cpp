@@ -14,6 +14,7 @@
 
 #include "fakes/fake_flow_repository.h"
 #include "fakes/fake_mqtt_connection.h"
+#include "gateway/errors.h"
 
 namespace gateway {
 namespace {
@@ -85,8 +86,14 @@ class GatewayMqttClientTest : public ::testing::Test {
     client_ = std::make_unique<GatewayMqttClient>(
         settings_, [this] { return std::make_unique<RepositoryView>(repo_); }, *flows_, *spool_,
         metrics_,
-        [this, session_present](MqttConnectOptions, MqttHandlers h) {
+        [this, session_present](MqttConnectOptions o, MqttHandlers h) {
           auto c = std::make_unique<FakeMqttConnection>(std::move(h));
+          if (o.client_id.find("-probe-") != std::string::npos) {
+            ++probes_;
+            // The broker's retained presence, as the other gateway (or this one) left it.
+            if (!presence_.empty()) c->set_retained("mqtt-gateway/presence/gw-test", presence_);
+            return c;
+          }
           c->set_session_present(session_present);
           // The broker keeps the session's subscriptions across our restarts when it says so.
           if (session_present) {
@@ -95,7 +102,7 @@ class GatewayMqttClientTest : public ::testing::Test {
           connection_ = c.get();
           return c;
         },
-        log_);
+        log_, ClientIdCheck{10000ms, 30000ms, 300ms, 100ms, 200ms});
     client_->start();
     broker_ = connection_->subscriptions();
   }
@@ -119,6 +126,8 @@ class GatewayMqttClientTest : public ::testing::Test {
       std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
   FakeMqttConnection* connection_ = nullptr;
   std::set<std::string> broker_;  // the session's subscriptions as the broker keeps them
+  std::string presence_;          // the retained presence a probe finds
+  int probes_ = 0;
   std::unique_ptr<GatewayMqttClient> client_;
 };
 
@@ -203,6 +212,48 @@ TEST_F(GatewayMqttClientTest, FailedSubscribeIsRetried) {
   EXPECT_EQ(connection_->subscriptions().count("c/#"), 0u);
   connection_->fail_calls(false);
   ASSERT_TRUE(eventually([&] { return connection_->subscriptions().count("c/#") == 1; }));
+}
+
+// Another live gateway (another spool) holds the client id: start-up does not take its session
+// over; it waits a while, then stops with one line naming MQTT_CLIENT_ID.
+TEST_F(GatewayMqttClientTest, ClientIdInUseByAnotherLiveGatewayStopsStartUp) {
+  presence_ = "0123456789abcdef0123456789abcdef " + std::to_string(unix_now_ms());
+  try {
+    start_client(false);
+    FAIL() << "started although another gateway holds the client id";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("MQTT_CLIENT_ID 'gw-test'"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_GE(probes_, 2) << "it waited and probed again before giving up";
+  EXPECT_EQ(connection_, nullptr) << "never connected with the shared client id";
+}
+
+TEST_F(GatewayMqttClientTest, OwnOrStalePresenceDoesNotStopStartUp) {
+  presence_ = spool_->id() + " " + std::to_string(unix_now_ms());  // this gateway, restarted
+  start_client(false);
+  EXPECT_NE(connection_, nullptr);
+  presence_ = "0123456789abcdef0123456789abcdef " + std::to_string(unix_now_ms() - 60000);
+  start_client(false);  // its owner died a minute ago without clearing it
+  EXPECT_EQ(connection_->retained("mqtt-gateway/presence/gw-test").substr(0, 32), spool_->id())
+      << "the running gateway announces itself";
+}
+
+// A payload over MAX_PAYLOAD_BYTES is spooled cut (never whole), whatever the two limits are:
+// here MAX_PAYLOAD_BYTES is below REJECTED_PAYLOAD_MAX_BYTES.
+TEST_F(GatewayMqttClientTest, OversizedPayloadIsSpooledCutAndTheCallbackReturns) {
+  settings_.max_payload_bytes = 4096;
+  settings_.rejected_payload_max_bytes = 65536;
+  start_client(false);
+  const std::string big(20000, 'x');
+  auto done = std::async(std::launch::async, [&] {
+    client_->on_message(MqttMessage{"a/b", big, 7, false, false, 1});
+  });
+  ASSERT_EQ(done.wait_for(2s), std::future_status::ready) << "the callback did not return";
+  auto record = spool_->read_next(1s);
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->original_size, 20000u);
+  EXPECT_EQ(record->payload.size(), 4096u);
 }
 
 }  // namespace

@@ -412,5 +412,24 @@ TEST_F(PipelineTest, FullBatchDoesNotLinger) {
       << "a full batch waited for the linger";
 }
 
+// A held flow re-reads its messages as they were routed when they arrived, even if the flows
+// changed meanwhile (here: removed from the routing table by a reload while it was held).
+TEST_F(PipelineTest, HeldFlowReReadsWhatWasRoutedToItEvenAfterAReload) {
+  db_.repo.on_lock = [](std::int64_t flow_id) {
+    if (flow_id == 1) throw DbRefused("read-only (MySQL error 1290)", 1290);
+  };
+  start();
+  publish("a/x", 1, 10);
+  ASSERT_TRUE(eventually([&] { return metrics_.flows_held.load() == 1; }));
+  std::this_thread::sleep_for(50ms);    // all ten dispatched (and parked)
+  flows_.replace({db_.repo.flows[2]});  // alpha leaves the routing table
+  with_db([](FakeFlowRepository& r) { r.on_lock = nullptr; });
+  ASSERT_TRUE(eventually([&] { return stored(1).size() >= 10; }))
+      << "stored " << stored(1).size() << ", rejected " << rejected();
+  EXPECT_EQ(stored(1), range(1, 10));
+  EXPECT_EQ(rejected(), 0u);
+  EXPECT_TRUE(eventually([&] { return metrics_.held().empty(); }));
+}
+
 }  // namespace
 }  // namespace gateway
