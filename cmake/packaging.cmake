@@ -33,9 +33,14 @@ set(CPACK_PACKAGING_INSTALL_PREFIX ${CMAKE_INSTALL_PREFIX})
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION net)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
-# The shared libraries are found by dpkg-shlibdeps (dpkg-dev); adduser is for postinst.
+# The shared libraries are found by dpkg-shlibdeps (dpkg-dev); adduser is for postinst. Paho C is
+# pinned above what shlibdeps asks for (>= 1.3.0): at-least-once needs the PUBACK after the
+# message callback, GATEWAY_MIN_PAHO_C_VERSION (CMakeLists.txt).
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
-set(CPACK_DEBIAN_PACKAGE_DEPENDS "adduser")
+if(NOT GATEWAY_MIN_PAHO_C_VERSION)
+  message(FATAL_ERROR "packaging: GATEWAY_MIN_PAHO_C_VERSION is not set (CMakeLists.txt)")
+endif()
+set(CPACK_DEBIAN_PACKAGE_DEPENDS "adduser, libpaho-mqtt1.3 (>= ${GATEWAY_MIN_PAHO_C_VERSION})")
 set(CPACK_DEBIAN_PACKAGE_SUGGESTS "mariadb-server, mosquitto")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
     ${PROJECT_SOURCE_DIR}/packaging/postinst ${PROJECT_SOURCE_DIR}/packaging/prerm

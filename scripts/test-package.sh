@@ -74,6 +74,8 @@ has ' \./usr/share/mqtt-gateway/schema\.sql$' schema.sql
 has ' \./usr/share/mqtt-gateway/\.env\.example$' .env.example
 has "^-rw-r----- root/root .* \\.$CONFFILE\$" "$CONFFILE (0640)"
 [[ "$(dpkg-deb -I "$deb" conffiles)" == "$CONFFILE" ]] || die "conffiles is not exactly $CONFFILE"
+# At-least-once needs Paho C 1.3.10 or newer (the PUBACK after the message callback).
+dpkg-deb -f "$deb" Depends | grep -qF 'libpaho-mqtt1.3 (>= 1.3.10)' || die "Depends does not pin libpaho-mqtt1.3 (>= 1.3.10)"
 
 # ---- install ------------------------------------------------------------------------------------
 installed=1
@@ -110,8 +112,17 @@ printf '%s\n' "$out"
 [[ $out == *"pkg_flow  pkg/+/data  STORE_DB"* ]] || die "--check did not list the flow"
 say "--init-db and --check from the installed binary: ok"
 
+unit=/usr/lib/systemd/system/mqtt-gateway.service
+# The gateway alone reads the settings file (--env-file): systemd must not (its parser differs on
+# quoting, and the password would be in /proc/PID/environ); no core dumps with the password.
+grep -q "^ExecStart=/usr/bin/mqtt-gateway --env-file $CONFFILE\$" "$unit" || die "the unit does not pass --env-file $CONFFILE"
+! grep -q '^EnvironmentFile=' "$unit" || die "the unit has EnvironmentFile="
+grep -q '^LimitCORE=0$' "$unit" || die "the unit has no LimitCORE=0"
+workdir="$(sed -n 's/^WorkingDirectory=//p' "$unit")"
+[[ -n $workdir && "$(stat -c %U "$workdir")" == "$USER_NAME" ]] || die "WorkingDirectory '$workdir' is not the service user's"
+say "unit: --env-file only, LimitCORE=0, WorkingDirectory=$workdir"
+
 if command -v systemd-analyze >/dev/null; then
-  unit=/usr/lib/systemd/system/mqtt-gateway.service
   verify="$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify "$unit" 2>&1)" || die "systemd-analyze verify: $verify"
   if grep -F mqtt-gateway.service <<<"$verify"; then die "systemd-analyze verify complained"; fi
   say "systemd-analyze verify $unit: ok"

@@ -161,7 +161,6 @@ HttpResult CurlHttpPoster::post(const HttpRequest& request) {
     // Even if a status line arrived, the answer is incomplete: report it as a transport failure
     // so the caller retries (at-least-once) rather than treating it as delivered.
     result.error = curl_error_text(code, handle_->error_buffer);
-    result.timed_out = code == CURLE_OPERATION_TIMEDOUT;
     return result;
   }
   long status = 0;

@@ -1,24 +1,70 @@
 #include "gateway/paho_mqtt_connection.h"
 
-// Paho C++ 1.2 exposes a message's packet id (needed to recognise broker redeliveries) only
-// through message::c_struct(), which its headers compile in under UNIT_TESTS. Under that macro the
-// 1.2 headers add nothing but such inline accessors (checked: message, *_options), so the class
-// layouts match the installed library.
-#define UNIT_TESTS 1
+#include <MQTTAsync.h>
 #include <mqtt/async_client.h>
-#undef UNIT_TESTS
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <cstring>
 #include <thread>
 
 #include "gateway/backoff.h"
 #include "gateway/errors.h"
 #include "gateway/loss_ledger.h"
+#include "gateway/paho_version.h"
 
 namespace gateway {
 
 namespace {
+
+// ---- The packet id of a received message ----
+//
+// The spool recognises a broker's redelivery by its packet id, which Paho C++ 1.2 keeps in the
+// private member `MQTTAsync_message msg_` of mqtt::message and exposes (message::c_struct()) only
+// when UNIT_TESTS is defined before its headers are included. Defining that macro here gave the
+// program two definitions of Paho's classes (an ODR violation, however harmless in practice).
+// The alternatives: message has no public accessor for it; the C-level MQTTAsync_setCallbacks
+// would need the client's private MQTTAsync handle and would replace the callback async_client
+// itself depends on; rewriting this adapter on the C API alone is a large change for one field.
+//
+// So the member is named, not redefined: an explicit template instantiation may name a private
+// member (C++20 [temp.spec]/6: access checking does not apply to the names in it), and the
+// instantiation below hands the pointer to msg_ out through a friend function. Paho's classes
+// are included exactly as installed, every translation unit sees the same definitions, and the
+// code stops compiling (rather than misbehaving) if a Paho C++ release renames msg_ or changes
+// its type. tests/integration/paho_mqtt_connection_test.cpp checks that the id arrives.
+struct MessageCStruct {
+  using type = MQTTAsync_message mqtt::message::*;
+  friend type member_pointer(MessageCStruct);  // defined by the instantiation below
+};
+
+template <typename Tag, typename Tag::type Member>
+struct ExposeMember {
+  friend typename Tag::type member_pointer(Tag) { return Member; }
+};
+
+template struct ExposeMember<MessageCStruct, &mqtt::message::msg_>;
+
+std::uint16_t packet_id_of(const mqtt::message& message) {
+  return static_cast<std::uint16_t>((message.*member_pointer(MessageCStruct{})).msgid);
+}
+
+// ---- The Paho C version ----
+
+// The "Version" entry of MQTTAsync_getVersionInfo(), "" if there is none. Read once: the
+// function fills a static table on every call, so concurrent calls would race.
+const std::string& paho_c_runtime_version() {
+  static const std::string version = [] {
+    for (const MQTTAsync_nameValue* info = MQTTAsync_getVersionInfo();
+         info != nullptr && info->name != nullptr; ++info) {
+      if (std::strcmp(info->name, "Version") == 0 && info->value != nullptr) {
+        return std::string(info->value);
+      }
+    }
+    return std::string();
+  }();
+  return version;
+}
 
 // A connection that drops this soon after it was made, several times in a row, is being taken
 // over: another client connects with the same client id, the broker closes the older connection,
@@ -63,12 +109,12 @@ struct PahoMqttConnection::Impl {
 
     client.set_message_callback([this](const mqtt::const_message_ptr& msg) {
       const auto& payload = msg->get_payload_ref();
-      MqttMessage m{msg->get_topic(),
-                    std::string_view(payload.data(), payload.size()),
-                    static_cast<std::uint16_t>(msg->c_struct().msgid),
-                    msg->is_duplicate(),
-                    msg->is_retained(),
-                    msg->get_qos()};
+      const MqttMessage m{.topic = msg->get_topic(),
+                          .payload = std::string_view(payload.data(), payload.size()),
+                          .packet_id = packet_id_of(*msg),
+                          .dup = msg->is_duplicate(),
+                          .retained = msg->is_retained(),
+                          .qos = msg->get_qos()};
       handlers.message(m);
     });
     client.set_connection_lost_handler([this](const std::string& cause) {
@@ -118,8 +164,15 @@ struct PahoMqttConnection::Impl {
     Backoff backoff(std::chrono::milliseconds(500), options.reconnect_max);
     while (losses.wait_for_loss()) {
       auto delay = backoff.next();
-      // Taken over: wait the longest backoff, so that the other client keeps its session.
-      if (quick_losses.load() >= kQuickLossesForTakeover) delay = options.reconnect_max;
+      // Taken over: wait longer each time (up to 10 min), so that the other client keeps its
+      // session instead of the two handing it back and forth.
+      if (const int streak = quick_losses.load(); streak >= kQuickLossesForTakeover) {
+        const int doublings = std::min(streak - kQuickLossesForTakeover, 5);
+        delay = std::min<std::chrono::milliseconds>(
+            std::chrono::minutes(10),
+            std::chrono::duration_cast<std::chrono::milliseconds>(options.reconnect_max) *
+                (1 << doublings));
+      }
       log->info("mqtt: reconnecting to {} in {} ms (attempt {})", uri(options), delay.count(),
                 backoff.attempts());
       if (!losses.sleep(delay)) return;
@@ -139,9 +192,15 @@ struct PahoMqttConnection::Impl {
   }
 };
 
+void require_paho_c_version() {
+  if (auto problem = paho_c_version_problem(paho_c_runtime_version())) throw Error(*problem);
+}
+
 PahoMqttConnection::PahoMqttConnection(MqttConnectOptions options, MqttHandlers handlers,
-                                       std::shared_ptr<spdlog::logger> log)
-    : impl_(std::make_unique<Impl>(std::move(options), std::move(handlers), std::move(log))) {}
+                                       std::shared_ptr<spdlog::logger> log) {
+  require_paho_c_version();  // before Paho creates a client or this class a thread
+  impl_ = std::make_unique<Impl>(std::move(options), std::move(handlers), std::move(log));
+}
 
 PahoMqttConnection::~PahoMqttConnection() { disconnect(std::chrono::seconds(2)); }
 
@@ -153,28 +212,29 @@ bool PahoMqttConnection::connect() {
   }
 }
 
-void PahoMqttConnection::subscribe(const std::vector<std::string>& filters, bool wait) {
-  if (filters.empty()) return;
+std::vector<std::string> PahoMqttConnection::subscribe(const std::vector<std::string>& filters,
+                                                       bool wait) {
+  if (filters.empty()) return {};
   if (!impl_->client.is_connected()) {
     if (wait) throw Error("MQTT subscribe: not connected");
-    return;
+    return {};
   }
   auto topics = mqtt::string_collection::create(filters);
   std::vector<int> qos(filters.size(), 1);
+  std::vector<std::string> refused;
   try {
     auto tok = impl_->client.subscribe(topics, qos);
-    if (!wait) return;
+    if (!wait) return {};
     if (!tok->wait_for(std::chrono::seconds(10))) throw Error("MQTT subscribe timed out");
     const auto codes = tok->get_subscribe_response().get_reason_codes();
     for (std::size_t i = 0; i < codes.size() && i < filters.size(); ++i) {
-      if (static_cast<int>(codes[i]) >= 0x80) {
-        throw Error("MQTT broker refused the subscription to '" + filters.at(i) + "'");
-      }
+      if (static_cast<int>(codes[i]) >= 0x80) refused.push_back(filters[i]);
     }
   } catch (const mqtt::exception& e) {
     if (wait) throw Error(std::string("MQTT subscribe failed: ") + e.what());
     impl_->log->error("mqtt: subscribe failed: {}", e.what());
   }
+  return refused;
 }
 
 void PahoMqttConnection::unsubscribe(const std::vector<std::string>& filters) {

@@ -37,7 +37,7 @@ class CurlHttpPoster final : public HttpPoster {
   // (no 100-continue round trip) and request.headers; request.timeout bounds the whole request
   // (connecting alone is bounded by min(timeout, 5 s)). Returns the status of the answer, or
   // status 0 with the curl error ("Timeout was reached (curl 28): ...") when no complete answer
-  // arrived; timed_out is set for timeouts. Non-2xx answers carry error "HTTP <status>".
+  // arrived. Non-2xx answers carry error "HTTP <status>".
   // A header name or value containing CR/LF is refused (status 0) instead of being sent.
   // Never throws for HTTP or network failures (only std::bad_alloc can escape).
   HttpResult post(const HttpRequest& request) override;

@@ -22,7 +22,6 @@ struct HttpResult {
   std::string error;        // empty on a 2xx answer
   std::string retry_after;  // the Retry-After header, if the server sent one
   bool ok() const { return status >= 200 && status < 300; }
-  bool timed_out = false;
 };
 
 // Not thread-safe: one instance per worker thread (it keeps connections alive between calls).

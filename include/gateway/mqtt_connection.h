@@ -55,11 +55,13 @@ class MqttConnection {
   // gateway::Error naming the broker on failure. After that, a lost connection is re-established
   // in the background with capped, jittered backoff.
   virtual bool connect() = 0;
-  // Thread-safe. QoS 1. With wait, blocks until the broker answered and throws gateway::Error if
-  // it refused or did not answer; never call it inside a handler (the answer arrives on the
-  // handler's thread) and never while holding a lock that the message path needs: it blocks
-  // while a message handler is blocked.
-  virtual void subscribe(const std::vector<std::string>& filters, bool wait) = 0;
+  // Thread-safe. QoS 1, all filters in one SUBSCRIBE. With wait, blocks until the broker answered
+  // and returns the filters it refused (the others are granted); throws gateway::Error if it did
+  // not answer or the request failed as a whole. Never call it inside a handler (the answer
+  // arrives on the handler's thread) and never while holding a lock that the message path needs:
+  // it blocks while a message handler is blocked. Without wait, returns nothing.
+  virtual std::vector<std::string> subscribe(const std::vector<std::string>& filters,
+                                             bool wait) = 0;
   // Same threading rules as subscribe(). Throws gateway::Error if the broker did not answer.
   virtual void unsubscribe(const std::vector<std::string>& filters) = 0;
   virtual void publish(std::string_view topic, std::string_view payload, int qos, bool retain) = 0;

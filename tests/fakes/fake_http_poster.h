@@ -5,7 +5,6 @@
 
 #include <cstddef>
 #include <deque>
-#include <functional>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -25,32 +24,14 @@ class FakeHttpPoster final : public HttpPoster {
     result.retry_after = std::move(retry_after);
     return result;
   }
-  // A transport failure (status 0), e.g. refused connection or timeout.
-  static HttpResult transport_error(std::string error = "Couldn't connect to server (curl 7)",
-                                    bool timed_out = false) {
-    HttpResult result;
-    result.error = std::move(error);
-    result.timed_out = timed_out;
-    return result;
-  }
 
-  // Records the request, runs the on_post hook (outside the lock), then returns the next
-  // scripted result or the default one.
+  // Records the request, then returns the next scripted result or the default one.
   HttpResult post(const HttpRequest& request) override {
-    std::function<void(const HttpRequest&)> hook;
-    HttpResult result;
-    {
-      std::lock_guard lock(mu_);
-      requests_.push_back(request);
-      hook = on_post_;
-      if (results_.empty()) {
-        result = default_result_;
-      } else {
-        result = std::move(results_.front());
-        results_.pop_front();
-      }
-    }
-    if (hook) hook(request);
+    std::lock_guard lock(mu_);
+    requests_.push_back(request);
+    if (results_.empty()) return default_result_;
+    HttpResult result = std::move(results_.front());
+    results_.pop_front();
     return result;
   }
 
@@ -59,18 +40,10 @@ class FakeHttpPoster final : public HttpPoster {
     std::lock_guard lock(mu_);
     results_.push_back(std::move(result));
   }
-  void push_statuses(const std::vector<int>& statuses) {
-    for (const int status : statuses) push_result(status_result(status));
-  }
   // The answer once the queue is empty.
   void set_default_result(HttpResult result) {
     std::lock_guard lock(mu_);
     default_result_ = std::move(result);
-  }
-  // Called on the posting thread for every request (e.g. to block or to count).
-  void set_on_post(std::function<void(const HttpRequest&)> hook) {
-    std::lock_guard lock(mu_);
-    on_post_ = std::move(hook);
   }
 
   std::vector<HttpRequest> requests() const {
@@ -81,17 +54,12 @@ class FakeHttpPoster final : public HttpPoster {
     std::lock_guard lock(mu_);
     return requests_.size();
   }
-  void clear_requests() {
-    std::lock_guard lock(mu_);
-    requests_.clear();
-  }
 
  private:
   mutable std::mutex mu_;
-  std::vector<HttpRequest> requests_;                // guarded by mu_
-  std::deque<HttpResult> results_;                   // guarded by mu_
-  HttpResult default_result_ = status_result(200);   // guarded by mu_
-  std::function<void(const HttpRequest&)> on_post_;  // guarded by mu_
+  std::vector<HttpRequest> requests_;               // guarded by mu_
+  std::deque<HttpResult> results_;                  // guarded by mu_
+  HttpResult default_result_ = status_result(200);  // guarded by mu_
 };
 
 }  // namespace gateway::testing
