@@ -221,7 +221,12 @@ void GatewayMqttClient::sync_subscriptions() {
   std::lock_guard lock(sync_mu_);
   const std::set<std::string> wanted = wanted_subscriptions();
   std::vector<std::string> add, drop;
-  std::set_difference(wanted.begin(), wanted.end(), subscribed_.begin(), subscribed_.end(),
+  // Refused filters are not asked for again until a reload changes them (a refusal is a broker
+  // ACL or limit: asking every few seconds would only repeat it).
+  std::erase_if(refused_, [&](const std::string& f) { return !wanted.count(f); });
+  std::set<std::string> skip = subscribed_;
+  skip.insert(refused_.begin(), refused_.end());
+  std::set_difference(wanted.begin(), wanted.end(), skip.begin(), skip.end(),
                       std::back_inserter(add));
   std::set_difference(subscribed_.begin(), subscribed_.end(), wanted.begin(), wanted.end(),
                       std::back_inserter(drop));
@@ -244,8 +249,16 @@ void GatewayMqttClient::sync_subscriptions() {
     const std::vector<std::string> part(
         add.begin() + static_cast<std::ptrdiff_t>(i),
         add.begin() + static_cast<std::ptrdiff_t>(std::min(add.size(), i + kPerPacket)));
-    connection_->subscribe(part, true);
+    const std::vector<std::string> no = connection_->subscribe(part, true);
     for (const auto& f : part) {
+      if (std::find(no.begin(), no.end(), f) != no.end()) {
+        refused_.insert(f);
+        log_->error(
+            "the broker refused the subscription to {} (its flow receives nothing; check "
+            "the broker's ACL for this client)",
+            f);
+        continue;
+      }
       subscribed_.insert(f);
       log_->info("subscribed to {}", f);
     }
@@ -264,6 +277,7 @@ void GatewayMqttClient::on_reconnected(bool session_present) {
     // and forget the file at once, so that a restart before the SUBACK does not trust it.
     std::lock_guard lock(sync_mu_);
     subscribed_.clear();
+    refused_.clear();
     save_subscriptions(subscribed_);
   }
   log_->info("reconnected to the broker ({})",
@@ -509,7 +523,9 @@ void GatewayMqttClient::stop() {
   if (mqtt_thread_.joinable()) mqtt_thread_.join();
   if (connection_) {
     // Gone on purpose: the next gateway with this client id need not wait for it to go stale.
-    if (connection_->connected()) connection_->publish(presence_topic(), "", 1, true);
+    // QoS 0: a QoS 1 publish would make disconnect() wait for its PUBACK behind every message
+    // still arriving.
+    if (connection_->connected()) connection_->publish(presence_topic(), "", 0, true);
     connection_->disconnect(std::chrono::seconds(5));
     metrics_.broker_connected = false;
     log_->info("disconnected from the broker");

@@ -113,19 +113,24 @@ PipelineOptions pipeline_options(const Settings& s) {
   PipelineOptions o;
   o.workers = static_cast<std::size_t>(s.db_pool_size);
   o.max_batch = static_cast<std::size_t>(s.max_batch);
+  o.batch_linger = std::chrono::milliseconds(s.batch_linger_ms);
   o.limits.max_bytes = s.max_payload_bytes;
   o.limits.max_depth = s.max_json_depth;
   o.processor.http_timeout = std::chrono::seconds(s.http_timeout_seconds);
   o.processor.rejected_payload_max_bytes = s.rejected_payload_max_bytes;
   o.retry_max = std::chrono::seconds(s.db_retry_max_seconds);
-  o.processor.post_inline = s.http_delivery == "inline";
+  o.processor.post_inline = s.http_delivery == HttpDelivery::kInline;
   o.thread_scope = [] { return std::make_shared<MySqlThreadScope>(); };
   return o;
 }
 
 DeliveryOptions delivery_options(const Settings& s) {
   DeliveryOptions o;
-  o.workers = static_cast<std::size_t>(std::max(2, s.db_pool_size));
+  // Inline, the flow workers POST themselves: one delivery worker drains what an earlier outbox
+  // run left in the outbox (it starts empty otherwise and stays so).
+  o.workers = s.http_delivery == HttpDelivery::kInline
+                  ? 1
+                  : static_cast<std::size_t>(std::max(2, s.db_pool_size));
   o.http_timeout = std::chrono::seconds(s.http_timeout_seconds);
   o.max_attempts = s.http_max_attempts;
   o.max_age = std::chrono::seconds(s.http_max_age_seconds);
@@ -177,14 +182,13 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
       spool, flows, repositories, [] { return std::make_unique<CurlHttpPoster>(); },
       pipeline_options(settings), metrics, logging.get("pipeline"));
   pipeline.start();
-  std::unique_ptr<DeliveryService> delivery;
-  if (settings.http_delivery == "outbox") {
-    delivery = std::make_unique<DeliveryService>(
-        [&settings] { return std::make_unique<MySqlFlowRepository>(settings); },
-        [] { return std::make_unique<CurlHttpPoster>(); }, delivery_options(settings), metrics,
-        logging.get("delivery"));
-    delivery->start();
-  }
+  // Always, also with HTTP_DELIVERY=inline: rows an earlier outbox run left in the outbox are
+  // delivered, never stranded.
+  auto delivery = std::make_unique<DeliveryService>(
+      [&settings] { return std::make_unique<MySqlFlowRepository>(settings); },
+      [] { return std::make_unique<CurlHttpPoster>(); }, delivery_options(settings), metrics,
+      logging.get("delivery"));
+  delivery->start();
   client.start();
 
   std::unique_ptr<MetricsServer> metrics_server;
@@ -271,6 +275,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (cl.check) return check(settings);
+    require_paho_c_version();  // at-least-once rests on when Paho C sends the PUBACK
 
     Logging logging(settings);
     auto log = logging.get("main");

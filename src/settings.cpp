@@ -189,11 +189,6 @@ std::optional<std::string> check_topic_safe(std::string_view value) {
   return std::nullopt;
 }
 
-std::optional<std::string> check_http_delivery(std::string_view value) {
-  if (value != "outbox" && value != "inline") return "expected outbox or inline";
-  return std::nullopt;
-}
-
 std::optional<std::string> check_host_port(std::string_view value) {
   if (!parse_host_port(value)) {
     return "expected host:port (e.g. 127.0.0.1:9100) with a port between 1 and 65535";
@@ -227,6 +222,16 @@ Variable fsync_policy(std::string_view name) {
           [](const Settings& s) { return std::string(to_string(s.spool_fsync)); }};
 }
 
+Variable http_delivery(std::string_view name) {
+  return {name, Presence::kOptional,
+          [=](Settings& s, std::string_view value) {
+            auto delivery = parse_http_delivery(value);
+            if (!delivery) fail(name, "expected outbox or inline, got " + quoted(value));
+            s.http_delivery = *delivery;
+          },
+          [](const Settings& s) { return std::string(to_string(s.http_delivery)); }};
+}
+
 Variable password(std::string_view name) {
   return {name, Presence::kRequiredMayBeEmpty,
           [](Settings& s, std::string_view value) { s.db_password = Secret(std::string(value)); },
@@ -245,6 +250,7 @@ const std::vector<Variable>& variables() {
       password("DB_PASSWORD"),
       integer("DB_POOL_SIZE", &S::db_pool_size, 1, 64),
       integer("MAX_BATCH", &S::max_batch, 1, 10000),
+      integer("BATCH_LINGER_MS", &S::batch_linger_ms, 0, 1000),
       integer("DB_RETRY_MAX_SECONDS", &S::db_retry_max_seconds, 1, 3600),
       integer("DB_CONNECT_TIMEOUT_SECONDS", &S::db_connect_timeout_seconds, 1, 300),
       // MQTT.
@@ -259,7 +265,7 @@ const std::vector<Variable>& variables() {
       integer("HTTP_MAX_ATTEMPTS", &S::http_max_attempts, 1, 1000),
       integer("HTTP_MAX_AGE_SECONDS", &S::http_max_age_seconds, 1, 30 * kDay),
       integer("HTTP_RETRY_MAX_SECONDS", &S::http_retry_max_seconds, 1, kDay),
-      text("HTTP_DELIVERY", &S::http_delivery, Presence::kOptional, check_http_delivery),
+      http_delivery("HTTP_DELIVERY"),
       // Spool.
       text("SPOOL_DIR", &S::spool_dir),
       fsync_policy("SPOOL_FSYNC"),
@@ -269,7 +275,8 @@ const std::vector<Variable>& variables() {
       // Payloads.
       byte_size("MAX_PAYLOAD_BYTES", &S::max_payload_bytes, 1, 16 * kMiB),
       integer("MAX_JSON_DEPTH", &S::max_json_depth, 1, 1000),
-      byte_size("REJECTED_PAYLOAD_MAX_BYTES", &S::rejected_payload_max_bytes, 0, 16 * kMiB),
+      // rejected_messages.payload is a MEDIUMBLOB: at most 16 MiB - 1 bytes.
+      byte_size("REJECTED_PAYLOAD_MAX_BYTES", &S::rejected_payload_max_bytes, 0, 16 * kMiB - 1),
       // Logging.
       text("LOG_DIR", &S::log_dir),
       log_level("LOG_LEVEL"),
@@ -304,6 +311,22 @@ std::optional<FsyncPolicy> parse_fsync_policy(std::string_view text) {
   if (text == "never") return FsyncPolicy::kNever;
   if (text == "batch") return FsyncPolicy::kBatch;
   if (text == "always") return FsyncPolicy::kAlways;
+  return std::nullopt;
+}
+
+std::string_view to_string(HttpDelivery delivery) {
+  switch (delivery) {
+    case HttpDelivery::kOutbox:
+      return "outbox";
+    case HttpDelivery::kInline:
+      return "inline";
+  }
+  return "outbox";
+}
+
+std::optional<HttpDelivery> parse_http_delivery(std::string_view text) {
+  if (text == "outbox") return HttpDelivery::kOutbox;
+  if (text == "inline") return HttpDelivery::kInline;
   return std::nullopt;
 }
 

@@ -147,6 +147,7 @@ class GatewayMqttClient {
 
   std::mutex sync_mu_;                // serialises sync_subscriptions()
   std::set<std::string> subscribed_;  // guarded by sync_mu_; what the broker has for our session
+  std::set<std::string> refused_;     // guarded by sync_mu_; refused by the broker, not retried
 
   std::mutex timer_mu_;
   std::condition_variable timer_cv_;  // both threads: stopping, or (MQTT thread) work

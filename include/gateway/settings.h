@@ -42,6 +42,17 @@ enum class FsyncPolicy { kNever, kBatch, kAlways };
 std::string_view to_string(FsyncPolicy policy);
 std::optional<FsyncPolicy> parse_fsync_policy(std::string_view text);
 
+// How POST_ENDPOINT messages reach their endpoint: recorded in the outbox (table deliveries) by
+// the flow transaction and POSTed after the commit, retried, in order; or POSTed inline, while
+// the flow row is locked, one try (the reference; the benchmark's baseline). Either way the
+// delivery service runs, so that outbox rows an earlier outbox run left are still delivered.
+enum class HttpDelivery { kOutbox, kInline };
+
+// "outbox", "inline"; parse_http_delivery() is exact (case-sensitive) and returns std::nullopt
+// for anything else.
+std::string_view to_string(HttpDelivery delivery);
+std::optional<HttpDelivery> parse_http_delivery(std::string_view text);
+
 // A host and port, as METRICS_ADDRESS holds them.
 struct HostPort {
   std::string host;  // without brackets for an IPv6 literal ("[::1]:9100" -> "::1")
@@ -64,6 +75,7 @@ struct Settings {
   Secret db_password;                  // DB_PASSWORD, required but may be empty
   int db_pool_size = 4;                // DB_POOL_SIZE: connections used for writing, 1..64
   int max_batch = 500;                 // MAX_BATCH: messages per DB transaction, 1..10000
+  int batch_linger_ms = 10;            // BATCH_LINGER_MS a worker waits for a fuller batch, 0..1000
   int db_retry_max_seconds = 30;       // DB_RETRY_MAX_SECONDS: cap of the reconnect backoff
   int db_connect_timeout_seconds = 5;  // DB_CONNECT_TIMEOUT_SECONDS, 1..300
 
@@ -80,9 +92,7 @@ struct Settings {
   int http_max_attempts = 10;        // HTTP_MAX_ATTEMPTS before a message is given up, 1..1000
   int http_max_age_seconds = 86400;  // HTTP_MAX_AGE_SECONDS a message may wait, 1..30 days
   int http_retry_max_seconds = 300;  // HTTP_RETRY_MAX_SECONDS: cap of the retry backoff
-  // HTTP_DELIVERY: "outbox" (POST after the commit, retried, in order) or "inline" (the
-  // reference: POST while the flow row is locked, one try; the benchmark's baseline).
-  std::string http_delivery = "outbox";
+  HttpDelivery http_delivery = HttpDelivery::kOutbox;  // HTTP_DELIVERY: outbox|inline
 
   // Spool (the on-disk queue between MQTT and the sinks).
   std::string spool_dir = "./spool";                // SPOOL_DIR
@@ -94,7 +104,7 @@ struct Settings {
   // Payloads.
   std::uint64_t max_payload_bytes = 262144;          // MAX_PAYLOAD_BYTES, 1..16 MiB
   int max_json_depth = 32;                           // MAX_JSON_DEPTH, 1..1000
-  std::uint64_t rejected_payload_max_bytes = 65536;  // REJECTED_PAYLOAD_MAX_BYTES kept, 0..16 MiB
+  std::uint64_t rejected_payload_max_bytes = 65536;  // REJECTED_PAYLOAD_MAX_BYTES, 0..16 MiB-1
 
   // Logging.
   std::string log_dir = "./log";              // LOG_DIR
@@ -119,7 +129,7 @@ struct Settings {
 // counts as unset: an optional variable takes its default, a required one is missing (except
 // DB_PASSWORD, which must be present but may be empty). Integers are strict: the whole value
 // must be digits in range ("10s", " 10", "+10" and overflow are errors). LOG_LEVEL and
-// SPOOL_FSYNC are case-insensitive (LOG_LEVEL also takes "warning").
+// SPOOL_FSYNC are case-insensitive (LOG_LEVEL also takes "warning"); HTTP_DELIVERY is not.
 // Throws ConfigError with a one-line message naming the variable, e.g.
 // "FLOWS_RELOAD_INTERVAL_SECONDS: expected an integer between 1 and 604800, got '10s'".
 Settings load_settings(const EnvMap& env);

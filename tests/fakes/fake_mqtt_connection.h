@@ -64,14 +64,21 @@ class FakeMqttConnection final : public MqttConnection {
     connected_ = true;
     return session_present_;
   }
-  void subscribe(const std::vector<std::string>& filters, bool) override {
+  std::vector<std::string> subscribe(const std::vector<std::string>& filters, bool) override {
     std::vector<std::pair<std::string, std::string>> resend;  // (topic, payload)
+    std::vector<std::string> refused;
     {
       std::unique_lock lock(mu_);
       wait_unblocked(lock);
       if (fail_) throw Error("fake: subscribe failed");
       subscribe_packets_.push_back(filters);
-      broker_.insert(filters.begin(), filters.end());
+      for (const auto& f : filters) {
+        if (refuse_.count(f)) {
+          refused.push_back(f);
+        } else {
+          broker_.insert(f);
+        }
+      }
       for (const auto& f : filters) {
         if (auto it = retained_.find(f); it != retained_.end()) resend.emplace_back(f, it->second);
       }
@@ -80,6 +87,12 @@ class FakeMqttConnection final : public MqttConnection {
     for (const auto& [topic, payload] : resend) {
       if (handlers.message) handlers.message(MqttMessage{topic, payload, 0, false, true, 1});
     }
+    return refused;
+  }
+  // The broker refuses these filters (an ACL, say); the others in the packet are granted.
+  void refuse(const std::string& filter) {
+    std::lock_guard lock(mu_);
+    refuse_.insert(filter);
   }
   // A retained message the broker holds (exact topics only).
   void set_retained(const std::string& topic, const std::string& payload) {
@@ -135,6 +148,7 @@ class FakeMqttConnection final : public MqttConnection {
   std::vector<std::vector<std::string>> subscribe_packets_;  // guarded by mu_
   int publishes_ = 0;                                        // guarded by mu_
   std::map<std::string, std::string> retained_;              // guarded by mu_
+  std::set<std::string> refuse_;                             // guarded by mu_
 };
 
 }  // namespace gateway::testing

@@ -95,6 +95,7 @@ class GatewayMqttClientTest : public ::testing::Test {
             return c;
           }
           c->set_session_present(session_present);
+          if (!refuse_on_connect_.empty()) c->refuse(refuse_on_connect_);
           // The broker keeps the session's subscriptions across our restarts when it says so.
           if (session_present) {
             for (const auto& s : broker_) c->subscribe({s}, true);
@@ -125,8 +126,9 @@ class GatewayMqttClientTest : public ::testing::Test {
   std::shared_ptr<spdlog::logger> log_ =
       std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
   FakeMqttConnection* connection_ = nullptr;
-  std::set<std::string> broker_;  // the session's subscriptions as the broker keeps them
-  std::string presence_;          // the retained presence a probe finds
+  std::set<std::string> broker_;   // the session's subscriptions as the broker keeps them
+  std::string presence_;           // the retained presence a probe finds
+  std::string refuse_on_connect_;  // a filter the broker refuses
   int probes_ = 0;
   std::unique_ptr<GatewayMqttClient> client_;
 };
@@ -254,6 +256,21 @@ TEST_F(GatewayMqttClientTest, OversizedPayloadIsSpooledCutAndTheCallbackReturns)
   ASSERT_TRUE(record);
   EXPECT_EQ(record->original_size, 20000u);
   EXPECT_EQ(record->payload.size(), 4096u);
+}
+
+// One refused filter (a broker ACL) must not fail the others in its SUBSCRIBE, nor start-up,
+// nor be asked for again every few seconds.
+TEST_F(GatewayMqttClientTest, RefusedFilterDoesNotFailTheOthers) {
+  add_flow(3, "c/#");
+  presence_.clear();
+  // The refusal is set on the connection before start() subscribes: through the factory.
+  refuse_on_connect_ = "b/+";
+  start_client(false);
+  EXPECT_EQ(connection_->subscriptions(), (std::set<std::string>{"a/#", "c/#"}));
+  const auto packets = connection_->subscribe_packets().size();
+  client_->reload_flows();
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(connection_->subscribe_packets().size(), packets) << "asked again";
 }
 
 }  // namespace

@@ -63,7 +63,7 @@ TEST(SettingsTest, DefaultsApplyWhenOnlyRequiredVariablesAreSet) {
   EXPECT_EQ(s.http_max_attempts, 10);
   EXPECT_EQ(s.http_max_age_seconds, 86400);
   EXPECT_EQ(s.http_retry_max_seconds, 300);
-  EXPECT_EQ(s.http_delivery, "outbox");
+  EXPECT_EQ(s.http_delivery, HttpDelivery::kOutbox);
   EXPECT_EQ(s.spool_dir, "./spool");
   EXPECT_EQ(s.spool_fsync, FsyncPolicy::kBatch);
   EXPECT_EQ(s.spool_fsync_interval_ms, 5);
@@ -100,6 +100,7 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
                 {"DB_PASSWORD", "secret"},
                 {"DB_POOL_SIZE", "8"},
                 {"MAX_BATCH", "1000"},
+                {"BATCH_LINGER_MS", "3"},
                 {"DB_RETRY_MAX_SECONDS", "60"},
                 {"DB_CONNECT_TIMEOUT_SECONDS", "7"},
                 {"MQTT_CLIENT_ID", "gw-2"},
@@ -137,6 +138,7 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
   EXPECT_EQ(s.db_password.reveal(), "secret");
   EXPECT_EQ(s.db_pool_size, 8);
   EXPECT_EQ(s.max_batch, 1000);
+  EXPECT_EQ(s.batch_linger_ms, 3);
   EXPECT_EQ(s.db_retry_max_seconds, 60);
   EXPECT_EQ(s.db_connect_timeout_seconds, 7);
   EXPECT_EQ(s.mqtt_client_id, "gw-2");
@@ -149,7 +151,7 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
   EXPECT_EQ(s.http_max_attempts, 5);
   EXPECT_EQ(s.http_max_age_seconds, 3600);
   EXPECT_EQ(s.http_retry_max_seconds, 90);
-  EXPECT_EQ(s.http_delivery, "inline");
+  EXPECT_EQ(s.http_delivery, HttpDelivery::kInline);
   EXPECT_EQ(s.spool_dir, "/var/spool/gw");
   EXPECT_EQ(s.spool_fsync, FsyncPolicy::kAlways);
   EXPECT_EQ(s.spool_fsync_interval_ms, 20);
@@ -213,6 +215,7 @@ const IntegerVariable kIntegerVariables[] = {
     {"DB_PORT", 1, 65535},
     {"DB_POOL_SIZE", 1, 64},
     {"MAX_BATCH", 1, 10000},
+    {"BATCH_LINGER_MS", 0, 1000},
     {"DB_RETRY_MAX_SECONDS", 1, 3600},
     {"DB_CONNECT_TIMEOUT_SECONDS", 1, 300},
     {"MQTT_KEEPALIVE", 1, 65535},
@@ -292,7 +295,7 @@ TEST(SettingsTest, ByteSizesRejectJunkOverflowAndOutOfRange) {
       {"SPOOL_SEGMENT_BYTES", "1025M", "between 64K and 1G"},
       {"MAX_PAYLOAD_BYTES", "0", "between 1 and 16M"},
       {"MAX_PAYLOAD_BYTES", "17M", "between 1 and 16M"},
-      {"REJECTED_PAYLOAD_MAX_BYTES", "16777217", "between 0 and 16M"},
+      {"REJECTED_PAYLOAD_MAX_BYTES", "16M", "between 0 and 16777215"},  // a MEDIUMBLOB
       {"LOG_MAX_BYTES", "1K", "of at least 64K"},
   };
   for (const Case& c : cases) {
@@ -341,9 +344,30 @@ TEST(SettingsTest, LogLevelIsNormalisedAndValidated) {
 
 TEST(SettingsTest, HttpDeliveryIsOutboxOrInline) {
   EXPECT_EQ(load_settings(with(required_only(), "HTTP_DELIVERY", "inline")).http_delivery,
-            "inline");
+            HttpDelivery::kInline);
+  EXPECT_EQ(load_settings(with(required_only(), "HTTP_DELIVERY", "outbox")).http_delivery,
+            HttpDelivery::kOutbox);
+  EXPECT_EQ(load_settings(with(required_only(), "HTTP_DELIVERY", "")).http_delivery,
+            HttpDelivery::kOutbox);
   EXPECT_EQ(load_error(with(required_only(), "HTTP_DELIVERY", "later")),
             "HTTP_DELIVERY: expected outbox or inline, got 'later'");
+}
+
+TEST(SettingsTest, HttpDeliveryIsParsedStrictly) {
+  for (const char* bad : {"Inline", "OUTBOX", " inline", "inline ", "outbox\n", "in line"}) {
+    EXPECT_THAT(load_error(with(required_only(), "HTTP_DELIVERY", bad)),
+                StartsWith("HTTP_DELIVERY: expected outbox or inline, got '"))
+        << bad;
+  }
+}
+
+TEST(SettingsTest, HttpDeliveryStringsRoundTrip) {
+  for (auto delivery : {HttpDelivery::kOutbox, HttpDelivery::kInline}) {
+    EXPECT_EQ(parse_http_delivery(to_string(delivery)), delivery);
+  }
+  EXPECT_EQ(parse_http_delivery("Outbox"), std::nullopt);
+  EXPECT_THAT(describe_settings(load_settings(with(required_only(), "HTTP_DELIVERY", "inline"))),
+              ::testing::Contains("HTTP_DELIVERY=inline"));
 }
 
 TEST(SettingsTest, ClientIdAndSharedGroupRejectTopicCharacters) {
@@ -425,7 +449,7 @@ TEST(SettingsTest, DescribeSettingsListsEveryVariableAndHidesThePassword) {
     names.insert(line.substr(0, line.find('=')));
   }
   EXPECT_EQ(names.size(), lines.size()) << "duplicate variable";
-  EXPECT_EQ(lines.size(), 36u);
+  EXPECT_EQ(lines.size(), 37u);
   EXPECT_THAT(lines, ::testing::Contains("DB_PASSWORD=***"));
   EXPECT_THAT(lines, ::testing::Contains("DB_HOST=db.example"));
   EXPECT_THAT(lines, ::testing::Contains("SPOOL_MAX_BYTES=1G"));
