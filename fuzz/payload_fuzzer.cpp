@@ -10,8 +10,8 @@
 //
 // Build (see the report of the component for the exact command):
 //   clang++-14 -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-//     -Iinclude fuzz/payload_fuzzer.cpp src/payload.cpp src/payload_schema.cpp \
-//     src/topic_filter.cpp -o /tmp/payload_fuzzer
+//     -Iinclude fuzz/payload_fuzzer.cpp src/core/payload.cpp src/core/payload_schema.cpp \
+//     src/core/topic_filter.cpp -o /tmp/payload_fuzzer
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>

@@ -139,9 +139,9 @@ banner "fuzzers (${FUZZ_SECONDS}s each)"
 # Sources each fuzzer links, besides its own file.
 fuzz_inputs() {
   case "$1" in
-    payload_fuzzer) echo "src/payload.cpp src/payload_schema.cpp src/topic_filter.cpp" ;;
+    payload_fuzzer) echo "src/core/payload.cpp src/core/payload_schema.cpp src/core/topic_filter.cpp" ;;
     spool_fuzzer)
-      echo "src/spool.cpp src/spool_cursor.cpp src/spool_format.cpp src/spool_reader.cpp -lz -lspdlog -lfmt -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL"
+      echo "src/core/spool.cpp src/core/spool_cursor.cpp src/core/spool_format.cpp src/core/spool_reader.cpp -lz -lspdlog -lfmt -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL"
       ;;
     *) return 1 ;;
   esac

@@ -21,7 +21,4 @@ struct CommandLine {
 std::variant<CommandLine, int> parse_command_line(int argc, const char* const* argv,
                                                   std::ostream& out, std::ostream& err);
 
-// The schema in config/schema.sql, compiled into the binary for --init-db.
-const char* builtin_schema_sql();
-
 }  // namespace gateway

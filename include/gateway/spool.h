@@ -159,7 +159,7 @@ class Spool {
   Stats stats() const;
 
  private:
-  class Impl;  // in src/spool.cpp
+  class Impl;  // in src/core/spool.cpp
   std::unique_ptr<Impl> impl_;
 };
 

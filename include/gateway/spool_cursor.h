@@ -40,7 +40,7 @@ class SpoolCursor {
 
  private:
   friend class Spool;
-  class Impl;  // in src/spool_cursor.cpp
+  class Impl;  // in src/core/spool_cursor.cpp
   SpoolCursor(spool_detail::SegmentIndex& index, std::shared_ptr<spdlog::logger> log,
               std::uint64_t from_seq);
   std::unique_ptr<Impl> impl_;

@@ -1,5 +1,5 @@
 // HTTP_DELIVERY=inline still delivers what an earlier outbox run left in the outbox: the delivery
-// service runs in both modes (src/main.cpp), so switching modes never strands a deliveries row.
+// service runs in both modes (src/app/main.cpp), so switching modes never strands a deliveries row.
 #include <chrono>
 #include <string>
 

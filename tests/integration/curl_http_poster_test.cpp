@@ -1,7 +1,7 @@
 // CurlHttpPoster against a real HTTP server (HttpSink), plus self-tests of the test-support
 // library (HttpSink, TestDatabase, MqttTestClient/Subscriber, GatewayProcess). The database and
 // broker tests need the services from scripts/services.sh (GW_TEST_* variables).
-#include "gateway/curl_http_poster.h"
+#include "gateway/adapters/curl_http_poster.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

@@ -7,7 +7,7 @@
 
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
-#include "gateway/mysql_flow_repository.h"
+#include "gateway/adapters/mysql_flow_repository.h"
 #include "support/test_database.h"
 
 namespace gateway {

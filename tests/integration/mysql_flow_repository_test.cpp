@@ -1,9 +1,8 @@
 // The reference's queries against a real MariaDB.
-#include "gateway/mysql_flow_repository.h"
+#include "gateway/adapters/mysql_flow_repository.h"
 
 #include <gtest/gtest.h>
 
-#include "gateway/command_line.h"
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
 #include "support/test_database.h"

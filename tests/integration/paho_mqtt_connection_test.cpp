@@ -1,8 +1,8 @@
 // PahoMqttConnection against the test mosquitto (GW_TEST_MQTT_*): the installed Paho C passes
 // the start-up version check, and a received QoS 1 message carries the packet id the spool uses
 // to recognise broker redeliveries (read from Paho C++'s private C struct; see the comment in
-// src/paho_mqtt_connection.cpp).
-#include "gateway/paho_mqtt_connection.h"
+// src/adapters/paho_mqtt_connection.cpp).
+#include "gateway/adapters/paho_mqtt_connection.h"
 
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>

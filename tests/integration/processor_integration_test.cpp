@@ -7,10 +7,10 @@
 #include <set>
 #include <thread>
 
-#include "gateway/curl_http_poster.h"
+#include "gateway/adapters/curl_http_poster.h"
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
-#include "gateway/mysql_flow_repository.h"
+#include "gateway/adapters/mysql_flow_repository.h"
 #include "gateway/processor.h"
 #include "support/http_sink.h"
 #include "support/test_database.h"

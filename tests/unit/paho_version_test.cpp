@@ -1,4 +1,4 @@
-#include "gateway/paho_version.h"
+#include "gateway/adapters/paho_version.h"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-#include "gateway/systemd_notifier.h"
+#include "gateway/adapters/systemd_notifier.h"
 
 #include <systemd/sd-daemon.h>
 

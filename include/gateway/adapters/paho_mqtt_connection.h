@@ -1,4 +1,4 @@
-// MqttConnection over Eclipse Paho MQTT C++ 1.2 (async_client). Only src/paho_*.cpp include
+// MqttConnection over Eclipse Paho MQTT C++ 1.2 (async_client). Only src/adapters/paho_*.cpp include
 // <mqtt/...>.
 //
 // Threads: Paho runs the message and connection-lost handlers on its receive thread, one at a

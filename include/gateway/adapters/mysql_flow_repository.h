@@ -1,5 +1,5 @@
 // FlowRepository over MySQL Connector/C++ 1.1 (MariaDB or MySQL). One connection per instance.
-// Not thread-safe. Only src/mysql_*.cpp include <cppconn/...>.
+// Not thread-safe. Only src/adapters/mysql_*.cpp include <cppconn/...>.
 #pragma once
 
 #include <memory>
@@ -13,6 +13,9 @@ class logger;
 }
 
 namespace gateway {
+
+// config/schema.sql as compiled into the binary (for --init-db and tests).
+const char* builtin_schema_sql();
 
 // Process-wide driver set-up; the driver's first use is not thread-safe. Call once in main (and in
 // test mains) before any thread opens a connection.

@@ -1,4 +1,4 @@
-#include "gateway/mysql_flow_repository.h"
+#include "gateway/adapters/mysql_flow_repository.h"
 
 #include <cppconn/connection.h>
 #include <cppconn/datatype.h>
@@ -15,6 +15,7 @@
 #include "gateway/db_error_class.h"
 #include "gateway/errors.h"
 #include "gateway/hash.h"
+#include "schema_sql.h"
 
 namespace gateway {
 namespace {
@@ -111,6 +112,8 @@ std::string repeated_rows(const char* prefix, const char* row, std::size_t n) {
 }
 
 }  // namespace
+
+const char* builtin_schema_sql() { return kSchemaSql; }
 
 void mysql_global_init() { (void)get_driver_instance(); }
 

@@ -1,4 +1,4 @@
-#include "gateway/metrics_server.h"
+#include "gateway/adapters/metrics_server.h"
 
 #include <httplib.h>
 #include <spdlog/spdlog.h>

@@ -3,7 +3,6 @@
 #include <CLI/CLI.hpp>
 #include <ostream>
 
-#include "schema_sql.h"
 
 namespace gateway {
 
@@ -42,6 +41,5 @@ std::variant<CommandLine, int> parse_command_line(int argc, const char* const* a
   return cl;
 }
 
-const char* builtin_schema_sql() { return kSchemaSql; }
 
 }  // namespace gateway

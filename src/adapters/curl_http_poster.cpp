@@ -1,4 +1,4 @@
-#include "gateway/curl_http_poster.h"
+#include "gateway/adapters/curl_http_poster.h"
 
 #include <curl/curl.h>
 

@@ -1,4 +1,4 @@
-#include "gateway/paho_mqtt_connection.h"
+#include "gateway/adapters/paho_mqtt_connection.h"
 
 #include <MQTTAsync.h>
 #include <mqtt/async_client.h>
@@ -11,7 +11,7 @@
 #include "gateway/backoff.h"
 #include "gateway/errors.h"
 #include "gateway/loss_ledger.h"
-#include "gateway/paho_version.h"
+#include "gateway/adapters/paho_version.h"
 
 namespace gateway {
 
