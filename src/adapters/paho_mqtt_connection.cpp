@@ -8,10 +8,10 @@
 #include <cstring>
 #include <thread>
 
+#include "gateway/adapters/paho_version.h"
 #include "gateway/backoff.h"
 #include "gateway/errors.h"
 #include "gateway/loss_ledger.h"
-#include "gateway/adapters/paho_version.h"
 
 namespace gateway {
 

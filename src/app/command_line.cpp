@@ -3,7 +3,6 @@
 #include <CLI/CLI.hpp>
 #include <ostream>
 
-
 namespace gateway {
 
 std::variant<CommandLine, int> parse_command_line(int argc, const char* const* argv,
@@ -40,6 +39,5 @@ std::variant<CommandLine, int> parse_command_line(int argc, const char* const* a
   if (!env_file.empty()) cl.env_file = env_file;
   return cl;
 }
-
 
 }  // namespace gateway

@@ -8,23 +8,23 @@
 #include <iostream>
 #include <optional>
 
+#include "gateway/adapters/curl_http_poster.h"
+#include "gateway/adapters/metrics_server.h"
+#include "gateway/adapters/mysql_flow_repository.h"
+#include "gateway/adapters/paho_mqtt_connection.h"
+#include "gateway/adapters/systemd_notifier.h"
 #include "gateway/command_line.h"
 #include "gateway/constants.h"
-#include "gateway/adapters/curl_http_poster.h"
 #include "gateway/delivery_service.h"
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
 #include "gateway/gateway_mqtt_client.h"
 #include "gateway/logging.h"
-#include "gateway/adapters/metrics_server.h"
-#include "gateway/adapters/mysql_flow_repository.h"
-#include "gateway/adapters/paho_mqtt_connection.h"
 #include "gateway/pipeline.h"
 #include "gateway/settings.h"
 #include "gateway/shutdown_deadline.h"
 #include "gateway/signal_mask.h"
 #include "gateway/spool.h"
-#include "gateway/adapters/systemd_notifier.h"
 #include "gateway/topic_filter.h"
 
 extern char** environ;

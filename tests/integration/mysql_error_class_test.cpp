@@ -5,9 +5,9 @@
 #include <functional>
 #include <string>
 
+#include "gateway/adapters/mysql_flow_repository.h"
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
-#include "gateway/adapters/mysql_flow_repository.h"
 #include "support/test_database.h"
 
 namespace gateway {

@@ -8,9 +8,9 @@
 #include <thread>
 
 #include "gateway/adapters/curl_http_poster.h"
+#include "gateway/adapters/mysql_flow_repository.h"
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
-#include "gateway/adapters/mysql_flow_repository.h"
 #include "gateway/processor.h"
 #include "support/http_sink.h"
 #include "support/test_database.h"

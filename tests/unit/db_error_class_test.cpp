@@ -1,6 +1,6 @@
 // The classification of database errors: whose fault each one is. The expectations are written
-// out here, independently of the table in src/core/db_error_class.cpp, one row per code; every code the
-// table knows must have its row here.
+// out here, independently of the table in src/core/db_error_class.cpp, one row per code; every code
+// the table knows must have its row here.
 #include "gateway/db_error_class.h"
 
 #include <gtest/gtest.h>

@@ -1,5 +1,5 @@
-// MqttConnection over Eclipse Paho MQTT C++ 1.2 (async_client). Only src/adapters/paho_*.cpp include
-// <mqtt/...>.
+// MqttConnection over Eclipse Paho MQTT C++ 1.2 (async_client). Only src/adapters/paho_*.cpp
+// include <mqtt/...>.
 //
 // Threads: Paho runs the message and connection-lost handlers on its receive thread, one at a
 // time; the QoS 1 PUBACK for a message goes out when the message handler returns (Paho C 1.3.10
