@@ -26,6 +26,25 @@ namespace gateway::testing {
 
 namespace {
 
+// Every row of `result`, every column as text (NULL as std::nullopt).
+std::vector<TestDatabase::Row> rows_of(sql::ResultSet& result) {
+  const unsigned columns = result.getMetaData()->getColumnCount();
+  std::vector<TestDatabase::Row> rows;
+  while (result.next()) {
+    TestDatabase::Row row;
+    row.reserve(columns);
+    for (unsigned column = 1; column <= columns; ++column) {
+      if (result.isNull(column)) {
+        row.emplace_back(std::nullopt);
+      } else {
+        row.emplace_back(std::string(result.getString(column)));
+      }
+    }
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
 std::string make_database_name() {
   static std::atomic<unsigned> counter{0};
   std::random_device random;
@@ -242,21 +261,7 @@ std::vector<TestDatabase::Row> TestDatabase::query(std::string_view sql) {
     std::unique_ptr<sql::Statement> statement(c.createStatement());
     std::unique_ptr<sql::ResultSet> result(
         statement->executeQuery(sql::SQLString(sql.data(), sql.size())));
-    const unsigned columns = result->getMetaData()->getColumnCount();
-    std::vector<Row> rows;
-    while (result->next()) {
-      Row row;
-      row.reserve(columns);
-      for (unsigned column = 1; column <= columns; ++column) {
-        if (result->isNull(column)) {
-          row.emplace_back(std::nullopt);
-        } else {
-          row.emplace_back(std::string(result->getString(column)));
-        }
-      }
-      rows.push_back(std::move(row));
-    }
-    return rows;
+    return rows_of(*result);
   });
 }
 
@@ -393,21 +398,7 @@ std::vector<TestDatabase::Row> SqlSession::query(std::string_view sql) {
     std::unique_ptr<sql::Statement> statement(impl_->connection->createStatement());
     std::unique_ptr<sql::ResultSet> result(
         statement->executeQuery(sql::SQLString(sql.data(), sql.size())));
-    const unsigned columns = result->getMetaData()->getColumnCount();
-    std::vector<TestDatabase::Row> rows;
-    while (result->next()) {
-      TestDatabase::Row row;
-      row.reserve(columns);
-      for (unsigned column = 1; column <= columns; ++column) {
-        if (result->isNull(column)) {
-          row.emplace_back(std::nullopt);
-        } else {
-          row.emplace_back(std::string(result->getString(column)));
-        }
-      }
-      rows.push_back(std::move(row));
-    }
-    return rows;
+    return rows_of(*result);
   } catch (const sql::SQLException& e) {
     throw sql_failure(e, sql);
   }
