@@ -55,6 +55,7 @@ void Pipeline::stop(std::chrono::milliseconds deadline) {
 }
 
 std::string Pipeline::flow_name(std::int64_t flow_id) const {
+  if (flow_id == kNoFlow) return "(no flow)";
   for (const Flow& f : flows_.snapshot()->flows()) {
     if (f.id == flow_id) return f.code;
   }
