@@ -53,6 +53,8 @@ constexpr std::array<std::size_t, 7> kChunkSizes = {1024, 256, 64, 16, 4, 2, 1};
 // What a bound row costs in an execute packet besides its values (types, length prefixes), with
 // room to spare.
 constexpr std::size_t kRowOverheadBytes = 64;
+// rejected_messages.reason holds up to 1024 characters: this many bytes at most, and then some.
+constexpr std::size_t kReasonBytes = 2048;
 // Kept free in every packet for the protocol's own header and the statement id.
 constexpr std::size_t kPacketHeadroomBytes = 4096;
 
@@ -224,7 +226,7 @@ class MySqlFlowTransaction final : public FlowTransaction {
         // Cut further if a dead letter would not fit a packet: it must always be writable.
         const std::string_view payload = r.payload.substr(
             0, db_.packet_budget -
-                   std::min(db_.packet_budget, topic.size() + 2 * 1024 + kRowOverheadBytes));
+                   std::min(db_.packet_budget, topic.size() + kReasonBytes + kRowOverheadBytes));
         std::istringstream blob{std::string(payload)};
         stmt.setBlob(3, &blob);
         stmt.setInt(4, r.payload_truncated || payload.size() < r.payload.size() ? 1 : 0);

@@ -57,7 +57,7 @@ DeliveryService::DeliveryService(RepositoryFactory repositories, PosterFactory p
                                  std::shared_ptr<spdlog::logger> log)
     : repositories_(std::move(repositories)),
       posters_(std::move(posters)),
-      options_(options),
+      options_(std::move(options)),
       metrics_(metrics),
       log_(std::move(log)),
       owner_(random_owner_id()) {}

@@ -279,7 +279,10 @@ void Pipeline::worker_loop(std::size_t index) {
       if (due_.empty()) {
         work_cv_.wait(lock);
       } else {
-        work_cv_.wait_until(lock, due_.begin()->first);
+        // A copy: wait_until reads its argument again after waking, and another worker may have
+        // erased this node of due_ meanwhile.
+        const Clock::time_point until = due_.begin()->first;
+        work_cv_.wait_until(lock, until);
       }
       continue;
     }
