@@ -136,7 +136,8 @@ new_case() {
     fi
     values+="'{\"seq\": \"int\", \"sent_us\": \"int\", \"temperature\": \"number\", \"humidity\": \"number\"}')"
   done
-  sql "$CASE_DB" -e "INSERT INTO mqtt_servers (name, host, port, is_default) VALUES ('bench', '127.0.0.1', $MQTT_PORT, 1);
+  # On stdin: with 1,000 flows the statement is longer than one argument may be.
+  sql "$CASE_DB" <<<"INSERT INTO mqtt_servers (name, host, port, is_default) VALUES ('bench', '127.0.0.1', $MQTT_PORT, 1);
     INSERT INTO flows (code, topic, action, endpoint_url, payload_schema) VALUES $values;"
 }
 
