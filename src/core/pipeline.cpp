@@ -240,6 +240,9 @@ void Pipeline::release_spool() {
 
 void Pipeline::refill(std::int64_t flow_id, FlowQueue& q, std::uint64_t from, std::uint64_t below,
                       const Epochs& epochs, std::vector<MessagePtr>& batch) {
+  // Nothing dispatched in [from, below) yet: nothing to re-read. Checked before the cursor
+  // moves, so that no record is consumed without being routed.
+  if (epochs.empty()) return;
   if (!q.cursor) q.cursor = spool_.cursor(from);
   std::vector<std::int64_t> matched;
   std::size_t epoch = 0;
@@ -248,7 +251,6 @@ void Pipeline::refill(std::int64_t flow_id, FlowQueue& q, std::uint64_t from, st
     if (!record) return;
     // Routed again exactly as the dispatcher routed it then, not by today's flows.
     while (epoch + 1 < epochs.size() && epochs[epoch + 1].first <= record->seq) ++epoch;
-    if (epochs.empty()) return;  // nothing was dispatched in this range
     epochs[epoch].second->match(record->topic, matched);
     if (flow_id == kNoFlow) {
       if (matched.empty()) batch.push_back(unparsed_message(std::move(*record)));
