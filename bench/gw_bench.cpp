@@ -10,14 +10,19 @@
 //              rate, latency (receive time - sent_us), lost/duplicated by seq.
 //   collect    watches a gateway's database until N messages are stored (or progress stalls);
 //              rate (first publish, or --t0-us, to the last created_at), latency (created_at -
-//              sent_us), lost/duplicated by seq, and the gateway's CPU time and peak RSS (/proc).
+//              sent_us), lost/duplicated by seq, and the gateway's CPU time and peak RSS (/proc);
+//              with --metrics-port, its committed transactions (gateway_transactions_total).
+//   dbceiling  the database ceiling (issue 11): the rows the gateway writes for N messages,
+//              inserted by a plain client (one connection, multi-row INSERTs, one transaction
+//              per large batch); rate, its CPU and mariadbd's.
+//   startup    start-up and reload times (issue 17) from a gateway's log lines, with its VmRSS.
 //   sink       a counting HTTP receiver for POST_ENDPOINT flows (issue 5): answers 200 at once,
 //              records X-Gateway-Flow / X-Gateway-Msg-Id / Idempotency-Key and the payload's seq
 //              and sent_us until N messages arrived (or progress stalls); rate (first publish to
 //              the last POST received), latency (receive time - sent_us), lost/duplicated by seq,
 //              order violations per flow, and the gateway's CPU time and peak RSS (/proc).
 //   idle       the CPU time a process uses over a few seconds.
-//   report     prints the tables and checks the targets of issues 4 and 5.
+//   report     prints the tables and checks the targets of issues 4, 5, 11 and 17.
 //
 // Single-threaded except for Paho's callback thread in `subscribe` (see Receiver) and httplib's
 // worker threads in `sink` (see PostLog).
@@ -51,6 +56,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <deque>
 #include <fstream>
 #include <iostream>
@@ -376,7 +382,26 @@ struct CollectArgs {
   double stall_seconds = 20;
   std::string ready_file;
   std::string name = "gateway", kind = "gateway", mode = "burst";
+  int flows = 0;         // recorded in the result (the many-flows table); 0 = not recorded
+  int metrics_port = 0;  // the gateway's METRICS_ADDRESS port on 127.0.0.1: transactions
 };
+
+// A counter of the gateway's /metrics (Prometheus text), or nullopt if it cannot be read.
+std::optional<std::int64_t> gateway_counter(int port, const std::string& name) {
+  httplib::Client http("127.0.0.1", port);
+  http.set_connection_timeout(2);
+  http.set_read_timeout(5);
+  const auto res = http.Get("/metrics");
+  if (!res || res->status != 200) return std::nullopt;
+  std::istringstream in(res->body);
+  for (std::string line; std::getline(in, line);) {
+    if (line.size() > name.size() && line.compare(0, name.size(), name) == 0 &&
+        line[name.size()] == ' ') {
+      return std::strtoll(line.c_str() + name.size() + 1, nullptr, 10);
+    }
+  }
+  return std::nullopt;
+}
 
 // "1712345678.123456" -> µs.
 std::int64_t decimal_seconds_to_us(const std::string& s) {
@@ -410,6 +435,15 @@ int collect(const CollectArgs& a) {
   std::int64_t cpu0 = 0;
   if (a.pid && !a.cpu_from_start) cpu0 = process_cpu_us(a.pid).value_or(0);
   const std::int64_t db_cpu0 = a.db_pid ? process_cpu_us(a.db_pid).value_or(0) : 0;
+  // Committed flow transactions (gateway_transactions_total) over the case: read before the
+  // first message and once all are stored.
+  const char* kTxCounter = "gateway_transactions_total";
+  std::optional<std::int64_t> tx0;
+  if (a.metrics_port) {
+    tx0 = gateway_counter(a.metrics_port, kTxCounter);
+    if (!tx0)
+      std::fprintf(stderr, "collect: cannot read %s on port %d\n", kTxCounter, a.metrics_port);
+  }
   touch(a.ready_file);
 
   std::int64_t last = -1;
@@ -436,6 +470,13 @@ int collect(const CollectArgs& a) {
   if (a.db_pid) {
     if (auto c = process_cpu_us(a.db_pid)) db_cpu = *c - db_cpu0;
   }
+  std::optional<std::int64_t> tx;
+  if (tx0) {
+    // A worker counts its transaction just after the commit that this probe may already have
+    // seen: give the last ones a moment (an idle gateway commits nothing more).
+    std::this_thread::sleep_for(300ms);
+    if (auto c = gateway_counter(a.metrics_port, kTxCounter)) tx = *c - *tx0;
+  }
 
   // created_at is the time of the INSERT, inside the transaction: it precedes the COMMIT by the
   // commit's own duration (one redo-log flush).
@@ -458,8 +499,264 @@ int collect(const CollectArgs& a) {
                                ? json(static_cast<double>(*db_cpu) / static_cast<double>(t.unique))
                                : json();
   r["peak_rss_mb"] = rss ? json(static_cast<double>(*rss) / 1024.0) : json();
+  if (a.flows) r["flows"] = a.flows;
+  if (a.metrics_port) {
+    const double seconds = r["seconds"].get<double>();
+    r["transactions"] = tx ? json(*tx) : json();
+    r["tx_per_s"] = tx && seconds > 0 ? json(static_cast<double>(*tx) / seconds) : json();
+    r["msgs_per_tx"] =
+        tx && *tx > 0 ? json(static_cast<double>(t.unique) / static_cast<double>(*tx)) : json();
+  }
   std::cout << r.dump() << std::endl;
   std::fprintf(stderr, "collect: %s\n", r.dump().c_str());
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------- dbceiling
+
+struct DbCeilingArgs {
+  std::string db_host = "127.0.0.1";
+  int db_port = 3306;
+  std::string db_user = "gw";
+  std::string db_password;
+  std::string db;
+  std::int64_t count = 100000;
+  std::int64_t batch = 5000;            // messages per transaction
+  std::int64_t rows_per_insert = 4096;  // rows per INSERT statement (~350 KB)
+  std::string topic = "bench/1";  // the topic the rows carry (the gateway writes the message's)
+  int db_pid = 0;                 // mariadbd: its CPU over the case
+  std::string name = "dbceiling", mode = "backlog";
+};
+
+// A string literal for SQL text (the values here are ASCII, but a topic could hold a quote).
+void append_quoted(std::string& out, std::string_view v) {
+  out += '\'';
+  for (char c : v) {
+    if (c == '\'' || c == '\\') out += '\\';
+    out += c;
+  }
+  out += '\'';
+}
+
+// The database ceiling (issue 11): the rows the gateway writes for N messages of the bench
+// payload (4 fields each: flow_id, msg_id, topic, field_name and field_value as the gateway
+// encodes them), into the case database's first flow, as fast as one plain client can: one
+// connection, text-protocol multi-row INSERTs, one transaction per batch that also advances
+// flows.last_msg_id, commits as durable as the server is configured. The statements are built
+// before the clock starts; the interval runs from the first INSERT to the last COMMIT.
+int dbceiling(const DbCeilingArgs& a) {
+  sql::Driver* driver = get_driver_instance();
+  sql::ConnectOptionsMap props;
+  props["hostName"] = "tcp://" + a.db_host + ":" + std::to_string(a.db_port);
+  props["userName"] = a.db_user;
+  props["password"] = a.db_password;
+  props["schema"] = a.db;
+  std::unique_ptr<sql::Connection> conn(driver->connect(props));
+  std::unique_ptr<sql::Statement> st(conn->createStatement());
+  std::int64_t flow_id = 0, last_msg_id = 0;
+  {
+    std::unique_ptr<sql::ResultSet> rs(
+        st->executeQuery("SELECT id, last_msg_id FROM flows ORDER BY id LIMIT 1"));
+    if (!rs->next()) throw std::runtime_error("dbceiling: no flow in " + a.db);
+    flow_id = rs->getInt64(1);
+    last_msg_id = rs->getInt64(2);
+  }
+
+  // Per batch: the INSERTs, then the UPDATE of the flow's last_msg_id.
+  struct Batch {
+    std::vector<std::string> inserts;
+    std::string advance;
+  };
+  std::vector<Batch> batches;
+  const std::string prefix =
+      "INSERT INTO data_records (flow_id, msg_id, topic, field_name, field_value) VALUES ";
+  std::string quoted_topic;
+  append_quoted(quoted_topic, a.topic);
+  const std::string flow = std::to_string(flow_id);
+  std::size_t statements = 0;
+  for (std::int64_t first = 1; first <= a.count; first += a.batch) {
+    const std::int64_t last = std::min(a.count, first + a.batch - 1);
+    Batch b;
+    std::string sql;
+    std::int64_t rows = 0;
+    auto row = [&](std::int64_t msg_id, const char* field, const std::string& value) {
+      if (rows == a.rows_per_insert) {
+        b.inserts.push_back(std::move(sql));
+        sql.clear();
+        rows = 0;
+      }
+      sql += rows == 0 ? prefix : ",";
+      sql += '(';
+      sql += flow;
+      sql += ',';
+      sql += std::to_string(last_msg_id + msg_id);
+      sql += ',';
+      sql += quoted_topic;
+      sql += ",'";
+      sql += field;
+      sql += "','";
+      sql += value;
+      sql += "')";
+      ++rows;
+    };
+    char v[32];
+    for (std::int64_t seq = first; seq <= last; ++seq) {
+      // What the gateway stores for the publisher's payload: each field's JSON encoding, the
+      // fields in nlohmann::json's (sorted) order. %.1f is what nlohmann writes for these doubles.
+      std::snprintf(v, sizeof v, "%.1f", 35.0 + static_cast<double>(seq % 251) / 10.0);
+      row(seq, "humidity", v);
+      row(seq, "sent_us", std::to_string(now_us()));
+      row(seq, "seq", std::to_string(seq));
+      std::snprintf(v, sizeof v, "%.1f", 18.0 + static_cast<double>(seq % 97) / 10.0);
+      row(seq, "temperature", v);
+    }
+    if (rows) b.inserts.push_back(std::move(sql));
+    statements += b.inserts.size();
+    b.advance = "UPDATE flows SET last_msg_id = " + std::to_string(last_msg_id + last) +
+                " WHERE id = " + flow;
+    batches.push_back(std::move(b));
+  }
+
+  conn->setAutoCommit(false);
+  const std::int64_t cpu0 = own_cpu_us();
+  const std::int64_t db_cpu0 = a.db_pid ? process_cpu_us(a.db_pid).value_or(0) : 0;
+  const std::int64_t t0 = now_us();
+  for (const Batch& b : batches) {
+    for (const std::string& insert : b.inserts) st->execute(insert);
+    st->execute(b.advance);
+    conn->commit();
+  }
+  const std::int64_t t1 = now_us();
+  const std::int64_t cpu = own_cpu_us() - cpu0;
+  std::optional<std::int64_t> db_cpu;
+  if (a.db_pid) {
+    if (auto c = process_cpu_us(a.db_pid)) db_cpu = *c - db_cpu0;
+  }
+  conn->setAutoCommit(true);
+
+  std::int64_t rows = 0;
+  {
+    std::unique_ptr<sql::ResultSet> rs(
+        st->executeQuery("SELECT COUNT(*) FROM data_records WHERE flow_id = " + flow +
+                         " AND msg_id > " + std::to_string(last_msg_id)));
+    rs->next();
+    rows = rs->getInt64(1);
+  }
+  const std::int64_t stored = rows / 4;
+  const double seconds = static_cast<double>(t1 - t0) / 1e6;
+  json r;
+  r["case"] = a.name;
+  r["kind"] = "dbceiling";
+  r["mode"] = a.mode;
+  r["messages"] = a.count;
+  r["stored"] = stored;
+  r["rows"] = rows;
+  r["lost"] = a.count - stored;
+  r["dup"] = 0;
+  r["seconds"] = seconds;
+  r["rate"] = seconds > 0 ? static_cast<double>(stored) / seconds : 0.0;
+  r["p50_ms"] = json();
+  r["p99_ms"] = json();
+  r["batch"] = a.batch;
+  r["rows_per_insert"] = a.rows_per_insert;
+  r["transactions"] = batches.size();
+  r["statements"] = statements + batches.size();
+  r["cpu_us_per_msg"] = stored ? static_cast<double>(cpu) / static_cast<double>(stored) : 0.0;
+  r["db_cpu_us_per_msg"] =
+      db_cpu && stored ? json(static_cast<double>(*db_cpu) / static_cast<double>(stored)) : json();
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  r["peak_rss_mb"] = static_cast<double>(ru.ru_maxrss) / 1024.0;
+  std::cout << r.dump() << std::endl;
+  std::fprintf(stderr, "dbceiling: %s\n", r.dump().c_str());
+  return 0;
+}
+
+// --------------------------------------------------------------------------------------- startup
+
+struct StartupArgs {
+  std::string log;               // the gateway's stdout/stderr (its log lines)
+  std::int64_t launched_us = 0;  // when run.sh launched it
+  std::int64_t hup_us = 0;       // when run.sh sent SIGHUP (0: no reload measured)
+  std::string moved_filter;      // the changed flow's new topic filter
+  int flows = 0;
+  std::int64_t rss_kib = 0;  // VmRSS once ready (before the reload)
+  int broker_filters = -1;   // filters in mosquitto's subscribe/unsubscribe log lines for the
+                             // reload; -1: not logged by the broker
+  bool routed = false;       // a message on the new topic was stored after the reload
+  int pid = 0;               // the gateway: VmHWM and CPU time so far
+  std::string name = "startup";
+};
+
+// "2026-12-02 08:01:58.916 info  [main] ready" -> µs since the epoch (local time, as spdlog
+// writes it), or nullopt.
+std::optional<std::int64_t> log_time_us(const std::string& line) {
+  std::tm tm{};
+  int ms = 0;
+  if (std::sscanf(line.c_str(), "%d-%d-%d %d:%d:%d.%d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) != 7) {
+    return std::nullopt;
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  tm.tm_isdst = -1;
+  const std::time_t t = std::mktime(&tm);
+  if (t == -1) return std::nullopt;
+  return static_cast<std::int64_t>(t) * 1000000 + ms * 1000;
+}
+
+// Start-up and reload times (issue 17) from the gateway's log lines (millisecond stamps):
+// launch -> flows loaded, connected, the last "subscribed to" before "ready", and "ready";
+// SIGHUP -> "flows reloaded" (the reload itself) and -> "subscribed to <new filter>".
+int startup(const StartupArgs& a) {
+  std::ifstream in(a.log);
+  if (!in) throw std::runtime_error("startup: cannot read " + a.log);
+  std::optional<std::int64_t> loaded, connected, subscribed, ready, hup, reloaded, resubscribed;
+  int start_subscribed = 0;
+  auto has = [](const std::string& line, std::string_view what) {
+    return line.find(what) != std::string::npos;
+  };
+  for (std::string line; std::getline(in, line);) {
+    const auto t = log_time_us(line);
+    if (!t) continue;
+    if (!ready) {
+      if (!loaded && has(line, "] flows reloaded: ")) loaded = t;
+      if (!connected && has(line, "] connected to the broker")) connected = t;
+      if (has(line, "] subscribed to ")) {
+        subscribed = t;
+        ++start_subscribed;
+      }
+      if (line.ends_with("] ready") || has(line, "] ready (")) ready = t;
+    } else if (!hup) {
+      if (has(line, "] SIGHUP: ")) hup = t;
+    } else {
+      if (!reloaded && has(line, "] flows reloaded: ")) reloaded = t;
+      if (!resubscribed && !a.moved_filter.empty() &&
+          line.ends_with("] subscribed to " + a.moved_filter))
+        resubscribed = t;
+    }
+  }
+  auto since = [](const std::optional<std::int64_t>& t, std::int64_t t0) {
+    return t && t0 ? json(static_cast<double>(*t - t0) / 1e6) : json();
+  };
+  json r{{"case", a.name}, {"kind", "startup"}, {"flows", a.flows}};
+  r["flows_loaded_s"] = since(loaded, a.launched_us);
+  r["connected_s"] = since(connected, a.launched_us);
+  r["subscribed_s"] = since(subscribed, a.launched_us);
+  r["ready_s"] = since(ready, a.launched_us);
+  r["subscribed_at_start"] = start_subscribed;
+  r["sighup_logged_s"] = since(hup, a.hup_us);
+  r["reload_s"] = since(reloaded, a.hup_us);
+  r["resubscribed_s"] = since(resubscribed, a.hup_us);
+  r["reload_broker_filters"] = a.broker_filters >= 0 ? json(a.broker_filters) : json();
+  r["reload_routed"] = a.routed;
+  r["vmrss_mb"] = static_cast<double>(a.rss_kib) / 1024.0;
+  if (a.pid) {
+    if (auto hwm = process_peak_rss_kib(a.pid)) r["vmhwm_mb"] = static_cast<double>(*hwm) / 1024.0;
+    if (auto cpu = process_cpu_us(a.pid)) r["cpu_ms"] = static_cast<double>(*cpu) / 1000.0;
+  }
+  std::cout << r.dump() << std::endl;
+  std::fprintf(stderr, "startup: %s\n", r.dump().c_str());
   return 0;
 }
 
@@ -723,10 +1020,16 @@ int report(const std::string& path) {
   };
   const auto baseline = rate_of("baseline", "burst");
   auto is_post = [](const json& r) { return r.value("kind", "").rfind("post", 0) == 0; };
+  // Many-flows bursts (issue 17) have their own table: collect recorded their flow count.
+  auto is_many = [](const json& r) {
+    return r.value("kind", "") == "gateway" && r.contains("flows");
+  };
+  auto is_startup = [](const json& r) { return r.value("kind", "") == "startup"; };
 
   std::optional<double> idle_ms, idle_s;
   std::string load;
-  bool store = false;  // any STORE_DB (or ceiling) case in the file
+  bool store = false;  // any row of the main table (STORE_DB, ceilings)
+  bool many = false, starts = false;
   for (const json& r : rows) {
     const std::string kind = r.value("kind", "");
     if (kind == "load") {
@@ -734,26 +1037,39 @@ int report(const std::string& path) {
     } else if (kind == "idle") {
       idle_ms = r["cpu_ms"].get<double>();
       idle_s = r["seconds"].get<double>();
+    } else if (is_many(r)) {
+      many = true;
+    } else if (is_startup(r)) {
+      starts = true;
     } else if (!is_post(r)) {
       store = true;
     }
   }
 
+  // The bound of a backlog drain (issue 11): the slower of the MQTT ceiling (the do-nothing
+  // subscriber draining the same backlog) and the database ceiling (a plain client inserting the
+  // same rows).
+  const auto ceiling_backlog = rate_of("ceiling", "backlog");
+  const auto db_ceiling = rate_of("dbceiling", "backlog");
+  std::optional<double> bound;
+  if (ceiling_backlog && db_ceiling) bound = std::min(*ceiling_backlog, *db_ceiling);
+
   if (store) {
-    std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %10s %9s\n", "case", "msgs", "msgs/s",
-                "vs ceiling", "vs baseline", "p50 ms", "p99 ms", "lost", "dup", "CPU us/msg",
-                "DB us/msg", "peak RSS");
+    std::printf("%-22s %8s %9s %10s %8s %11s %8s %8s %6s %5s %11s %10s %9s\n", "case", "msgs",
+                "msgs/s", "vs ceiling", "vs bound", "vs baseline", "p50 ms", "p99 ms", "lost",
+                "dup", "CPU us/msg", "DB us/msg", "peak RSS");
   }
   for (const json& r : rows) {
     const std::string kind = r.value("kind", "");
-    if (kind == "load" || kind == "idle" || is_post(r)) continue;
+    if (kind == "load" || kind == "idle" || is_post(r) || is_many(r) || is_startup(r)) continue;
     const std::string mode = r.value("mode", "");
     const double rate = r["rate"].get<double>();
     const bool paced = mode == "paced";  // a fixed offered rate: its msgs/s says nothing
-    std::printf("%-22s %8s %9s %10s %11s %8s %8s %6s %5s %11s %10s %9s\n",
+    std::printf("%-22s %8s %9s %10s %8s %11s %8s %8s %6s %5s %11s %10s %9s\n",
                 r.value("case", "?").c_str(), num(r["messages"], "%.0f").c_str(),
                 num(r["rate"], "%.0f").c_str(),
                 kind == "ceiling" || paced ? "-" : ratio(rate, rate_of("ceiling", mode)).c_str(),
+                kind == "gateway" && mode == "backlog" ? ratio(rate, bound).c_str() : "-",
                 kind != "gateway" || paced ? "-" : ratio(rate, baseline).c_str(),
                 num(r["p50_ms"], "%.2f").c_str(), num(r["p99_ms"], "%.2f").c_str(),
                 num(r["lost"], "%.0f").c_str(), num(r["dup"], "%.0f").c_str(),
@@ -762,6 +1078,88 @@ int report(const std::string& path) {
                 (num(r["peak_rss_mb"], "%.1f") + " MB").c_str());
   }
   if (idle_ms) std::printf("gateway idle: %.0f ms CPU over %.0f s\n", *idle_ms, *idle_s);
+  const auto gateway_backlog = rate_of("gateway", "backlog");
+  if (db_ceiling) {
+    for (const json& r : rows) {
+      if (r.value("kind", "") != "dbceiling") continue;
+      std::printf("dbceiling: %s messages as %s rows, %s msg per transaction, %s rows per INSERT\n",
+                  num(r["stored"], "%.0f").c_str(), num(r["rows"], "%.0f").c_str(),
+                  num(r["batch"], "%.0f").c_str(), num(r["rows_per_insert"], "%.0f").c_str());
+    }
+  }
+  if (bound) {
+    std::printf("backlog bound = min(ceiling-backlog %.0f, dbceiling %.0f) = %.0f msg/s (%s side)",
+                *ceiling_backlog, *db_ceiling, *bound,
+                *db_ceiling < *ceiling_backlog ? "database" : "MQTT");
+    if (gateway_backlog) {
+      std::printf("; gateway-backlog %.0f msg/s = %.0f%% of it", *gateway_backlog,
+                  *gateway_backlog / *bound * 100);
+    }
+    std::printf("\n");
+  }
+
+  // Many flows (issue 17): one burst over 1, 100, 1,000 flows; transactions from the gateway's
+  // gateway_transactions_total; "vs 1 flow" against the one-flow row.
+  const json* one_flow = nullptr;
+  for (const json& r : rows) {
+    if (is_many(r) && r.value("flows", 0) == 1) one_flow = &r;
+  }
+  auto vs_one = [&](const json& r, const char* key) -> std::string {
+    if (!one_flow || !r[key].is_number() || !(*one_flow)[key].is_number()) return "-";
+    return ratio(r[key].get<double>(), (*one_flow)[key].get<double>());
+  };
+  if (many) {
+    std::printf("%s%-22s %6s %8s %9s %9s %9s %8s %11s %9s %10s %8s %6s %5s %9s\n",
+                store ? "\n" : "", "many-flows case", "flows", "msgs", "msgs/s", "vs 1 flow",
+                "tx/s", "msgs/tx", "CPU us/msg", "vs 1 flow", "DB us/msg", "p99 ms", "lost", "dup",
+                "peak RSS");
+  }
+  for (const json& r : rows) {
+    if (!is_many(r)) continue;
+    std::printf("%-22s %6s %8s %9s %9s %9s %8s %11s %9s %10s %8s %6s %5s %9s\n",
+                r.value("case", "?").c_str(), num(r["flows"], "%.0f").c_str(),
+                num(r["messages"], "%.0f").c_str(), num(r["rate"], "%.0f").c_str(),
+                vs_one(r, "rate").c_str(), num(r.value("tx_per_s", json()), "%.0f").c_str(),
+                num(r.value("msgs_per_tx", json()), "%.1f").c_str(),
+                num(r["cpu_us_per_msg"], "%.1f").c_str(), vs_one(r, "cpu_us_per_msg").c_str(),
+                num(r.value("db_cpu_us_per_msg", json()), "%.1f").c_str(),
+                num(r["p99_ms"], "%.2f").c_str(), num(r["lost"], "%.0f").c_str(),
+                num(r["dup"], "%.0f").c_str(), (num(r["peak_rss_mb"], "%.1f") + " MB").c_str());
+  }
+
+  // Start-up and reload (issue 17): seconds from the launch to the log lines (flows loaded,
+  // connected, last subscription, ready), and from SIGHUP to the reload's lines; VmRSS once
+  // ready. Memory per flow: the largest case's VmRSS less the one-flow case's, per extra flow.
+  const json* start_one = nullptr;
+  const json* start_most = nullptr;
+  if (starts) {
+    std::printf("%s%-22s %6s %8s %9s %11s %8s %8s %8s %9s %6s %9s %9s\n", store || many ? "\n" : "",
+                "start-up / reload", "flows", "loaded s", "connect s", "subscribe s", "ready s",
+                "reload s", "resub s", "brkr subs", "routed", "VmRSS", "VmHWM");
+  }
+  for (const json& r : rows) {
+    if (!is_startup(r)) continue;
+    if (r.value("flows", 0) == 1) start_one = &r;
+    if (!start_most || r.value("flows", 0) > start_most->value("flows", 0)) start_most = &r;
+    std::printf("%-22s %6s %8s %9s %11s %8s %8s %8s %9s %6s %9s %9s\n",
+                r.value("case", "?").c_str(), num(r["flows"], "%.0f").c_str(),
+                num(r["flows_loaded_s"], "%.3f").c_str(), num(r["connected_s"], "%.3f").c_str(),
+                num(r["subscribed_s"], "%.3f").c_str(), num(r["ready_s"], "%.3f").c_str(),
+                num(r["reload_s"], "%.3f").c_str(), num(r["resubscribed_s"], "%.3f").c_str(),
+                num(r.value("reload_broker_filters", json()), "%.0f").c_str(),
+                r.value("reload_routed", false) ? "yes" : "NO",
+                (num(r["vmrss_mb"], "%.1f") + " MB").c_str(),
+                (num(r.value("vmhwm_mb", json()), "%.1f") + " MB").c_str());
+  }
+  std::optional<double> bytes_per_flow;
+  if (start_one && start_most && start_most->value("flows", 0) > 1) {
+    const double extra = start_most->value("flows", 0) - 1;
+    const double one = (*start_one)["vmrss_mb"].get<double>();
+    const double most = (*start_most)["vmrss_mb"].get<double>();
+    bytes_per_flow = (most - one) * 1024 * 1024 / extra;
+    std::printf("memory per flow: (%.1f MB - %.1f MB) / %.0f = %.0f bytes (VmRSS once ready)\n",
+                most, one, extra, *bytes_per_flow);
+  }
 
   // POST_ENDPOINT (issue 5): msgs/s is first publish -> last POST received; "vs baseline"
   // compares with the inline baseline of the same number of flows.
@@ -778,9 +1176,9 @@ int report(const std::string& path) {
     if (!is_post(r)) continue;
     if (!post_header) {
       std::printf("%s%-22s %5s %8s %7s %7s %9s %11s %8s %8s %6s %5s %5s %11s %9s\n",
-                  store ? "\n" : "", "POST_ENDPOINT case", "flows", "msgs", "pub s", "s", "msgs/s",
-                  "vs baseline", "p50 ms", "p99 ms", "lost", "dup", "order", "CPU us/msg",
-                  "peak RSS");
+                  store || many || starts ? "\n" : "", "POST_ENDPOINT case", "flows", "msgs",
+                  "pub s", "s", "msgs/s", "vs baseline", "p50 ms", "p99 ms", "lost", "dup", "order",
+                  "CPU us/msg", "peak RSS");
       post_header = true;
     }
     const bool outbox = r.value("kind", "") == "post";
@@ -815,25 +1213,24 @@ int report(const std::string& path) {
         "foreign load (busy cores of 2 while the benchmark was idle, before each case):%s\n",
         load.c_str());
   }
-  if (!store) return 0;
+  if (!store && !many && !starts) return 0;
 
-  // The targets of issue 4.
+  // The targets of issues 4, 11 and 17 ("n/a" when the case that decides is not in the file).
   auto find = [&](const std::string& kind, const std::string& mode) -> const json* {
     for (const json& r : rows) {
-      if (r.value("kind", "") == kind && r.value("mode", "") == mode) return &r;
+      if (r.value("kind", "") == kind && r.value("mode", "") == mode && !is_many(r)) return &r;
     }
     return nullptr;
   };
   std::printf("\ntargets:\n");
   auto check = [](const char* what, bool have, bool ok, const std::string& value) {
-    std::printf("  %-52s %-5s %s\n", what, !have ? "n/a" : ok ? "ok" : "MISS", value.c_str());
+    std::printf("  %-56s %-5s %s\n", what, !have ? "n/a" : ok ? "ok" : "MISS", value.c_str());
   };
   const json* burst = find("gateway", "burst");
   const json* backlog = find("gateway", "backlog");
   const json* paced = find("gateway", "paced");
-  const auto ceiling_backlog = rate_of("ceiling", "backlog");
   auto d = [](const json* r, const char* key) {
-    return r && (*r)[key].is_number() ? (*r)[key].get<double>() : NAN;
+    return r && r->contains(key) && (*r)[key].is_number() ? (*r)[key].get<double>() : NAN;
   };
   check("burst >= 10,750 msg/s, zero lost", burst != nullptr,
         d(burst, "rate") >= 10750 && d(burst, "lost") == 0,
@@ -841,6 +1238,9 @@ int report(const std::string& path) {
   check("backlog drain >= 70% of the do-nothing subscriber", backlog && ceiling_backlog,
         ceiling_backlog && d(backlog, "rate") >= 0.7 * *ceiling_backlog,
         ceiling_backlog ? num(d(backlog, "rate") / *ceiling_backlog * 100, "%.0f%%") : "-");
+  check("backlog drain >= 70% of min(MQTT, database ceiling)", backlog && bound,
+        bound && d(backlog, "rate") >= 0.7 * *bound,
+        bound ? num(d(backlog, "rate") / *bound * 100, "%.0f%%") : "-");
   check("burst >= 10x the batching-off baseline", burst && baseline,
         baseline && d(burst, "rate") >= 10 * *baseline,
         baseline ? num(d(burst, "rate") / *baseline, "%.1fx") : "-");
@@ -850,7 +1250,8 @@ int report(const std::string& path) {
         num(d(burst, "cpu_us_per_msg"), "%.1f us"));
   double rss = 0;
   for (const json& r : rows) {
-    if (r.value("kind", "") != "ceiling" && r.contains("peak_rss_mb") &&
+    const std::string kind = r.value("kind", "");
+    if ((kind == "gateway" || kind == "baseline") && r.contains("peak_rss_mb") &&
         r["peak_rss_mb"].is_number()) {
       rss = std::max(rss, r["peak_rss_mb"].get<double>());
     }
@@ -858,6 +1259,30 @@ int report(const std::string& path) {
   check("gateway peak RSS <= 50 MB (all gateway cases)", rss > 0, rss <= 50, num(rss, "%.1f MB"));
   check("idle CPU ~0 (< 1% of a core)", idle_ms.has_value(),
         idle_ms && *idle_ms < 0.01 * *idle_s * 1000, idle_ms ? num(*idle_ms, "%.0f ms") : "-");
+  const json* many_most = nullptr;
+  for (const json& r : rows) {
+    if (is_many(r) && (!many_most || r.value("flows", 0) > many_most->value("flows", 0)))
+      many_most = &r;
+  }
+  const bool many_pair = one_flow && many_most && many_most != one_flow;
+  const std::string most_flows = many_pair ? std::to_string(many_most->value("flows", 0)) : "";
+  check("many flows: msgs/s >= 0.66x of 1 flow (most flows)", many_pair,
+        d(many_most, "rate") >= 0.66 * d(one_flow, "rate"),
+        many_pair ? vs_one(*many_most, "rate") + " (" + most_flows + " flows)" : "-");
+  check("many flows: CPU/msg <= 1.5x of 1 flow (most flows)", many_pair,
+        d(many_most, "cpu_us_per_msg") <= 1.5 * d(one_flow, "cpu_us_per_msg"),
+        many_pair ? vs_one(*many_most, "cpu_us_per_msg") + " (" + most_flows + " flows)" : "-");
+  const bool start_many = start_most && start_most->value("flows", 0) > 1;
+  const std::string start_flows =
+      start_many ? " (" + std::to_string(start_most->value("flows", 0)) + " flows)" : "";
+  check("start-up (launch -> ready) < 1 s with the most flows", start_many,
+        d(start_most, "ready_s") < 1, num(d(start_most, "ready_s"), "%.3f s") + start_flows);
+  check("reload, one flow changed (SIGHUP -> resubscribed) < 1 s", start_many,
+        d(start_most, "resubscribed_s") < 1 && start_most->value("reload_routed", false),
+        num(d(start_most, "resubscribed_s"), "%.3f s") + start_flows +
+            (start_many && !start_most->value("reload_routed", false) ? ", NOT routed" : ""));
+  if (bytes_per_flow)
+    std::printf("  %-56s %-5s %.0f bytes\n", "memory per flow (reported)", "", *bytes_per_flow);
   return 0;
 }
 
@@ -911,6 +1336,9 @@ int main(int argc, char** argv) {
   col->add_option("--case", ca.name);
   col->add_option("--kind", ca.kind, "gateway | baseline");
   col->add_option("--mode", ca.mode, "burst | backlog | paced");
+  col->add_option("--flows", ca.flows, "recorded in the result (many-flows table)");
+  col->add_option("--metrics-port", ca.metrics_port,
+                  "the gateway's metrics port on 127.0.0.1: transactions per second");
 
   SinkArgs ka;
   auto* snk = app.add_subcommand("sink", "count POSTs of POST_ENDPOINT flows (answers 200)");
@@ -928,6 +1356,37 @@ int main(int argc, char** argv) {
   snk->add_option("--kind", ka.kind, "post | post-baseline");
   snk->add_option("--mode", ka.mode, "burst");
 
+  DbCeilingArgs da;
+  auto* dbc = app.add_subcommand(
+      "dbceiling", "the database ceiling: the gateway's rows for N messages, by a plain client");
+  dbc->add_option("--db-host", da.db_host);
+  dbc->add_option("--db-port", da.db_port)->required();
+  dbc->add_option("--db-user", da.db_user);
+  dbc->add_option("--db", da.db, "a database with the gateway's schema and a flow")->required();
+  dbc->add_option("--count", da.count)->check(CLI::PositiveNumber);
+  dbc->add_option("--batch", da.batch, "messages per transaction")->check(CLI::PositiveNumber);
+  dbc->add_option("--rows-per-insert", da.rows_per_insert, "rows per INSERT statement")
+      ->check(CLI::PositiveNumber);
+  dbc->add_option("--topic", da.topic, "the topic column's value");
+  dbc->add_option("--db-pid", da.db_pid, "mariadbd: its CPU over the case (DB us/msg)");
+  dbc->add_option("--case", da.name);
+  dbc->add_option("--mode", da.mode, "the mode whose gateway rows it bounds (backlog)");
+
+  StartupArgs ua;
+  auto* stu = app.add_subcommand("startup", "start-up and reload times from a gateway's log");
+  stu->add_option("--log", ua.log, "the gateway's output (log lines)")->required();
+  stu->add_option("--launched-us", ua.launched_us, "launch time, µs since the epoch")->required();
+  stu->add_option("--hup-us", ua.hup_us, "SIGHUP time, µs since the epoch");
+  stu->add_option("--moved-filter", ua.moved_filter, "the changed flow's new topic filter");
+  stu->add_option("--flows", ua.flows)->required();
+  stu->add_option("--rss-kib", ua.rss_kib, "VmRSS once ready");
+  stu->add_option(
+      "--broker-filters", ua.broker_filters,
+      "filters in the broker's (un)subscribe log lines for the reload (-1: not logged)");
+  stu->add_flag("--routed", ua.routed, "a message on the new filter was stored");
+  stu->add_option("--pid", ua.pid, "the gateway process");
+  stu->add_option("--case", ua.name);
+
   int idle_pid = 0;
   double idle_seconds = 5;
   std::string idle_case;
@@ -944,13 +1403,15 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   // The password comes from the environment, not the command line (ps shows that).
-  if (const char* pw = std::getenv("MYSQL_PWD")) ca.db_password = pw;
+  if (const char* pw = std::getenv("MYSQL_PWD")) ca.db_password = da.db_password = pw;
 
   try {
     if (*pub) return publish(pa);
     if (*sub) return subscribe(sa);
     if (*col) return collect(ca);
     if (*snk) return sink(ka);
+    if (*dbc) return dbceiling(da);
+    if (*stu) return startup(ua);
     if (*idl) return idle(idle_pid, idle_seconds, idle_case, idle_exclude);
     if (*rep) return report(results);
   } catch (const sql::SQLException& e) {

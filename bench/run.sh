@@ -9,9 +9,17 @@
 #   3 gateway           the gateway as configured (defaults), live burst of N (+ its idle CPU)
 #   4 ceiling-backlog   N queued by the broker for a persistent session, drained by the
 #     gateway-backlog   do-nothing subscriber, then by the gateway (each from its connect)
+#     dbceiling         the database ceiling (issue 11): the same rows for N messages inserted by
+#                       `gw-bench dbceiling`, a plain client (1 connection, BENCH_DB_BATCH
+#                       messages per transaction, 4,096-row INSERTs); the backlog drain's bound
+#                       is min(ceiling-backlog, dbceiling)
 #   5 gateway-1k/s      the gateway at a fixed 1,000 msg/s for BENCH_PACED_SECONDS: latency
 #   steady-*            1,000 and 5,000 msg/s, batch linger off and default (issue 16)
-#   flows-*             a burst over 1, 100 and 1,000 flows (issue 17; BENCH_CASES=manyflows)
+#   flows-*             a burst over 1, 100 and 1,000 flows (issue 17; BENCH_CASES=manyflows),
+#                       with transactions per second from the gateway's /metrics
+#   startup-*           start-up and reload of one changed flow with 1 and BENCH_START_FLOWS
+#                       flows on many/<i>/+ (issue 17; part of manyflows): times from the log
+#                       lines, VmRSS, memory per flow
 #   6 post-baseline     POST_ENDPOINT (issue 5): BENCH_POST_COUNT messages to one flow whose
 #     post-outbox       endpoint is `gw-bench sink` on 127.0.0.1; the baseline POSTs inline
 #                       (HTTP_DELIVERY=inline MAX_BATCH=1 DB_POOL_SIZE=1), the other case runs
@@ -23,10 +31,15 @@
 # topic prefix and client id. Runs as root (services.sh needs it); bounded in time; stops what it
 # started on exit.
 #
-#   BENCH_CASES="all"   which cases, any of: ceiling baseline gateway backlog paced steady post1
-#                       post4; "store" = the first six (STORE_DB), "post" = post1 post4, "all" = both
+#   BENCH_CASES="all"   which cases, any of: ceiling baseline gateway backlog dbceiling paced
+#                       steady manyflows startup post1 post4; "store" = ceiling ... steady
+#                       (STORE_DB), "post" = post1 post4, "all" = both; backlog brings dbceiling,
+#                       manyflows brings startup
 #   BENCH_STEADY_SECONDS=20  (steady: 1k and 5k msg/s, linger off and default; DB us/msg column)
 #   BENCH_MANY_COUNT=20000   (manyflows: one burst over 1, 100 and 1,000 flows; not in "all")
+#   BENCH_DB_BATCH=5000      (dbceiling: messages per transaction)
+#   BENCH_START_FLOWS=5000   (startup: the large case; the small one has 1 flow)
+#   BENCH_METRICS_PORT=18348 (the gateway's METRICS_ADDRESS in the manyflows cases)
 #   BENCH_COUNT=100000  BENCH_BASELINE_COUNT=10000  BENCH_PACED_SECONDS=10  BENCH_FLOWS=1
 #   BENCH_POST_COUNT=20000  BENCH_SINK_PORT=18347
 #   BENCH_KEEP_SERVICES=1   leave MariaDB and mosquitto running afterwards
@@ -41,6 +54,9 @@ NB="${BENCH_BASELINE_COUNT:-10000}"
 PACED_SECONDS="${BENCH_PACED_SECONDS:-10}"
 STEADY_SECONDS="${BENCH_STEADY_SECONDS:-20}"
 MANY="${BENCH_MANY_COUNT:-20000}"
+DB_BATCH="${BENCH_DB_BATCH:-5000}"
+START_FLOWS="${BENCH_START_FLOWS:-5000}"
+METRICS_PORT="${BENCH_METRICS_PORT:-18348}"
 FLOWS="${BENCH_FLOWS:-1}"
 NP="${BENCH_POST_COUNT:-20000}"
 SINK_PORT="${BENCH_SINK_PORT:-18347}"
@@ -49,6 +65,11 @@ CASES="${CASES//,/ }"
 CASES="${CASES// all / store post }"
 CASES="${CASES// store / ceiling baseline gateway backlog paced steady }"
 CASES="${CASES// post / post1 post4 }"
+CASES="${CASES// backlog / backlog dbceiling }"
+CASES="${CASES// manyflows / manyflows startup }"
+UNIQUE=" "
+for c in $CASES; do [[ $UNIQUE == *" $c "* ]] || UNIQUE+="$c "; done
+CASES="$UNIQUE"
 export GW_RUN_DIR="$RUN" GW_DB_PORT=3347 GW_MQTT_PORT=1924 GW_MQTT_TLS_PORT=8924
 DB_PORT=$GW_DB_PORT MQTT_PORT=$GW_MQTT_PORT
 export MYSQL_PWD=gwpass # services.sh's throwaway user gw; gw-bench collect reads it too
@@ -65,8 +86,8 @@ die() {
 
 for c in $CASES; do
   case $c in
-    ceiling | baseline | gateway | backlog | paced | steady | manyflows | post1 | post4) ;;
-    *) die "BENCH_CASES: unknown case '$c' (ceiling baseline gateway backlog paced steady manyflows post1 post4 store post all)" ;;
+    ceiling | baseline | gateway | backlog | dbceiling | paced | steady | manyflows | startup | post1 | post4) ;;
+    *) die "BENCH_CASES: unknown case '$c' (ceiling baseline gateway backlog dbceiling paced steady manyflows startup post1 post4 store post all)" ;;
   esac
 done
 want() { [[ $CASES == *" $1 "* ]]; }
@@ -107,10 +128,11 @@ wait_file() {
 }
 
 # new_case NAME [KEY=VALUE...]: a fresh database gw_bench_NAME with the schema, the broker and
-# K flows on bench/ID/NAME/1..K, and the gateway's env file. K is POST_FLOWS if set (POST_ENDPOINT
-# flows, flow k posting to the sink's /flow/k), else BENCH_FLOWS STORE_DB flows. Sets CASE_DIR,
-# CASE_DB, CASE_PREFIX, CASE_FLOWS.
+# K flows on bench/ID/NAME/1..K (on many/1..K/+ if FLOW_TOPICS=many), and the gateway's env file.
+# K is POST_FLOWS if set (POST_ENDPOINT flows, flow k posting to the sink's /flow/k), else
+# BENCH_FLOWS STORE_DB flows. Sets CASE_DIR, CASE_DB, CASE_PREFIX, CASE_FLOWS.
 POST_FLOWS=""
+FLOW_TOPICS=""
 new_case() {
   local name="$1"
   shift
@@ -127,25 +149,30 @@ new_case() {
   } >"$CASE_DIR/gateway.env"
   sql -e "DROP DATABASE IF EXISTS $CASE_DB; CREATE DATABASE $CASE_DB"
   "$GATEWAY" --env-file "$CASE_DIR/gateway.env" --init-db >/dev/null
-  local k values=""
+  local k topic values=""
   for ((k = 1; k <= CASE_FLOWS; k++)); do
+    topic="$CASE_PREFIX/$k"
+    [[ $FLOW_TOPICS == many ]] && topic="many/$k/+"
     if [[ -n $POST_FLOWS ]]; then
-      values+="${values:+,}('f$k', '$CASE_PREFIX/$k', 'POST_ENDPOINT', 'http://127.0.0.1:$SINK_PORT/flow/$k', "
+      values+="${values:+,}('f$k', '$topic', 'POST_ENDPOINT', 'http://127.0.0.1:$SINK_PORT/flow/$k', "
     else
-      values+="${values:+,}('f$k', '$CASE_PREFIX/$k', 'STORE_DB', NULL, "
+      values+="${values:+,}('f$k', '$topic', 'STORE_DB', NULL, "
     fi
     values+="'{\"seq\": \"int\", \"sent_us\": \"int\", \"temperature\": \"number\", \"humidity\": \"number\"}')"
   done
-  # On stdin: with 1,000 flows the statement is longer than one argument may be.
+  # On stdin: with thousands of flows the statement is longer than one argument may be.
   sql "$CASE_DB" <<<"INSERT INTO mqtt_servers (name, host, port, is_default) VALUES ('bench', '127.0.0.1', $MQTT_PORT, 1);
     INSERT INTO flows (code, topic, action, endpoint_url, payload_schema) VALUES $values;"
 }
 
-# Starts the gateway of the current case in the background (GW_PID) and waits until it is ready.
+# Starts the gateway of the current case in the background (GW_PID, its output in GW_OUT) and
+# waits until it is ready.
+GW_OUT=""
 start_gateway() {
   local runs
   runs=$(find "$CASE_DIR" -maxdepth 1 -name 'gateway.*.out' | wc -l)
   local out="$CASE_DIR/gateway.$runs.out"
+  GW_OUT="$out"
   : >"$out"
   local t0
   t0=$(date +%s%6N)
@@ -190,9 +217,9 @@ collect() { # CASE KIND MODE COUNT [extra gw-bench collect options]; result appe
 }
 
 # A live burst against a running gateway: collect watches while publish runs.
-gateway_burst() { # CASE KIND COUNT
+gateway_burst() { # CASE KIND COUNT [extra gw-bench collect options]
   rm -f "$CASE_DIR/collect.ready"
-  collect "$1" "$2" burst "$3" --ready-file "$CASE_DIR/collect.ready" &
+  collect "$1" "$2" burst "$3" --ready-file "$CASE_DIR/collect.ready" "${@:4}" &
   local collector=$!
   wait_file "$CASE_DIR/collect.ready"
   publish "$3"
@@ -260,6 +287,18 @@ if want backlog; then
   stop_gateway
 fi
 
+# The database ceiling (issue 11): the rows gateway-backlog stores (same schema, same topic,
+# 4 fields per message), inserted by a plain client, one connection, BENCH_DB_BATCH messages per
+# transaction (each also advancing flows.last_msg_id), durable commits as the server is set up.
+if want dbceiling; then
+  say "database ceiling: the rows of $N messages, $DB_BATCH per transaction, one connection"
+  foreign_load dbceiling
+  new_case dbceiling
+  timeout 600 "$BENCH" dbceiling --db-port "$DB_PORT" --db "$CASE_DB" --count "$N" \
+    --batch "$DB_BATCH" --topic "bench/$ID/gateway-backlog/1" \
+    --db-pid "$(<"$RUN/mariadb/server.pid")" --case dbceiling --mode backlog >>"$RESULTS"
+fi
+
 if want paced; then
   say "latency: the gateway at 1,000 msg/s for $PACED_SECONDS s"
   foreign_load gateway-paced
@@ -301,10 +340,65 @@ if want manyflows; then
   for nflows in 1 100 1000; do
     say "many flows: $MANY messages over $nflows flow(s)"
     foreign_load "flows-$nflows"
-    FLOWS=$nflows new_case "flows-$nflows"
+    FLOWS=$nflows new_case "flows-$nflows" "METRICS_ADDRESS=127.0.0.1:$METRICS_PORT"
     start_gateway
-    gateway_burst "flows-$nflows" gateway "$MANY"
+    gateway_burst "flows-$nflows" gateway "$MANY" --flows "$nflows" --metrics-port "$METRICS_PORT"
     stop_gateway
+  done
+fi
+
+# Start-up and reload (issue 17): K STORE_DB flows on many/1..K/+; the gateway's start-up (launch
+# -> its log lines up to "ready"), its VmRSS 1 s later, then one flow's topic changed and SIGHUP
+# (-> "flows reloaded" and -> "subscribed to" the new filter), and one message on the new filter
+# must be stored. Run with 1 flow and BENCH_START_FLOWS: the RSS difference is the memory per
+# flow. If the broker logs subscriptions (log_type subscribe / unsubscribe), the filters it saw
+# for the reload are counted.
+startup_case() { # NAME FLOWS
+  local name="$1" nflows="$2"
+  foreign_load "$name"
+  FLOWS=$nflows FLOW_TOPICS=many new_case "$name"
+  start_gateway
+  local launched rss
+  launched=$(cut -d' ' -f2 "$CASE_DIR/gateway.launched")
+  sleep 1
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status")
+  local moved="many/1/moved/+" mq_log="$RUN/mosquitto/mosquitto.log" mq_before hup
+  sql "$CASE_DB" -e "UPDATE flows SET topic = '$moved' WHERE code = 'f1'"
+  mq_before=$(wc -l <"$mq_log")
+  hup=$(date +%s%6N)
+  kill -HUP "$GW_PID"
+  local deadline=$((SECONDS + 30))
+  until grep -qF "] subscribed to $moved" "$GW_OUT"; do
+    ((SECONDS < deadline)) || {
+      printf 'bench: %s: no "subscribed to %s" 30 s after SIGHUP\n' "$name" "$moved" >&2
+      break
+    }
+    sleep 0.05
+  done
+  local client="gw-bench-$ID-$name" broker_filters=-1
+  if grep -qE ": $client [0-2] many/" "$mq_log"; then
+    broker_filters=$(tail -n +"$((mq_before + 1))" "$mq_log" | grep -c ": $client " || true)
+  fi
+  timeout 60 "$BENCH" publish --port "$MQTT_PORT" --topic-prefix "${moved%/+}" --flows 1 --count 1
+  local routed=()
+  deadline=$((SECONDS + 10))
+  while :; do
+    if (($(sql -N "$CASE_DB" -e "SELECT last_msg_id FROM flows WHERE code = 'f1'") >= 1)); then
+      routed=(--routed)
+      break
+    fi
+    ((SECONDS < deadline)) || break
+    sleep 0.1
+  done
+  timeout 30 "$BENCH" startup --log "$GW_OUT" --launched-us "$launched" --hup-us "$hup" \
+    --moved-filter "$moved" --flows "$nflows" --rss-kib "$rss" --broker-filters "$broker_filters" \
+    --pid "$GW_PID" --case "$name" "${routed[@]}" >>"$RESULTS"
+  stop_gateway
+}
+if want startup; then
+  for nflows in 1 "$START_FLOWS"; do
+    say "start-up and reload with $nflows flow(s) on many/<i>/+"
+    startup_case "startup-$nflows" "$nflows"
   done
 fi
 
