@@ -48,10 +48,10 @@ struct OutboxEntry {
   std::int64_t created_ms = 0;  // Unix ms; also the first attempt's due time
 };
 
-// A transaction holding the lock on one flow row. Destroying it without commit() rolls back.
-class FlowTransaction {
+// One flow row, locked in an open transaction: what the flow transaction reads and writes.
+class LockedFlow {
  public:
-  virtual ~FlowTransaction() = default;
+  virtual ~LockedFlow() = default;
   // The flow row as locked (fresh from the database, not from the last reload).
   virtual const Flow& flow() const = 0;
   // The highest spool seq this flow committed for the spool given to lock_flow(); 0 if none.
@@ -67,6 +67,23 @@ class FlowTransaction {
                                  std::int64_t msg_id) = 0;
   // Sets flows.last_msg_id and, when last_seq > 0, the flow's spool offset.
   virtual void advance(std::int64_t last_msg_id, std::uint64_t last_seq) = 0;
+};
+
+// A transaction holding the lock on one flow row. Destroying it without commit() rolls back.
+class FlowTransaction : public LockedFlow {
+ public:
+  virtual void commit() = 0;
+};
+
+// One transaction holding the locks on several flow rows (issue 17: many flows with a few
+// messages each share one commit). Writes may be deferred to commit(), so an error (a refused
+// row among them) may surface there and cannot be told apart by flow: the caller retries the
+// flows one by one. Destroying it without commit() rolls back everything.
+class FlowGroupTransaction {
+ public:
+  virtual ~FlowGroupTransaction() = default;
+  // The flow at index i of the ids given to lock_flows(); nullptr when its row is gone.
+  virtual LockedFlow* flow(std::size_t i) = 0;
   virtual void commit() = 0;
 };
 
@@ -88,6 +105,11 @@ class FlowRepository {
   // no row; flow() is a placeholder with id kNoFlow, and committed_seq()/advance() use the spool
   // offset kept under flow id kNoFlow. Same ownership rules as lock_flow().
   virtual std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view spool_id) = 0;
+  // Begins one transaction that locks every flow of `ids` (distinct, ascending: every worker and
+  // every gateway locks in the same order, so none waits on another in a cycle). Same ownership
+  // rules as lock_flow().
+  virtual std::unique_ptr<FlowGroupTransaction> lock_flows(std::span<const std::int64_t> ids,
+                                                           std::string_view spool_id) = 0;
   // Cheap liveness probe (SELECT 1); false when the connection is gone.
   virtual bool ping() = 0;
   // The highest spool seq any flow committed for `spool_id` (0 if none). At start-up the spool's

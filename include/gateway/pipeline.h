@@ -1,8 +1,11 @@
 // The path from the spool to the database. One dispatcher thread reads the spool in order, parses
 // each payload once, routes it to the flows whose filter matches and queues it per flow. A pool of
 // workers, each with its own database connection, takes whole runs of a flow's queue and commits
-// each run in one transaction (group commit). A flow is worked on by one worker at a time, so its
-// messages keep their arrival order; other flows proceed in parallel on the other workers.
+// each run in one transaction (group commit). When the run is short and other flows are waiting
+// too, the worker takes theirs as well and commits them all in one transaction (flow rows locked
+// in id order); if that transaction fails, each flow is retried alone. A flow is worked on by
+// one worker at a time, so its messages keep their arrival order; other flows proceed in
+// parallel on the other workers.
 //
 // A message leaves the spool only when every flow it matched committed it: as data, as an outbox
 // row or as a dead letter. What happens on an error is decided by its type (errors.h,
@@ -60,6 +63,10 @@ struct PipelineOptions {
   // long for more before it opens the transaction (0: never). Fewer, larger transactions at
   // steady rates; never applied when a full batch is waiting.
   std::chrono::milliseconds batch_linger{0};
+  // A worker whose flow has fewer than max_batch messages waiting takes the waiting messages of
+  // up to this many flows in all (max_batch messages at most) into one transaction (1: never).
+  // Not with post_inline.
+  std::size_t max_group_flows = 32;
   PayloadLimits limits;  // MAX_PAYLOAD_BYTES, MAX_JSON_DEPTH
   ProcessorOptions processor;
   std::chrono::milliseconds retry_initial{200};  // first retry of a held flow
@@ -131,6 +138,28 @@ class Pipeline {
   std::optional<SpoolRecord> read_spool(std::chrono::milliseconds timeout);
   void worker_loop(std::size_t index);
   BatchOutcome run_batch(std::int64_t flow_id, const std::vector<MessagePtr>& batch, Worker& w);
+  // One flow's share of a group transaction.
+  struct Member {
+    std::int64_t flow_id;
+    FlowQueue* queue;
+    std::vector<MessagePtr> batch;
+    BatchOutcome outcome;
+  };
+  // Commits the members' batches in one transaction (members in ascending flow id), or, if that
+  // fails for any reason but a lost connection, each one with run_batch(). Sets every outcome.
+  void run_group(std::vector<Member>& members, Worker& w);
+  // Moves up to max_batch - `taken` waiting messages of other ready flows (at most
+  // max_group_flows - 1 flows, in memory, not held) into `members`, marking them busy.
+  // Requires mu_.
+  void take_group_locked(std::size_t taken, std::vector<Member>& members);
+  // Opens the worker's database session and HTTP poster if it has none. Throws what the
+  // factories throw.
+  void ensure_session(Worker& w);
+  // Counts a database error and drops the worker's session (logged once per outage when
+  // `by_connection`).
+  void drop_session(Worker& w, const std::exception& e, bool by_connection);
+  // A batch result into metrics and log lines.
+  void account(const BatchResult& r, std::size_t batch_size);
   // Re-reads up to max_batch parked messages of a flow from the spool into `batch`. Called with
   // the flow busy, without mu_.
   using Epochs = std::vector<std::pair<std::uint64_t, std::shared_ptr<const FlowSnapshot>>>;

@@ -88,6 +88,15 @@ class Processor {
   BatchResult process_batch(std::int64_t flow_id, std::span<const InboundMessage* const> batch,
                             std::string_view spool_id);
 
+  // process_batch() for several flows in one transaction (their rows locked in the order of
+  // `flow_ids`: ascending, distinct); batches[i] belongs to flow_ids[i]. A flow whose row is gone
+  // has flow_missing set. Throws as process_batch(); a DbDataError cannot be told apart by flow
+  // (writes may be deferred to the commit): nothing is committed, retry the flows one by one.
+  // Not for POST_ENDPOINT with post_inline (a POST would hold every row of the group).
+  std::vector<BatchResult> process_group(
+      std::span<const std::int64_t> flow_ids,
+      std::span<const std::span<const InboundMessage* const>> batches, std::string_view spool_id);
+
   // Records `message` as a dead letter of the flow for `why`, in a transaction of its own that
   // also advances the flow's spool offset. For a message the database refused as part of a batch.
   // Throws Error when the flow row is gone (nothing written), and what the repository throws.
@@ -109,6 +118,8 @@ class Processor {
                                      std::string_view topic = {});
 
  private:
+  // The body of the flow transaction on a locked flow: everything but the commit.
+  BatchResult process_locked(LockedFlow& tx, std::span<const InboundMessage* const> batch);
   // The compiled payload_schema of a flow, recompiled only when the column text changes.
   const SchemaResult& schema_for(const Flow& flow);
   // Why `message` cannot go to `flow`, or empty.

@@ -33,6 +33,18 @@ constexpr const char* kLockFlowSql =
 constexpr const char* kOffsetSql =
     "SELECT last_seq FROM spool_offsets WHERE spool_id = ? AND flow_id = ?";
 constexpr const char* kAdvanceSql = "UPDATE flows SET last_msg_id = ? WHERE id = ?";
+// A group of flows (lock_flows): the same statements for n flows at once, built per n. The lock
+// reads the primary key in ascending order, so the rows are locked in id order.
+constexpr const char* kLockFlowsPrefix =
+    "SELECT id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled "
+    "FROM flows WHERE id IN (";
+constexpr const char* kLockFlowsSuffix = ") ORDER BY id FOR UPDATE";
+constexpr const char* kOffsetsPrefix =
+    "SELECT flow_id, last_seq FROM spool_offsets WHERE spool_id = ? AND flow_id IN (";
+constexpr const char* kAdvanceManyPrefix = "UPDATE flows SET last_msg_id = CASE id ";
+constexpr const char* kUpsertOffsetsPrefix =
+    "INSERT INTO spool_offsets (spool_id, flow_id, last_seq) VALUES ";
+constexpr const char* kUpsertOffsetsSuffix = " ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq)";
 constexpr const char* kUpsertOffsetSql =
     "INSERT INTO spool_offsets (spool_id, flow_id, last_seq) VALUES (?, ?, ?) "
     "ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq)";
@@ -104,13 +116,14 @@ std::string_view utf8_prefix(std::string_view s, std::size_t max) {
   return s.substr(0, n);
 }
 
-std::string repeated_rows(const char* prefix, const char* row, std::size_t n) {
+std::string repeated_rows(const char* prefix, const char* row, std::size_t n,
+                          const char* suffix = "") {
   std::string sql = prefix;
   for (std::size_t i = 0; i < n; ++i) {
     if (i) sql += ',';
     sql += row;
   }
-  return sql;
+  return sql + suffix;
 }
 
 }  // namespace
@@ -133,9 +146,16 @@ struct MySqlFlowRepository::Impl {
   // Multi-row INSERTs by (statement prefix, row count): built and prepared once.
   std::map<std::pair<const char*, std::size_t>, std::unique_ptr<sql::PreparedStatement>> multi;
 
-  sql::PreparedStatement& prepare_rows(const char* prefix, const char* row, std::size_t n) {
-    auto& slot = multi[{prefix, n}];
-    if (!slot) slot.reset(conn->prepareStatement(repeated_rows(prefix, row, n)));
+  sql::PreparedStatement& prepare_rows(const char* prefix, const char* row, std::size_t n,
+                                       const char* suffix = "") {
+    return prepare_sized(prefix, n, [&] { return repeated_rows(prefix, row, n, suffix); });
+  }
+
+  // The statement for n items, known by `key` (a constant's address) and n; built once.
+  template <typename Build>
+  sql::PreparedStatement& prepare_sized(const char* key, std::size_t n, Build build) {
+    auto& slot = multi[{key, n}];
+    if (!slot) slot.reset(conn->prepareStatement(build()));
     return *slot;
   }
 
@@ -162,45 +182,112 @@ struct MySqlFlowRepository::Impl {
 
 namespace {
 
+// Rolls back unless committed; a broken connection is left for the server to roll back.
+void rollback_quietly(sql::Connection& conn) {
+  try {
+    conn.rollback();
+  } catch (const sql::SQLException&) {
+    // The connection is already broken; the server rolls back when it notices.
+  }
+}
+
+// Multi-row INSERTs: runs of rows that fit one packet (db.packet_budget), each run sent as
+// statements of the kChunkSizes row counts, each statement prepared once. A single row larger
+// than a packet is its message's fault: DbDataError.
+template <typename Row, typename Bind, typename Size>
+void insert_in_chunks(MySqlFlowRepository::Impl& db, std::span<const Row> rows, const char* prefix,
+                      const char* row_sql, std::string_view what, Bind bind, Size size) {
+  try {
+    std::size_t done = 0;
+    while (done < rows.size()) {
+      std::size_t n = 0, bytes = 0;
+      while (done + n < rows.size() && n < kChunkSizes.front()) {
+        const std::size_t b = size(rows[done + n]) + kRowOverheadBytes;
+        if (n == 0 && b > db.packet_budget) {
+          throw DbDataError(std::string(what) + ": a row of " + std::to_string(b) +
+                                " bytes does not fit the server's max_allowed_packet",
+                            1153);
+        }
+        if (bytes + b > db.packet_budget) break;
+        bytes += b;
+        ++n;
+      }
+      for (std::size_t chunk : kChunkSizes) {
+        while (n >= chunk) {
+          auto& stmt = db.prepare_rows(prefix, row_sql, chunk);
+          int p = 1;
+          for (std::size_t i = done; i < done + chunk; ++i) bind(stmt, p, rows[i]);
+          stmt.executeUpdate();
+          done += chunk;
+          n -= chunk;
+        }
+      }
+    }
+  } catch (const sql::SQLException& e) {
+    rethrow(e, what);
+  }
+}
+
+void bind_record(sql::PreparedStatement& stmt, int& p, std::int64_t flow_id, const DataRecord& r) {
+  stmt.setInt64(p++, flow_id);
+  stmt.setInt64(p++, r.msg_id);
+  stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
+  stmt.setString(p++, sql::SQLString(r.field_name.data(), r.field_name.size()));
+  stmt.setString(p++, r.field_value);
+}
+
+std::size_t record_size(const DataRecord& r) {
+  return r.topic.size() + r.field_name.size() + r.field_value.size();
+}
+
+// What the flows of a group transaction write at its commit: their data_records rows, new
+// last_msg_ids and spool offsets, each as one statement for the whole group instead of one per
+// flow.
+struct GroupWrites {
+  struct Record {
+    std::int64_t flow_id;
+    DataRecord row;
+  };
+  std::vector<Record> records;
+  std::vector<std::pair<std::int64_t, std::int64_t>> msg_ids;  // (flow id, last_msg_id)
+  std::vector<std::pair<std::int64_t, std::uint64_t>> seqs;    // (flow id, last spool seq)
+};
+
 class MySqlFlowTransaction final : public FlowTransaction {
  public:
+  // With `group`, the transaction is a group's (MySqlFlowGroup): records and advance() are
+  // collected there, and the group commits or rolls back.
   MySqlFlowTransaction(MySqlFlowRepository::Impl& db, Flow flow, std::uint64_t committed_seq,
-                       std::string spool_id)
+                       std::string spool_id, GroupWrites* group = nullptr)
       : db_(db),
         flow_(std::move(flow)),
         committed_seq_(committed_seq),
-        spool_id_(std::move(spool_id)) {}
+        spool_id_(std::move(spool_id)),
+        group_(group) {}
 
   ~MySqlFlowTransaction() override {
-    if (committed_) return;
-    try {
-      db_.conn->rollback();
-    } catch (const sql::SQLException&) {
-      // The connection is already broken; the server rolls back when it notices.
-    }
+    if (!committed_ && !group_) rollback_quietly(*db_.conn);
   }
 
   const Flow& flow() const override { return flow_; }
   std::uint64_t committed_seq() const override { return committed_seq_; }
 
   void insert_records(std::span<const DataRecord> rows) override {
+    if (group_) {
+      for (const DataRecord& r : rows) group_->records.push_back({flow_.id, r});
+      return;
+    }
     insert_in_chunks(
-        rows, kInsertRecordsPrefix, kInsertRecordRow, "insert data_records",
+        db_, rows, kInsertRecordsPrefix, kInsertRecordRow, "insert data_records",
         [this](sql::PreparedStatement& stmt, int& p, const DataRecord& r) {
-          stmt.setInt64(p++, flow_.id);
-          stmt.setInt64(p++, r.msg_id);
-          stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
-          stmt.setString(p++, sql::SQLString(r.field_name.data(), r.field_name.size()));
-          stmt.setString(p++, r.field_value);
+          bind_record(stmt, p, flow_.id, r);
         },
-        [](const DataRecord& r) {
-          return r.topic.size() + r.field_name.size() + r.field_value.size();
-        });
+        record_size);
   }
 
   void insert_deliveries(std::span<const OutboxEntry> rows) override {
     insert_in_chunks(
-        rows, kInsertDeliveriesPrefix, kInsertDeliveryRow, "insert deliveries",
+        db_, rows, kInsertDeliveriesPrefix, kInsertDeliveryRow, "insert deliveries",
         [this](sql::PreparedStatement& stmt, int& p, const OutboxEntry& r) {
           stmt.setInt64(p++, flow_.id);
           stmt.setInt64(p++, r.msg_id);
@@ -274,6 +361,11 @@ class MySqlFlowTransaction final : public FlowTransaction {
   }
 
   void advance(std::int64_t last_msg_id, std::uint64_t last_seq) override {
+    if (group_) {
+      if (last_msg_id != flow_.last_msg_id) group_->msg_ids.emplace_back(flow_.id, last_msg_id);
+      if (last_seq > 0 && !spool_id_.empty()) group_->seqs.emplace_back(flow_.id, last_seq);
+      return;
+    }
     try {
       if (last_msg_id != flow_.last_msg_id) {
         auto& upd = db_.prepare(kAdvanceSql);
@@ -303,47 +395,99 @@ class MySqlFlowTransaction final : public FlowTransaction {
   }
 
  private:
-  // Multi-row INSERTs: runs of rows that fit one packet (db_.packet_budget), each run sent as
-  // statements of the kChunkSizes row counts, each statement prepared once. A single row larger
-  // than a packet is its message's fault: DbDataError.
-  template <typename Row, typename Bind, typename Size>
-  void insert_in_chunks(std::span<const Row> rows, const char* prefix, const char* row_sql,
-                        std::string_view what, Bind bind, Size size) {
-    try {
-      std::size_t done = 0;
-      while (done < rows.size()) {
-        std::size_t n = 0, bytes = 0;
-        while (done + n < rows.size() && n < kChunkSizes.front()) {
-          const std::size_t b = size(rows[done + n]) + kRowOverheadBytes;
-          if (n == 0 && b > db_.packet_budget) {
-            throw DbDataError(std::string(what) + ": a row of " + std::to_string(b) +
-                                  " bytes does not fit the server's max_allowed_packet",
-                              1153);
-          }
-          if (bytes + b > db_.packet_budget) break;
-          bytes += b;
-          ++n;
-        }
-        for (std::size_t chunk : kChunkSizes) {
-          while (n >= chunk) {
-            auto& stmt = db_.prepare_rows(prefix, row_sql, chunk);
-            int p = 1;
-            for (std::size_t i = done; i < done + chunk; ++i) bind(stmt, p, rows[i]);
-            stmt.executeUpdate();
-            done += chunk;
-            n -= chunk;
-          }
-        }
-      }
-    } catch (const sql::SQLException& e) {
-      rethrow(e, what);
-    }
-  }
-
   MySqlFlowRepository::Impl& db_;
   Flow flow_;
   std::uint64_t committed_seq_;
   std::string spool_id_;
+  GroupWrites* group_;
+  bool committed_ = false;
+};
+
+class MySqlFlowGroup final : public FlowGroupTransaction {
+ public:
+  explicit MySqlFlowGroup(MySqlFlowRepository::Impl& db, std::string spool_id)
+      : db_(db), spool_id_(std::move(spool_id)) {}
+  ~MySqlFlowGroup() override {
+    if (!committed_) rollback_quietly(*db_.conn);
+  }
+
+  // Locks the rows of `ids` (ascending) and reads their spool offsets. Throws sql::SQLException.
+  void lock(std::span<const std::int64_t> ids) {
+    const std::size_t n = ids.size();
+    std::map<std::int64_t, Flow> found;
+    {
+      auto& stmt = db_.prepare_rows(kLockFlowsPrefix, "?", n, kLockFlowsSuffix);
+      for (std::size_t i = 0; i < n; ++i) stmt.setInt64(static_cast<int>(i + 1), ids[i]);
+      std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
+      while (rs->next()) {
+        Flow f = read_flow(*rs);
+        found.emplace(f.id, std::move(f));
+      }
+    }
+    std::map<std::int64_t, std::uint64_t> seqs;
+    if (!spool_id_.empty()) {
+      auto& stmt = db_.prepare_rows(kOffsetsPrefix, "?", n, ")");
+      stmt.setString(1, spool_id_);
+      for (std::size_t i = 0; i < n; ++i) stmt.setInt64(static_cast<int>(i + 2), ids[i]);
+      std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
+      while (rs->next()) seqs[rs->getInt64(1)] = static_cast<std::uint64_t>(rs->getInt64(2));
+    }
+    parts_.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      auto it = found.find(ids[i]);
+      if (it == found.end()) continue;
+      parts_[i] = std::make_unique<MySqlFlowTransaction>(db_, std::move(it->second), seqs[ids[i]],
+                                                         spool_id_, &writes_);
+    }
+  }
+
+  LockedFlow* flow(std::size_t i) override { return parts_.at(i).get(); }
+
+  void commit() override {
+    try {
+      insert_in_chunks(
+          db_, std::span<const GroupWrites::Record>(writes_.records), kInsertRecordsPrefix,
+          kInsertRecordRow, "insert data_records",
+          [](sql::PreparedStatement& stmt, int& p, const GroupWrites::Record& r) {
+            bind_record(stmt, p, r.flow_id, r.row);
+          },
+          [](const GroupWrites::Record& r) { return record_size(r.row); });
+      if (const std::size_t n = writes_.msg_ids.size(); n > 0) {
+        auto& stmt = db_.prepare_sized(kAdvanceManyPrefix, n, [n] {
+          std::string sql = kAdvanceManyPrefix;
+          for (std::size_t i = 0; i < n; ++i) sql += "WHEN ? THEN ? ";
+          return repeated_rows((sql + "END WHERE id IN (").c_str(), "?", n, ")");
+        });
+        int p = 1;
+        for (const auto& [id, last] : writes_.msg_ids) {
+          stmt.setInt64(p++, id);
+          stmt.setInt64(p++, last);
+        }
+        for (const auto& [id, last] : writes_.msg_ids) stmt.setInt64(p++, id);
+        stmt.executeUpdate();
+      }
+      if (const std::size_t n = writes_.seqs.size(); n > 0) {
+        auto& stmt = db_.prepare_rows(kUpsertOffsetsPrefix, "(?, ?, ?)", n, kUpsertOffsetsSuffix);
+        int p = 1;
+        for (const auto& [id, seq] : writes_.seqs) {
+          stmt.setString(p++, spool_id_);
+          stmt.setInt64(p++, id);
+          stmt.setInt64(p++, static_cast<std::int64_t>(seq));
+        }
+        stmt.executeUpdate();
+      }
+      db_.conn->commit();
+      committed_ = true;
+    } catch (const sql::SQLException& e) {
+      rethrow(e, "commit a group of flows");
+    }
+  }
+
+ private:
+  MySqlFlowRepository::Impl& db_;
+  std::string spool_id_;
+  GroupWrites writes_;
+  std::vector<std::unique_ptr<MySqlFlowTransaction>> parts_;
   bool committed_ = false;
 };
 
@@ -448,6 +592,17 @@ std::unique_ptr<FlowTransaction> MySqlFlowRepository::lock_flow(std::int64_t flo
     } catch (const sql::SQLException&) {
     }
     rethrow(e, "lock flow " + std::to_string(flow_id));
+  }
+}
+
+std::unique_ptr<FlowGroupTransaction> MySqlFlowRepository::lock_flows(
+    std::span<const std::int64_t> ids, std::string_view spool_id) {
+  auto group = std::make_unique<MySqlFlowGroup>(*impl_, std::string(spool_id));
+  try {
+    group->lock(ids);
+    return group;
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "lock " + std::to_string(ids.size()) + " flows");  // `group` rolls back
   }
 }
 

@@ -107,7 +107,14 @@ void Pipeline::dispatch_loop() {
   // Under load the dispatcher takes records in groups: one wake-up and one lock per group
   // instead of per message (a context switch per message cost more CPU than the message).
   constexpr std::size_t kMaxGroup = 256;
-  constexpr auto kLinger = std::chrono::microseconds(500);  // added latency at low rates
+  // After a wait, the dispatcher lets the records arriving right behind the first join it. With
+  // a batch linger, up to half of it: the workers' linger counts from a message's arrival, so
+  // this adds no latency, and at steady rates the dispatcher wakes once per several messages.
+  const auto linger = options_.batch_linger.count() > 0
+                          ? std::clamp<std::chrono::microseconds>(options_.batch_linger / 2,
+                                                                  std::chrono::microseconds(500),
+                                                                  std::chrono::milliseconds(5))
+                          : std::chrono::microseconds(500);
   struct Routed {
     std::uint64_t seq;
     MessagePtr message;  // null when no flow matched
@@ -136,7 +143,7 @@ void Pipeline::dispatch_loop() {
     if (!record) {
       record = read_spool(std::chrono::milliseconds(100));
       // It had to wait: let the records arriving right behind it join the group.
-      if (record) std::this_thread::sleep_for(kLinger);
+      if (record) std::this_thread::sleep_for(linger);
     }
     metrics_.last_progress_ms.store(steady_now_ms(), std::memory_order_relaxed);
     if (Clock::now() - last_release > std::chrono::milliseconds(100)) {
@@ -299,14 +306,37 @@ void Pipeline::worker_loop(std::size_t index) {
       // Light load: wait a moment for more of this flow's messages, so that one transaction
       // (lock, INSERT, offset, commit and its redo-log flush) carries several. Never when a full
       // batch is waiting already.
-      q.lingering = true;
-      linger_cv_.wait_for(lock, options_.batch_linger,
-                          [&] { return stopping_ || q.pending.size() >= options_.max_batch; });
-      q.lingering = false;
+      // The linger counts from the oldest message's arrival: time it spent in the spool counts.
+      const auto waited = std::chrono::microseconds(
+          std::max<std::int64_t>(0, unix_now_us() - q.pending.front()->arrival_us));
+      if (waited < options_.batch_linger) {
+        q.lingering = true;
+        linger_cv_.wait_for(lock, options_.batch_linger - waited,
+                            [&] { return stopping_ || q.pending.size() >= options_.max_batch; });
+        q.lingering = false;
+      }
     }
     while (!q.pending.empty() && batch.size() < options_.max_batch) {
       batch.push_back(std::move(q.pending.front()));
       q.pending.pop_front();
+    }
+    if (!batch.empty() && batch.size() < options_.max_batch && flow_id != kNoFlow &&
+        options_.max_group_flows > 1 && !options_.processor.post_inline && !ready_.empty()) {
+      // A short run while other flows wait too: one transaction for all of them.
+      std::vector<Member> members;
+      take_group_locked(batch.size(), members);
+      if (!members.empty()) {
+        members.push_back(Member{flow_id, &q, std::move(batch), {}});
+        std::sort(members.begin(), members.end(),
+                  [](const Member& a, const Member& b) { return a.flow_id < b.flow_id; });
+        lock.unlock();
+        run_group(members, w);
+        lock.lock();
+        for (Member& m : members) settle_locked(m.flow_id, *m.queue, m.batch, m.outcome);
+        publish_gauges_locked();
+        space_cv_.notify_one();
+        continue;
+      }
     }
     if (batch.empty() && q.parked_from != 0) {
       const std::uint64_t from = q.parked_from;
@@ -430,6 +460,119 @@ void Pipeline::recover_locked(FlowQueue& q) {
   q.waited = 0;
 }
 
+void Pipeline::ensure_session(Worker& w) {
+  if (!w.http) w.http = posters_();
+  if (w.repo) return;
+  w.repo = repositories_();
+  w.processor = std::make_unique<Processor>(*w.repo, *w.http, options_.processor, log_);
+  if (!metrics_.db_connected.exchange(true)) {
+    log_->info("database connection restored (worker {})", w.index);
+  }
+  metrics_.db_down_since_ms.store(0);
+}
+
+void Pipeline::drop_session(Worker& w, const std::exception& e, bool by_connection) {
+  metrics_.db_errors.fetch_add(1, std::memory_order_relaxed);
+  if (by_connection) {
+    if (metrics_.db_connected.exchange(false) || w.repo) {
+      log_->error("database unavailable (worker {}): {}", w.index, e.what());
+    }
+    if (metrics_.db_down_since_ms.load() == 0) metrics_.db_down_since_ms.store(steady_now_ms());
+  }
+  // Whatever state the session is in, a fresh one is the safe start for the retry.
+  w.processor.reset();
+  w.repo.reset();
+}
+
+void Pipeline::account(const BatchResult& r, std::size_t batch_size) {
+  const std::size_t stored = r.accepted - r.posted - r.queued;  // queued: posted later
+  metrics_.stored.fetch_add(stored, std::memory_order_relaxed);
+  metrics_.posted.fetch_add(r.posted, std::memory_order_relaxed);
+  metrics_.rejected.fetch_add(r.rejected, std::memory_order_relaxed);
+  metrics_.add_flow(r.flow_code,
+                    FlowCounters{batch_size - r.skipped, stored, r.posted, r.rejected});
+  if (r.retained_resends) {
+    log_->info("flow {}: skipped {} retained re-send(s) equal to what it stored last", r.flow_code,
+               r.retained_resends);
+  }
+  for (const std::string& line : r.rejections) log_->warn("rejected: {}", line);
+  if (r.skipped) {
+    log_->info("flow {}: skipped {} message(s) committed before a restart", r.flow_code, r.skipped);
+  }
+}
+
+void Pipeline::take_group_locked(std::size_t taken, std::vector<Member>& members) {
+  // Only so far into ready_: a long queue of parked or held flows is not scanned per batch.
+  std::size_t looked = 0;
+  for (auto it = ready_.begin();
+       it != ready_.end() && taken < options_.max_batch &&
+       members.size() + 1 < options_.max_group_flows && looked < 4 * options_.max_group_flows;
+       ++looked) {
+    const std::int64_t id = *it;
+    FlowQueue& o = queues_[id];
+    if (id == kNoFlow || o.held || o.parked_from != 0 || o.pending.empty()) {
+      ++it;
+      continue;
+    }
+    it = ready_.erase(it);
+    o.queued = false;
+    o.busy = true;
+    Member m{id, &o, {}, {}};
+    while (!o.pending.empty() && taken < options_.max_batch) {
+      m.batch.push_back(std::move(o.pending.front()));
+      o.pending.pop_front();
+      ++taken;
+    }
+    members.push_back(std::move(m));
+  }
+}
+
+void Pipeline::run_group(std::vector<Member>& members, Worker& w) {
+  std::vector<std::int64_t> ids;
+  std::vector<std::vector<const InboundMessage*>> views(members.size());
+  std::vector<std::span<const InboundMessage* const>> batches;
+  ids.reserve(members.size());
+  batches.reserve(members.size());
+  for (std::size_t i = 0; i < members.size(); ++i) {
+    ids.push_back(members[i].flow_id);
+    for (const MessagePtr& m : members[i].batch) views[i].push_back(m.get());
+    batches.emplace_back(views[i]);
+  }
+  try {
+    ensure_session(w);
+    const auto started = Clock::now();
+    const std::vector<BatchResult> results = w.processor->process_group(ids, batches, spool_.id());
+    metrics_.observe_transaction(std::chrono::duration<double>(Clock::now() - started).count());
+    metrics_.transactions.fetch_add(1, std::memory_order_relaxed);
+    metrics_.last_progress_ms.store(steady_now_ms(), std::memory_order_relaxed);
+    for (std::size_t i = 0; i < members.size(); ++i) {
+      Member& m = members[i];
+      if (results[i].flow_missing) {
+        m.outcome = run_batch(m.flow_id, m.batch, w);  // dead-letters them (run_batch says how)
+      } else {
+        account(results[i], m.batch.size());
+        m.outcome.committed = m.batch.size();
+      }
+    }
+    return;
+  } catch (const DbUnavailable& e) {
+    drop_session(w, e, true);
+    for (Member& m : members) m.outcome = BatchOutcome{0, e.what(), true};
+    return;
+  } catch (const std::exception& e) {
+    // Nothing was committed. Which flow's rows the server refused (or whether it was any flow's
+    // fault at all) cannot be told here: each flow is retried alone, under the per-flow rules.
+    log_->warn("transaction of {} flows failed ({}); retrying each flow alone", members.size(),
+               e.what());
+    if (dynamic_cast<const DbDataError*>(&e) || dynamic_cast<const DbRetryable*>(&e)) {
+      metrics_.db_errors.fetch_add(1, std::memory_order_relaxed);  // the session is fine
+    } else {
+      drop_session(w, e, false);
+    }
+  }
+  for (Member& m : members) m.outcome = run_batch(m.flow_id, m.batch, w);
+}
+
 Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
                                            const std::vector<MessagePtr>& batch, Worker& w) {
   std::vector<const InboundMessage*> view;
@@ -444,16 +587,7 @@ Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
   int deadlocks = 0;
 
   const auto hold = [&](const std::exception& e, bool by_connection) {
-    metrics_.db_errors.fetch_add(1, std::memory_order_relaxed);
-    if (by_connection) {
-      if (metrics_.db_connected.exchange(false) || w.repo) {
-        log_->error("database unavailable (worker {}): {}", w.index, e.what());
-      }
-      if (metrics_.db_down_since_ms.load() == 0) metrics_.db_down_since_ms.store(steady_now_ms());
-    }
-    // Whatever state the session is in, a fresh one is the safe start for the retry.
-    w.processor.reset();
-    w.repo.reset();
+    drop_session(w, e, by_connection);
     out.held = e.what();
     out.by_connection = by_connection;
     return out;
@@ -462,15 +596,7 @@ Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
   while (out.committed < pending.size()) {
     auto part = one_by_one ? pending.subspan(out.committed, 1) : pending.subspan(out.committed);
     try {
-      if (!w.http) w.http = posters_();
-      if (!w.repo) {
-        w.repo = repositories_();
-        w.processor = std::make_unique<Processor>(*w.repo, *w.http, options_.processor, log_);
-        if (!metrics_.db_connected.exchange(true)) {
-          log_->info("database connection restored (worker {})", w.index);
-        }
-        metrics_.db_down_since_ms.store(0);
-      }
+      ensure_session(w);
       if (!refused.empty()) {
         w.processor->reject(flow_id, *part.front(), refused, spool_.id());
         metrics_.rejected.fetch_add(1, std::memory_order_relaxed);
@@ -506,21 +632,7 @@ Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
         metrics_.rejected.fetch_add(n, std::memory_order_relaxed);
         log_->warn("flow {} no longer exists: {} message(s) dead-lettered", flow_id, n);
       } else {
-        const std::size_t stored = r.accepted - r.posted - r.queued;  // queued: posted later
-        metrics_.stored.fetch_add(stored, std::memory_order_relaxed);
-        metrics_.posted.fetch_add(r.posted, std::memory_order_relaxed);
-        metrics_.rejected.fetch_add(r.rejected, std::memory_order_relaxed);
-        metrics_.add_flow(r.flow_code,
-                          FlowCounters{part.size() - r.skipped, stored, r.posted, r.rejected});
-        if (r.retained_resends) {
-          log_->info("flow {}: skipped {} retained re-send(s) equal to what it stored last",
-                     r.flow_code, r.retained_resends);
-        }
-        for (const std::string& line : r.rejections) log_->warn("rejected: {}", line);
-        if (r.skipped) {
-          log_->info("flow {}: skipped {} message(s) committed before a restart", r.flow_code,
-                     r.skipped);
-        }
+        account(r, part.size());
       }
       out.committed += part.size();
       deadlocks = 0;

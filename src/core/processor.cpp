@@ -89,13 +89,37 @@ RejectedMessage Processor::dead_letter(const InboundMessage& m, const std::strin
 BatchResult Processor::process_batch(std::int64_t flow_id,
                                      std::span<const InboundMessage* const> batch,
                                      std::string_view spool_id) {
-  BatchResult result;
   std::unique_ptr<FlowTransaction> tx = repo_.lock_flow(flow_id, spool_id);
   if (!tx) {
+    BatchResult result;
     result.flow_missing = true;
     return result;
   }
-  const Flow& flow = tx->flow();
+  BatchResult result = process_locked(*tx, batch);
+  tx->commit();
+  return result;
+}
+
+std::vector<BatchResult> Processor::process_group(
+    std::span<const std::int64_t> flow_ids,
+    std::span<const std::span<const InboundMessage* const>> batches, std::string_view spool_id) {
+  std::unique_ptr<FlowGroupTransaction> tx = repo_.lock_flows(flow_ids, spool_id);
+  std::vector<BatchResult> results(flow_ids.size());
+  for (std::size_t i = 0; i < flow_ids.size(); ++i) {
+    if (LockedFlow* flow = tx->flow(i)) {
+      results[i] = process_locked(*flow, batches[i]);
+    } else {
+      results[i].flow_missing = true;
+    }
+  }
+  tx->commit();
+  return results;
+}
+
+BatchResult Processor::process_locked(LockedFlow& tx,
+                                      std::span<const InboundMessage* const> batch) {
+  BatchResult result;
+  const Flow& flow = tx.flow();
   result.flow_code = flow.code;
   const bool post_endpoint = parse_flow_action(flow.action) == FlowAction::kPostEndpoint;
   std::int64_t msg_id = flow.last_msg_id;
@@ -109,7 +133,7 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
   rows.reserve(batch.size() * 4);
 
   for (const InboundMessage* m : batch) {
-    if (m->seq != 0 && m->seq <= tx->committed_seq()) {
+    if (m->seq != 0 && m->seq <= tx.committed_seq()) {
       ++result.skipped;
       continue;
     }
@@ -118,7 +142,7 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
     std::uint64_t retained_hash = 0;
     if (why.empty() && m->retained) {
       retained_hash = fnv1a64(m->payload);
-      if (tx->retained_payload(m->topic) == retained_hash) {
+      if (tx.retained_payload(m->topic) == retained_hash) {
         ++result.retained_resends;
         continue;
       }
@@ -140,7 +164,7 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
     ++msg_id;
     if (result.first_msg_id == 0) result.first_msg_id = msg_id;
     ++result.accepted;
-    if (m->retained) tx->remember_retained(m->topic, retained_hash, msg_id);
+    if (m->retained) tx.remember_retained(m->topic, retained_hash, msg_id);
     if (!post_endpoint) {
       append_rows(rows, msg_id, *m);
     } else if (!post_now) {
@@ -150,11 +174,10 @@ BatchResult Processor::process_batch(std::int64_t flow_id,
   }
   result.last_msg_id = msg_id;
 
-  if (!rows.empty()) tx->insert_records(rows);
-  if (!rejects.empty()) tx->insert_rejected(rejects);
-  if (!outbox.empty()) tx->insert_deliveries(outbox);
-  tx->advance(msg_id, last_seq);
-  tx->commit();
+  if (!rows.empty()) tx.insert_records(rows);
+  if (!rejects.empty()) tx.insert_rejected(rejects);
+  if (!outbox.empty()) tx.insert_deliveries(outbox);
+  tx.advance(msg_id, last_seq);
   log_->debug("flow {}: batch of {}: {} accepted (msg_id {}..{}), {} rejected, {} skipped",
               flow.code, batch.size(), result.accepted, result.first_msg_id, result.last_msg_id,
               result.rejected, result.skipped);

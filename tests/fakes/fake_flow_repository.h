@@ -85,12 +85,23 @@ class FakeFlowRepository final : public FlowRepository {
                                              std::string_view spool_id) override {
     fire(fail_next_lock);
     if (on_lock) on_lock(flow_id);
-    auto it = flows.find(flow_id);
-    if (it == flows.end()) return nullptr;
-    std::uint64_t seq = 0;
-    if (auto o = offsets.find({std::string(spool_id), flow_id}); o != offsets.end())
-      seq = o->second;
-    return std::make_unique<Tx>(*this, it->second, seq, std::string(spool_id));
+    return open(flow_id, spool_id);
+  }
+
+  // Group transactions made so far, and the flow ids each one locked.
+  std::vector<std::vector<std::int64_t>> groups;
+
+  std::unique_ptr<FlowGroupTransaction> lock_flows(std::span<const std::int64_t> ids,
+                                                   std::string_view spool_id) override {
+    fire(fail_next_lock);
+    groups.emplace_back(ids.begin(), ids.end());
+    auto group = std::make_unique<Group>(*this);
+    for (std::int64_t id : ids) {
+      if (on_lock) on_lock(id);
+      group->parts.push_back(open(id, spool_id));
+      if (group->parts.back()) group->parts.back()->grouped = true;
+    }
+    return group;
   }
 
  private:
@@ -101,13 +112,24 @@ class FakeFlowRepository final : public FlowRepository {
     once();
   }
 
+  class Tx;
+  std::unique_ptr<Tx> open(std::int64_t flow_id, std::string_view spool_id) {
+    auto it = flows.find(flow_id);
+    if (it == flows.end()) return nullptr;
+    std::uint64_t seq = 0;
+    if (auto o = offsets.find({std::string(spool_id), flow_id}); o != offsets.end())
+      seq = o->second;
+    return std::make_unique<Tx>(*this, it->second, seq, std::string(spool_id));
+  }
+
   class Tx final : public FlowTransaction {
    public:
     Tx(FakeFlowRepository& repo, Flow flow, std::uint64_t seq, std::string spool)
         : repo_(repo), flow_(std::move(flow)), seq_(seq), spool_(std::move(spool)) {}
     ~Tx() override {
-      if (!committed_) ++repo_.rollbacks;
+      if (!committed_ && !grouped) ++repo_.rollbacks;
     }
+    bool grouped = false;  // part of a Group: the group commits or rolls back
     const Flow& flow() const override { return flow_; }
     std::uint64_t committed_seq() const override { return seq_; }
     void insert_records(std::span<const DataRecord> rows) override {
@@ -143,8 +165,12 @@ class FakeFlowRepository final : public FlowRepository {
     }
     void commit() override {
       fire(repo_.fail_next_commit);
-      committed_ = true;
       ++repo_.commits;
+      apply();
+    }
+    // Makes the transaction's writes visible.
+    void apply() {
+      committed_ = true;
       repo_.records.insert(repo_.records.end(), records_.begin(), records_.end());
       repo_.rejections.insert(repo_.rejections.end(), rejected_.begin(), rejected_.end());
       repo_.outbox.insert(repo_.outbox.end(), outbox_.begin(), outbox_.end());
@@ -165,6 +191,28 @@ class FakeFlowRepository final : public FlowRepository {
     std::optional<std::int64_t> last_msg_id_;
     std::uint64_t last_seq_ = 0;
     std::map<std::string, std::uint64_t> retained_;
+  };
+
+  class Group final : public FlowGroupTransaction {
+   public:
+    explicit Group(FakeFlowRepository& repo) : repo_(repo) {}
+    ~Group() override {
+      if (!committed_) ++repo_.rollbacks;
+    }
+    LockedFlow* flow(std::size_t i) override { return parts.at(i).get(); }
+    void commit() override {
+      fire(repo_.fail_next_commit);
+      committed_ = true;
+      ++repo_.commits;
+      for (auto& p : parts) {
+        if (p) p->apply();
+      }
+    }
+    std::vector<std::unique_ptr<Tx>> parts;
+
+   private:
+    FakeFlowRepository& repo_;
+    bool committed_ = false;
   };
 };
 

@@ -110,5 +110,88 @@ TEST_F(MySqlFlowRepositoryTest, NothingListeningIsDbUnavailable) {
   EXPECT_THROW(MySqlFlowRepository r(bad), DbUnavailable);
 }
 
+// Issue 17: one transaction for several flows: each flow's rows, last_msg_id and spool offset,
+// committed together; a missing row is null; nothing is visible before the commit.
+TEST_F(MySqlFlowRepositoryTest, GroupTransactionWritesEveryFlowAndCommitsOnce) {
+  const auto a = db_.insert_flow("a", "a/#", "STORE_DB", std::nullopt);
+  const auto b = db_.insert_flow("b", "b/#", "STORE_DB", std::nullopt);
+  const auto c = db_.insert_flow("c", "c/#", "STORE_DB", std::nullopt);
+  db_.execute("UPDATE flows SET last_msg_id = 7 WHERE id = " + std::to_string(b));
+  db_.execute("INSERT INTO spool_offsets (spool_id, flow_id, last_seq) VALUES ('s', " +
+              std::to_string(b) + ", 40)");
+  const std::vector<std::int64_t> ids = {a, b, 999999, c};
+  {
+    auto tx = repo_.lock_flows(ids, "s");
+    ASSERT_TRUE(tx);
+    ASSERT_NE(tx->flow(0), nullptr);
+    EXPECT_EQ(tx->flow(2), nullptr) << "no row 999999";
+    EXPECT_EQ(tx->flow(1)->flow().last_msg_id, 7);
+    EXPECT_EQ(tx->flow(1)->committed_seq(), 40u);
+    EXPECT_EQ(tx->flow(0)->committed_seq(), 0u);
+    const std::vector<DataRecord> ra = {{1, "a/x", "t", "1"}, {1, "a/x", "h", "2"}};
+    const std::vector<DataRecord> rb = {{8, "b/x", "t", "3"}};
+    tx->flow(0)->insert_records(ra);
+    tx->flow(0)->advance(1, 50);
+    tx->flow(1)->insert_records(rb);
+    tx->flow(1)->advance(8, 51);
+    tx->flow(3)->advance(0, 52);  // only the offset (e.g. every message was rejected)
+    EXPECT_EQ(db_.query_int("SELECT COUNT(*) FROM data_records"), 0) << "nothing before commit";
+    tx->commit();
+  }
+  EXPECT_EQ(db_.query_int("SELECT COUNT(*) FROM data_records WHERE flow_id = " + std::to_string(a) +
+                          " AND msg_id = 1"),
+            2);
+  EXPECT_EQ(db_.query_int("SELECT COUNT(*) FROM data_records WHERE flow_id = " + std::to_string(b) +
+                          " AND msg_id = 8 AND field_value = '3'"),
+            1);
+  EXPECT_EQ(db_.query_int("SELECT last_msg_id FROM flows WHERE id = " + std::to_string(a)), 1);
+  EXPECT_EQ(db_.query_int("SELECT last_msg_id FROM flows WHERE id = " + std::to_string(b)), 8);
+  EXPECT_EQ(db_.query_int("SELECT last_msg_id FROM flows WHERE id = " + std::to_string(c)), 0);
+  for (const auto& [flow, seq] : {std::pair{a, 50}, std::pair{b, 51}, std::pair{c, 52}}) {
+    EXPECT_EQ(db_.query_int("SELECT last_seq FROM spool_offsets WHERE spool_id = 's' AND "
+                            "flow_id = " +
+                            std::to_string(flow)),
+              seq);
+  }
+  EXPECT_EQ(repo_.last_committed_seq("s"), 52u);
+}
+
+TEST_F(MySqlFlowRepositoryTest, GroupTransactionRollsBackEverythingOnARefusedRow) {
+  const auto a = db_.insert_flow("a", "a/#", "STORE_DB", std::nullopt);
+  const auto b = db_.insert_flow("b", "b/#", "STORE_DB", std::nullopt);
+  const std::vector<std::int64_t> ids = {a, b};
+  const std::string too_long(300, 'n');  // field_name is VARCHAR(255)
+  {
+    auto tx = repo_.lock_flows(ids, "s");
+    const std::vector<DataRecord> ra = {{1, "a/x", "t", "1"}};
+    const std::vector<DataRecord> rb = {{1, "b/x", too_long, "2"}};
+    tx->flow(0)->insert_records(ra);
+    tx->flow(0)->advance(1, 10);
+    tx->flow(1)->insert_records(rb);
+    tx->flow(1)->advance(1, 11);
+    EXPECT_THROW(tx->commit(), DbDataError);
+  }
+  EXPECT_EQ(db_.query_int("SELECT COUNT(*) FROM data_records"), 0);
+  EXPECT_EQ(db_.query_int("SELECT COALESCE(MAX(last_msg_id), 0) FROM flows"), 0);
+  EXPECT_EQ(repo_.last_committed_seq("s"), 0u);
+  // The session is usable for the per-flow retry.
+  auto tx = repo_.lock_flow(a, "s");
+  ASSERT_TRUE(tx);
+  EXPECT_EQ(tx->flow().last_msg_id, 0);
+}
+
+// The rows are really locked: another session's lock on one of them waits for the commit.
+TEST_F(MySqlFlowRepositoryTest, GroupTransactionHoldsEveryRowLock) {
+  const auto a = db_.insert_flow("a", "a/#", "STORE_DB", std::nullopt);
+  const auto b = db_.insert_flow("b", "b/#", "STORE_DB", std::nullopt);
+  const std::vector<std::int64_t> ids = {a, b};
+  auto tx = repo_.lock_flows(ids, "s");
+  MySqlFlowRepository other(settings_);
+  other.apply_script("SET SESSION innodb_lock_wait_timeout = 1;");
+  EXPECT_THROW(other.lock_flow(b, "s"), DbRefused) << "lock wait timeout (1205) expected";
+  tx->commit();
+  EXPECT_TRUE(other.lock_flow(b, "s"));
+}
+
 }  // namespace
 }  // namespace gateway

@@ -57,8 +57,25 @@ class LockedRepository final : public FlowRepository {
     if (!tx) return nullptr;
     return std::make_unique<Tx>(std::move(lock), std::move(tx));
   }
+  std::unique_ptr<FlowGroupTransaction> lock_flows(std::span<const std::int64_t> ids,
+                                                   std::string_view spool_id) override {
+    std::unique_lock lock(db_.mu);
+    return std::make_unique<Group>(std::move(lock), db_.repo.lock_flows(ids, spool_id));
+  }
 
  private:
+  class Group final : public FlowGroupTransaction {
+   public:
+    Group(std::unique_lock<std::mutex> lock, std::unique_ptr<FlowGroupTransaction> tx)
+        : lock_(std::move(lock)), tx_(std::move(tx)) {}
+    LockedFlow* flow(std::size_t i) override { return tx_->flow(i); }
+    void commit() override { tx_->commit(); }
+
+   private:
+    std::unique_lock<std::mutex> lock_;  // released after tx_ is gone (declared first)
+    std::unique_ptr<FlowGroupTransaction> tx_;
+  };
+
   class Tx final : public FlowTransaction {
    public:
     Tx(std::unique_lock<std::mutex> lock, std::unique_ptr<FlowTransaction> tx)
@@ -429,6 +446,164 @@ TEST_F(PipelineTest, HeldFlowReReadsWhatWasRoutedToItEvenAfterAReload) {
   EXPECT_EQ(stored(1), range(1, 10));
   EXPECT_EQ(rejected(), 0u);
   EXPECT_TRUE(eventually([&] { return metrics_.held().empty(); }));
+}
+
+// Issue 17: flows with a few messages each share one transaction, locked in id order; each flow
+// keeps its order and consecutive msg_ids.
+class PipelineGroupTest : public PipelineTest {
+ protected:
+  static constexpr int kFlows = 40;
+  static constexpr int kEach = 5;
+
+  PipelineGroupTest() {
+    for (int i = 3; i < 3 + kFlows; ++i) add_flow(i, "m" + std::to_string(i), topic(i) + "/#");
+  }
+  static std::string topic(int flow) { return "m/" + std::to_string(flow); }
+
+  // kEach messages per flow, round-robin over the flows: {"seq": round * 1000 + flow}.
+  void publish_round_robin() {
+    for (int round = 1; round <= kEach; ++round) {
+      for (int i = 3; i < 3 + kFlows; ++i) {
+        const std::string payload = R"({"seq": )" + std::to_string(round * 1000 + i) + "}";
+        ASSERT_TRUE(spool_->append(topic(i) + "/x", payload, 0, false, unix_now_us()));
+      }
+    }
+  }
+  // What each flow should have: its seqs in publish order.
+  static std::vector<int> expected(int flow) {
+    std::vector<int> v;
+    for (int round = 1; round <= kEach; ++round) v.push_back(round * 1000 + flow);
+    return v;
+  }
+  bool all_stored() {
+    for (int i = 3; i < 3 + kFlows; ++i) {
+      if (stored(i).size() < static_cast<std::size_t>(kEach)) return false;
+    }
+    return true;
+  }
+  // msg_ids of a flow's rows, ascending and distinct.
+  std::vector<std::int64_t> msg_ids(std::int64_t flow_id) {
+    return with_db([&](FakeFlowRepository& r) {
+      std::set<std::int64_t> ids;
+      for (const auto& rec : r.records) {
+        if (rec.flow_id == flow_id) ids.insert(rec.msg_id);
+      }
+      return std::vector<std::int64_t>(ids.begin(), ids.end());
+    });
+  }
+  PipelineOptions one_worker() {
+    PipelineOptions o;
+    o.workers = 1;
+    o.max_batch = 64;
+    return o;
+  }
+};
+
+TEST_F(PipelineGroupTest, SmallBatchesOfManyFlowsShareOneTransaction) {
+  publish_round_robin();  // all in the spool before the start: every flow is waiting at once
+  start(one_worker());
+  ASSERT_TRUE(eventually([&] { return all_stored(); }));
+  for (int i = 3; i < 3 + kFlows; ++i) {
+    EXPECT_EQ(stored(i), expected(i)) << "flow " << i;
+    EXPECT_EQ(msg_ids(i), (std::vector<std::int64_t>{1, 2, 3, 4, 5})) << "flow " << i;
+  }
+  with_db([](FakeFlowRepository& r) {
+    ASSERT_FALSE(r.groups.empty());
+    std::size_t largest = 0;
+    for (const auto& ids : r.groups) {
+      EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end())) << "rows locked in id order";
+      EXPECT_EQ(std::set<std::int64_t>(ids.begin(), ids.end()).size(), ids.size());
+      largest = std::max(largest, ids.size());
+    }
+    EXPECT_GT(largest, 1u);
+    EXPECT_LT(r.commits, kFlows) << "fewer transactions than flows";
+  });
+  EXPECT_EQ(rejected(), 0u);
+}
+
+TEST_F(PipelineGroupTest, NoGroupsWhenTurnedOff) {
+  publish_round_robin();
+  PipelineOptions o = one_worker();
+  o.max_group_flows = 1;
+  start(std::move(o));
+  ASSERT_TRUE(eventually([&] { return all_stored(); }));
+  EXPECT_TRUE(with_db([](FakeFlowRepository& r) { return r.groups.empty(); }));
+}
+
+// A row the server refuses fails the whole group: each flow is then retried alone, and only the
+// refused message becomes a dead letter.
+TEST_F(PipelineGroupTest, RefusedRowFailsTheGroupAndOnlyItsMessageIsDeadLettered) {
+  const int bad = 3 * 1000 + 20;  // flow 20, third round
+  db_.repo.on_insert_record = [bad](const DataRecord& r) {
+    if (r.field_value == std::to_string(bad))
+      throw DbDataError("Out of range value for column (MySQL error 1264)", 1264);
+  };
+  publish_round_robin();
+  start(one_worker());
+  ASSERT_TRUE(eventually([&] {
+    for (int i = 3; i < 3 + kFlows; ++i) {
+      if (stored(i).size() < static_cast<std::size_t>(i == 20 ? kEach - 1 : kEach)) return false;
+    }
+    return rejected() >= 1;
+  }));
+  for (int i = 3; i < 3 + kFlows; ++i) {
+    std::vector<int> want = expected(i);
+    if (i == 20) want.erase(std::find(want.begin(), want.end(), bad));
+    EXPECT_EQ(stored(i), want) << "flow " << i;
+  }
+  with_db([bad](FakeFlowRepository& r) {
+    ASSERT_EQ(r.rejections.size(), 1u);
+    EXPECT_EQ(r.rejections[0].flow_id, 20);
+    EXPECT_EQ(r.rejections[0].payload, R"({"seq": )" + std::to_string(bad) + "}");
+  });
+  EXPECT_EQ(msg_ids(20), (std::vector<std::int64_t>{1, 2, 3, 4}));
+}
+
+// A lost connection while a group is locked: every flow of it waits and is stored once later.
+TEST_F(PipelineGroupTest, LostConnectionDuringAGroupLosesNothing) {
+  std::atomic<int> failures{0};
+  db_.repo.on_lock = [&](std::int64_t) {
+    if (failures++ < 6) throw DbUnavailable("Lost connection to server (MySQL error 2013)", 2013);
+  };
+  publish_round_robin();
+  start(one_worker());
+  ASSERT_TRUE(eventually([&] { return all_stored(); }));
+  for (int i = 3; i < 3 + kFlows; ++i) {
+    EXPECT_EQ(stored(i), expected(i)) << "flow " << i;
+    EXPECT_EQ(msg_ids(i), (std::vector<std::int64_t>{1, 2, 3, 4, 5})) << "flow " << i;
+  }
+  EXPECT_EQ(rejected(), 0u) << "a lost connection never makes a dead letter";
+  EXPECT_TRUE(eventually([&] { return metrics_.flows_held.load() == 0; }));
+}
+
+// A flow of the group whose row was deleted: its messages become dead letters (flow_id NULL),
+// the other flows' are stored.
+TEST_F(PipelineGroupTest, FlowRowGoneInAGroupDeadLettersOnlyItsMessages) {
+  publish_round_robin();
+  flows_.replace(db_.repo.load_flows());  // flow 10 still routed ...
+  db_.repo.flows.erase(10);               // ... but its row is gone
+  PipelineOptions o = one_worker();
+  o.retry_initial = 5ms;
+  o.retry_max = 20ms;
+  pipeline_ = std::make_unique<Pipeline>(
+      *spool_, flows_, [this] { return std::make_unique<LockedRepository>(db_); },
+      [] { return std::make_unique<FakeHttpPoster>(); }, std::move(o), metrics_, log_);
+  pipeline_->start();
+  ASSERT_TRUE(eventually([&] {
+    for (int i = 3; i < 3 + kFlows; ++i) {
+      if (i != 10 && stored(i).size() < static_cast<std::size_t>(kEach)) return false;
+    }
+    return rejected() >= static_cast<std::size_t>(kEach);
+  }));
+  for (int i = 3; i < 3 + kFlows; ++i) {
+    if (i != 10) {
+      EXPECT_EQ(stored(i), expected(i)) << "flow " << i;
+    }
+  }
+  with_db([](FakeFlowRepository& r) {
+    EXPECT_EQ(r.rejections.size(), static_cast<std::size_t>(kEach));
+    for (const auto& rej : r.rejections) EXPECT_EQ(rej.flow_id, kNoFlow);
+  });
 }
 
 }  // namespace

@@ -45,6 +45,8 @@ class MySqlFlowRepository final : public FlowRepository, public DeliveryReposito
   std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
                                              std::string_view spool_id) override;
   std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view spool_id) override;
+  std::unique_ptr<FlowGroupTransaction> lock_flows(std::span<const std::int64_t> ids,
+                                                   std::string_view spool_id) override;
   bool ping() override;
   std::uint64_t last_committed_seq(std::string_view spool_id) override;
 
