@@ -6,7 +6,12 @@
 // to bring the broker's subscriptions in line (sync_subscriptions()). Only that thread (and
 // start()/stop(), before and after it runs) calls the broker: a message handler blocked on a full
 // or failing spool holds Paho's lock, and a broker call waiting behind it must never stall the
-// main thread (signals, watchdog) or the reload timer.
+// main thread (signals, watchdog) or the Supervisor's timer (reloads, database probe).
+//
+// The MQTT thread does the broker's periodic work too: every MQTT_HEARTBEAT_SECONDS a heartbeat
+// to our own topic (no echo for three intervals while connected: a stalled session, reconnected),
+// and every ClientIdCheck::refresh the presence. The periodic work that is not MQTT (the flow
+// reload timer, the database probe, the signal loop) is the Supervisor's (supervisor.h).
 //
 // Retained messages: every SUBSCRIBE makes the broker send the retained messages that match
 // again. So the client subscribes only to what the broker does not have for this session: the
@@ -15,13 +20,14 @@
 // are subscribed. What is re-sent anyway is recognised by the flow transaction (processor.h).
 //
 // Threads: on_message() runs on Paho's thread; on_reconnected() on the connection's reconnect
-// thread; reload_flows() on the reload timer thread or the caller's (SIGHUP); sync_subscriptions()
-// and the heartbeat on the MQTT thread.
+// thread; reload_flows() and ping_database() on the Supervisor's timer thread or the caller's
+// (SIGHUP, start-up); sync_subscriptions(), the heartbeat and the presence on the MQTT thread.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -43,8 +49,6 @@ class logger;
 }
 
 namespace gateway {
-
-class SignalMask;
 
 // Before it takes the broker session, the client checks that no other live gateway uses the
 // same MQTT_CLIENT_ID: two would take the session from each other, and a message in flight at a
@@ -83,15 +87,15 @@ class GatewayMqttClient {
 
   // Loads broker and flows, checks that no other live gateway uses MQTT_CLIENT_ID (waiting up to
   // ClientIdCheck::wait for it to go; ConfigError if it stays), connects, subscribes (waiting for
-  // the broker's answer) and starts the reload timer and the MQTT thread. Throws Error when any of
-  // that fails.
+  // the broker's answer) and starts the MQTT thread. Throws Error when any of that fails.
   void start();
-  // Blocks until SIGTERM or SIGINT arrives (returned); SIGHUP reloads the flows at once and calls
-  // on_hangup (the log files are reopened there). `on_tick` runs about every second.
-  int run_forever(const SignalMask& signals, const std::function<void()>& on_hangup,
-                  const std::function<void()>& on_tick);
-  // Stops the threads and disconnects cleanly. Idempotent.
+  // Stops the MQTT thread and disconnects cleanly. Idempotent.
   void stop();
+
+  // Pings the database on the control connection (SELECT 1): false when it is unreachable. A
+  // failed ping drops the connection, so that the next load reconnects. Never throws. (The
+  // Supervisor's health probe.)
+  bool ping_database();
 
   // Subscribes to the filters the flows need and the broker does not have for this session, and
   // unsubscribes from those no flow needs; records the result. Throws Error when the broker
@@ -118,13 +122,9 @@ class GatewayMqttClient {
   std::string session_key() const;
   std::set<std::string> load_subscriptions() const;
   void save_subscriptions(const std::set<std::string>& subscribed) const;
-  void timer_loop();
   void mqtt_loop();
   void heartbeat();
   void request_sync();
-  // Pings the database on the control connection; keeps the health state in Metrics current
-  // even when no message is flowing.
-  void probe_database();
 
   const Settings& settings_;
   // The control connection, opened on first use and dropped after a connection error.
@@ -149,11 +149,10 @@ class GatewayMqttClient {
   std::set<std::string> subscribed_;  // guarded by sync_mu_; what the broker has for our session
   std::set<std::string> refused_;     // guarded by sync_mu_; refused by the broker, not retried
 
-  std::mutex timer_mu_;
-  std::condition_variable timer_cv_;  // both threads: stopping, or (MQTT thread) work
-  bool stopping_ = false;             // guarded by timer_mu_
-  bool sync_needed_ = false;          // guarded by timer_mu_
-  std::thread timer_;
+  std::mutex mqtt_mu_;
+  std::condition_variable mqtt_cv_;  // the MQTT thread: stopping, or a sync to do
+  bool stopping_ = false;            // guarded by mqtt_mu_
+  bool sync_needed_ = false;         // guarded by mqtt_mu_
   std::thread mqtt_thread_;
 };
 

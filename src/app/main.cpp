@@ -1,5 +1,6 @@
-// The composition root: settings, logging, adapters, the spool, the pipeline and the MQTT client
-// are built here, in this order, and torn down in reverse by scope. Nothing else lives here.
+// The composition root: settings, logging, adapters, the spool, the pipeline, the MQTT client and
+// the supervisor are built here, in this order, and torn down in reverse by scope. Nothing else
+// lives here.
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -25,6 +26,7 @@
 #include "gateway/shutdown_deadline.h"
 #include "gateway/signal_mask.h"
 #include "gateway/spool.h"
+#include "gateway/supervisor.h"
 #include "gateway/topic_filter.h"
 
 extern char** environ;
@@ -124,6 +126,15 @@ PipelineOptions pipeline_options(const Settings& s) {
   return o;
 }
 
+SupervisorOptions supervisor_options(const Settings& s) {
+  SupervisorOptions o;
+  o.reload_every = std::chrono::seconds(s.flows_reload_interval_seconds);
+  o.db_probe_every = std::chrono::seconds(5);
+  // The probe and the reloads reopen the control connection on the timer thread.
+  o.thread_scope = [] { return std::make_shared<MySqlThreadScope>(); };
+  return o;
+}
+
 DeliveryOptions delivery_options(const Settings& s) {
   DeliveryOptions o;
   // Inline, the flow workers POST themselves: one delivery worker drains what an earlier outbox
@@ -190,6 +201,10 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
       logging.get("delivery"));
   delivery->start();
   client.start();
+  // Its lines (reloads, database probe, signals) keep the "mqtt" component they always had, so
+  // that log searches and alerts on them still match.
+  Supervisor supervisor(client, metrics, supervisor_options(settings), logging.get("mqtt"));
+  supervisor.start();
 
   std::unique_ptr<MetricsServer> metrics_server;
   if (!settings.metrics_address.empty()) {
@@ -208,7 +223,7 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
   auto last_summary = std::chrono::steady_clock::now();
   const auto summary_every = std::chrono::seconds(settings.summary_interval_seconds);
   bool was_stuck = false;
-  const int sig = client.run_forever(
+  const int sig = supervisor.run_forever(
       signals, [&logging] { logging.reopen(); },
       [&] {
         // The watchdog is fed only while the dispatcher keeps moving.
@@ -234,7 +249,8 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
   notifier.stopping();
   notifier.status(std::string("stopping (") + (sig == SIGTERM ? "SIGTERM" : "SIGINT") + ")");
   deadline.emplace(std::chrono::seconds(settings.shutdown_timeout_seconds), log);
-  client.stop();  // no new messages; disconnects cleanly
+  supervisor.stop();  // no reload or probe from now on
+  client.stop();      // no new messages; disconnects cleanly
   pipeline.stop(std::chrono::seconds(settings.shutdown_timeout_seconds));
   if (delivery) delivery->stop();
   log->info("{}", summary(metrics, spool));

@@ -1,6 +1,5 @@
 #include "gateway/gateway_mqtt_client.h"
 
-#include <signal.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -12,7 +11,6 @@
 
 #include "gateway/backoff.h"
 #include "gateway/errors.h"
-#include "gateway/signal_mask.h"
 
 namespace gateway {
 namespace {
@@ -211,10 +209,10 @@ FlowDiff GatewayMqttClient::reload_flows() {
 
 void GatewayMqttClient::request_sync() {
   {
-    std::lock_guard lock(timer_mu_);
+    std::lock_guard lock(mqtt_mu_);
     sync_needed_ = true;
   }
-  timer_cv_.notify_all();
+  mqtt_cv_.notify_all();
 }
 
 void GatewayMqttClient::sync_subscriptions() {
@@ -382,33 +380,7 @@ void GatewayMqttClient::start() {
              session_present ? "session present" : "new session", subscribed_.size());
   sync_subscriptions();
 
-  timer_ = std::thread([this] { timer_loop(); });
   mqtt_thread_ = std::thread([this] { mqtt_loop(); });
-}
-
-void GatewayMqttClient::timer_loop() {
-  using namespace std::chrono;
-  const auto reload_every = seconds(settings_.flows_reload_interval_seconds);
-  auto next_reload = steady_clock::now() + reload_every;
-  auto next_db_probe = steady_clock::now();
-  std::unique_lock lock(timer_mu_);
-  while (!timer_cv_.wait_for(lock, milliseconds(200), [this] { return stopping_; })) {
-    const auto now = steady_clock::now();
-    lock.unlock();
-    if (now >= next_reload) {
-      next_reload = now + reload_every;
-      try {
-        reload_flows();
-      } catch (const std::exception& e) {
-        log_->error("flow reload failed (keeping the current flows): {}", e.what());
-      }
-    }
-    if (now >= next_db_probe) {
-      next_db_probe = now + seconds(5);
-      probe_database();
-    }
-    lock.lock();
-  }
 }
 
 void GatewayMqttClient::mqtt_loop() {
@@ -417,9 +389,9 @@ void GatewayMqttClient::mqtt_loop() {
   auto next_heartbeat = steady_clock::now() + heartbeat_every;
   auto next_presence = steady_clock::now() + client_id_check_.refresh;
   std::optional<steady_clock::time_point> retry_sync_at;  // after a failed sync
-  std::unique_lock lock(timer_mu_);
+  std::unique_lock lock(mqtt_mu_);
   for (;;) {
-    timer_cv_.wait_for(lock, milliseconds(200), [this] { return stopping_ || sync_needed_; });
+    mqtt_cv_.wait_for(lock, milliseconds(200), [this] { return stopping_ || sync_needed_; });
     if (stopping_) return;
     if (retry_sync_at && steady_clock::now() >= *retry_sync_at) {
       retry_sync_at.reset();
@@ -466,51 +438,21 @@ void GatewayMqttClient::heartbeat() {
   }
 }
 
-void GatewayMqttClient::probe_database() {
+bool GatewayMqttClient::ping_database() {
+  std::lock_guard lock(reload_mu_);
   bool up = false;
-  {
-    std::lock_guard lock(reload_mu_);
-    try {
-      up = repo().ping();
-    } catch (const std::exception&) {
-      up = false;
-    }
-    if (!up) repo_.reset();
+  try {
+    up = repo().ping();
+  } catch (const std::exception&) {
+    up = false;
   }
-  if (up) {
-    if (!metrics_.db_connected.exchange(true)) log_->info("database reachable again");
-    metrics_.db_down_since_ms = 0;
-  } else {
-    if (metrics_.db_connected.exchange(false)) log_->error("database unreachable");
-    if (metrics_.db_down_since_ms.load() == 0) metrics_.db_down_since_ms = steady_now_ms();
-  }
-}
-
-int GatewayMqttClient::run_forever(const SignalMask& signals,
-                                   const std::function<void()>& on_hangup,
-                                   const std::function<void()>& on_tick) {
-  for (;;) {
-    std::optional<int> sig = signals.wait(std::chrono::seconds(1));
-    if (on_tick) on_tick();
-    if (!sig) continue;
-    if (*sig == SIGHUP) {
-      log_->info("SIGHUP: reloading flows and reopening log files");
-      if (on_hangup) on_hangup();
-      try {
-        reload_flows();
-      } catch (const std::exception& e) {
-        log_->error("flow reload failed (keeping the current flows): {}", e.what());
-      }
-      continue;
-    }
-    log_->info("{}: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    return *sig;
-  }
+  if (!up) repo_.reset();
+  return up;
 }
 
 void GatewayMqttClient::stop() {
   {
-    std::lock_guard lock(timer_mu_);
+    std::lock_guard lock(mqtt_mu_);
     if (stopping_) return;
     stopping_ = true;
   }
@@ -518,8 +460,7 @@ void GatewayMqttClient::stop() {
   // thread (subscribing, publishing a heartbeat) and disconnect() below would wait for it
   // forever. Let it spool the message and return; nothing is acknowledged that is not spooled.
   spool_.stop_back_pressure();
-  timer_cv_.notify_all();
-  if (timer_.joinable()) timer_.join();
+  mqtt_cv_.notify_all();
   if (mqtt_thread_.joinable()) mqtt_thread_.join();
   if (connection_) {
     // Gone on purpose: the next gateway with this client id need not wait for it to go stale.

@@ -36,6 +36,10 @@ class RepositoryView final : public FlowRepository {
   std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view s) override {
     return r_.begin_unrouted(s);
   }
+  std::unique_ptr<FlowGroupTransaction> lock_flows(std::span<const std::int64_t> ids,
+                                                   std::string_view s) override {
+    return r_.lock_flows(ids, s);
+  }
   bool ping() override { return true; }
   std::uint64_t last_committed_seq(std::string_view s) override { return r_.last_committed_seq(s); }
 
@@ -86,7 +90,7 @@ class GatewayMqttClientTest : public ::testing::Test {
     client_ = std::make_unique<GatewayMqttClient>(
         settings_, [this] { return std::make_unique<RepositoryView>(repo_); }, *flows_, *spool_,
         metrics_,
-        [this, session_present](MqttConnectOptions o, MqttHandlers h) {
+        [this, session_present](const MqttConnectOptions& o, MqttHandlers h) {
           auto c = std::make_unique<FakeMqttConnection>(std::move(h));
           if (o.client_id.find("-probe-") != std::string::npos) {
             ++probes_;
