@@ -11,7 +11,9 @@
 
 #include "gateway/adapters/curl_http_poster.h"
 #include "gateway/adapters/metrics_server.h"
+#include "gateway/adapters/mysql_delivery_repository.h"
 #include "gateway/adapters/mysql_flow_repository.h"
+#include "gateway/adapters/mysql_schema.h"
 #include "gateway/adapters/paho_mqtt_connection.h"
 #include "gateway/adapters/systemd_notifier.h"
 #include "gateway/command_line.h"
@@ -57,7 +59,7 @@ Settings settings_from(const CommandLine& cl) {
 int check(const Settings& settings) {
   MySqlFlowRepository repo(settings);
   std::cout << "database: " << settings.database_url_redacted() << " ok\n";
-  if (auto missing = repo.missing_tables(); !missing.empty()) {
+  if (auto missing = MySqlSchema(settings).missing_tables(); !missing.empty()) {
     std::cout << "schema: missing tables:";
     for (const auto& t : missing) std::cout << ' ' << t;
     std::cout << " (run mqtt-gateway --init-db)\n";
@@ -196,7 +198,7 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
   // Always, also with HTTP_DELIVERY=inline: rows an earlier outbox run left in the outbox are
   // delivered, never stranded.
   auto delivery = std::make_unique<DeliveryService>(
-      [&settings] { return std::make_unique<MySqlFlowRepository>(settings); },
+      [&settings] { return std::make_unique<MySqlDeliveryRepository>(settings); },
       [] { return std::make_unique<CurlHttpPoster>(); }, delivery_options(settings), metrics,
       logging.get("delivery"));
   delivery->start();
@@ -283,9 +285,9 @@ int main(int argc, char** argv) {
 
   try {
     if (cl.init_db) {
-      MySqlFlowRepository repo(settings);
-      repo.apply_script(builtin_schema_sql());
-      for (const std::string& change : repo.upgrade_schema())
+      MySqlSchema schema(settings);
+      schema.apply_script(builtin_schema_sql());
+      for (const std::string& change : schema.upgrade_schema())
         std::cout << "upgraded: " << change << "\n";
       std::cout << "schema applied to " << settings.database_url_redacted() << "\n";
       return 0;

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include "gateway/adapters/mysql_schema.h"
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
 #include "support/test_database.h"
@@ -23,6 +24,7 @@ class MySqlFlowRepositoryTest : public ::testing::Test {
   TestDatabase db_;
   Settings settings_ = settings_for(db_);
   MySqlFlowRepository repo_{settings_};
+  MySqlSchema schema_{settings_};
 };
 
 TEST_F(MySqlFlowRepositoryTest, LoadMqttServerPrefersTheDefaultThenTheLowestId) {
@@ -60,13 +62,13 @@ TEST_F(MySqlFlowRepositoryTest, LockFlowOfAMissingRowIsNull) {
 }
 
 TEST_F(MySqlFlowRepositoryTest, BuiltInSchemaIsIdempotentAndComplete) {
-  EXPECT_TRUE(repo_.missing_tables().empty());
-  repo_.apply_script(builtin_schema_sql());
-  repo_.apply_script(builtin_schema_sql());
+  EXPECT_TRUE(schema_.missing_tables().empty());
+  schema_.apply_script(builtin_schema_sql());
+  schema_.apply_script(builtin_schema_sql());
   db_.execute("DROP TABLE spool_offsets");
-  EXPECT_EQ(repo_.missing_tables(), std::vector<std::string>{"spool_offsets"});
-  repo_.apply_script(builtin_schema_sql());
-  EXPECT_TRUE(repo_.missing_tables().empty());
+  EXPECT_EQ(schema_.missing_tables(), std::vector<std::string>{"spool_offsets"});
+  schema_.apply_script(builtin_schema_sql());
+  EXPECT_TRUE(schema_.missing_tables().empty());
 }
 
 // Field names differing only in case or trailing spaces are different fields; a table made by an
@@ -85,8 +87,8 @@ TEST_F(MySqlFlowRepositoryTest, FieldNamesCompareAsBytesAfterTheUpgrade) {
     tx->commit();
   };
   EXPECT_THROW(insert_case_variants(), DbError) << "the old collation makes them collide";
-  EXPECT_EQ(repo_.upgrade_schema().size(), 1u);
-  EXPECT_TRUE(repo_.upgrade_schema().empty()) << "idempotent";
+  EXPECT_EQ(schema_.upgrade_schema().size(), 1u);
+  EXPECT_TRUE(schema_.upgrade_schema().empty()) << "idempotent";
   insert_case_variants();
   EXPECT_EQ(db_.query_int("SELECT COUNT(*) FROM data_records"), 3);
 }
@@ -186,11 +188,16 @@ TEST_F(MySqlFlowRepositoryTest, GroupTransactionHoldsEveryRowLock) {
   const auto b = db_.insert_flow("b", "b/#", "STORE_DB", std::nullopt);
   const std::vector<std::int64_t> ids = {a, b};
   auto tx = repo_.lock_flows(ids, "s");
-  MySqlFlowRepository other(settings_);
-  other.apply_script("SET SESSION innodb_lock_wait_timeout = 1;");
-  EXPECT_THROW(other.lock_flow(b, "s"), DbRefused) << "lock wait timeout (1205) expected";
+  testing::SqlSession other(testing::SqlSession::As::kTestUser, db_.name());
+  other.execute("SET SESSION innodb_lock_wait_timeout = 1");
+  other.execute("START TRANSACTION");
+  const std::string lock_b = "SELECT id FROM flows WHERE id = " + std::to_string(b) + " FOR UPDATE";
+  EXPECT_THROW(other.query(lock_b), std::runtime_error) << "lock wait timeout (1205) expected";
+  other.execute("ROLLBACK");
   tx->commit();
-  EXPECT_TRUE(other.lock_flow(b, "s"));
+  other.execute("START TRANSACTION");
+  EXPECT_EQ(other.query(lock_b).size(), 1u);
+  other.execute("ROLLBACK");
 }
 
 }  // namespace

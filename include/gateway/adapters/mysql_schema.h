@@ -1,0 +1,41 @@
+// The gateway's tables: creating them (config/schema.sql, compiled in), upgrading tables made by
+// an older version, and telling which are missing. Used by --init-db, --check and start-up; one
+// connection per instance.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gateway/adapters/mysql_driver.h"
+#include "gateway/settings.h"
+
+namespace gateway {
+
+class MySqlSession;
+
+// config/schema.sql as compiled into the binary (for --init-db and tests).
+const char* builtin_schema_sql();
+
+class MySqlSchema {
+ public:
+  // Connects at once; throws as MySqlFlowRepository's constructor.
+  explicit MySqlSchema(const Settings& settings);
+  ~MySqlSchema();
+
+  // Runs every statement of an SQL script (config/schema.sql): statements end with ';' at the end
+  // of a line, comments start with "--".
+  void apply_script(std::string_view sql);
+  // Brings tables made by an older version up to date (what CREATE TABLE IF NOT EXISTS cannot):
+  // data_records.field_name compared as bytes (utf8mb4_nopad_bin). Returns one line per change
+  // made; empty when there was nothing to do. Idempotent.
+  std::vector<std::string> upgrade_schema();
+  // The tables the gateway needs that are missing (empty when the schema is complete).
+  std::vector<std::string> missing_tables();
+
+ private:
+  std::unique_ptr<MySqlSession> db_;
+};
+
+}  // namespace gateway

@@ -1,0 +1,75 @@
+// One MySQL/MariaDB connection as the adapters use it: connected from Settings, in READ
+// COMMITTED without autocommit, with its prepared statements cached, and the helpers every
+// adapter needs (errors classified by db_error_class.h, NULL columns, UTF-8 cuts). Internal to
+// src/adapters/mysql_*.cpp: the only files that include <cppconn/...>. Not thread-safe.
+#pragma once
+
+#include <cppconn/connection.h>
+#include <cppconn/exception.h>
+#include <cppconn/prepared_statement.h>
+#include <cppconn/resultset.h>
+
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "gateway/settings.h"
+
+namespace gateway {
+
+class MySqlSession {
+ public:
+  // Connects at once and reads the server's max_allowed_packet. Throws DbUnavailable when the
+  // server cannot be reached, DbRefused for a refused login or missing database (the message
+  // names host, port, database and user, never the password).
+  explicit MySqlSession(const Settings& settings);
+  MySqlSession(const MySqlSession&) = delete;
+  MySqlSession& operator=(const MySqlSession&) = delete;
+
+  sql::Connection& conn() { return *conn_; }
+  // The most bytes of bound values one statement may carry: the server's max_allowed_packet (read
+  // at connect) less headroom. A larger packet would make the server drop the connection, and the
+  // retry would fail the same way forever.
+  std::size_t packet_budget() const { return packet_budget_; }
+
+  // The statement for `sql`, prepared once per session.
+  sql::PreparedStatement& prepare(const std::string& sql);
+  // prefix + n times `row` joined by commas + suffix (multi-row INSERTs, IN lists), prepared once
+  // per (prefix, n).
+  sql::PreparedStatement& prepare_rows(const char* prefix, const char* row, std::size_t n,
+                                       const char* suffix = "");
+  // The statement for n items, known by `key` (a constant's address) and n; built once.
+  template <typename Build>
+  sql::PreparedStatement& prepare_sized(const char* key, std::size_t n, Build build) {
+    auto& slot = sized_[{key, n}];
+    if (!slot) slot.reset(conn_->prepareStatement(build()));
+    return *slot;
+  }
+
+  // Ends the transaction; a broken connection is left for the server to roll back.
+  void rollback_quietly() noexcept;
+
+ private:
+  std::unique_ptr<sql::Connection> conn_;
+  std::size_t packet_budget_ = 1u << 20;
+  std::map<std::string, std::unique_ptr<sql::PreparedStatement>, std::less<>> statements_;
+  std::map<std::pair<const char*, std::size_t>, std::unique_ptr<sql::PreparedStatement>> sized_;
+};
+
+// Turns a driver error into the exception that tells the caller whose fault it is
+// (db_error_class.h has the table): DbUnavailable, DbRetryable, DbDataError or DbRefused.
+[[noreturn]] void rethrow(const sql::SQLException& e, std::string_view what);
+
+std::optional<std::string> nullable_string(sql::ResultSet& rs, int column);
+
+// At most `max` bytes of `s`, cut at a UTF-8 character boundary (VARCHAR limits count
+// characters, but a cut inside a character would be refused as invalid).
+std::string_view utf8_prefix(std::string_view s, std::size_t max);
+
+std::string repeated_rows(const char* prefix, const char* row, std::size_t n,
+                          const char* suffix = "");
+
+}  // namespace gateway
