@@ -20,13 +20,19 @@ constexpr const char* kLoadServerSql =
 constexpr const char* kLoadFlowsSql =
     "SELECT id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled "
     "FROM flows WHERE enabled = 1 ORDER BY id";
+// The flow row and its spool offset in one round trip (the offset row, when there is one, is
+// locked too: only the holder of the flow row writes it anyway).
 constexpr const char* kLockFlowSql =
-    "SELECT id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled "
-    "FROM flows WHERE id = ? FOR UPDATE";
+    "SELECT f.id, f.code, f.topic, f.action, f.endpoint_url, f.payload_schema, f.last_msg_id, "
+    "f.enabled, o.last_seq FROM flows f LEFT JOIN spool_offsets o ON o.spool_id = ? AND "
+    "o.flow_id = f.id WHERE f.id = ? FOR UPDATE";
 // A plain (non-locking) read: the flow row lock already serialises every writer of this row.
 constexpr const char* kOffsetSql =
     "SELECT last_seq FROM spool_offsets WHERE spool_id = ? AND flow_id = ?";
 constexpr const char* kAdvanceSql = "UPDATE flows SET last_msg_id = ? WHERE id = ?";
+constexpr const char* kAdvanceBothSql =
+    "UPDATE flows f JOIN spool_offsets o ON o.flow_id = f.id AND o.spool_id = ? "
+    "SET f.last_msg_id = ?, o.last_seq = ? WHERE f.id = ?";
 // A group of flows (lock_flows): the same statements for n flows at once, built per n. The lock
 // reads the primary key in ascending order, so the rows are locked in id order.
 constexpr const char* kLockFlowsPrefix =
@@ -279,6 +285,17 @@ class MySqlFlowTransaction final : public FlowTransaction {
       return;
     }
     try {
+      if (flow_.id != kNoFlow && committed_seq_ > 0 && last_seq > 0 && !spool_id_.empty() &&
+          last_msg_id != flow_.last_msg_id) {
+        // The offset row exists (committed_seq_ came from it): both in one round trip. It
+        // changes (a larger seq), so 0 rows means it is gone after all: the two statements below.
+        auto& both = db_.prepare(kAdvanceBothSql);
+        both.setString(1, spool_id_);
+        both.setInt64(2, last_msg_id);
+        both.setInt64(3, static_cast<std::int64_t>(last_seq));
+        both.setInt64(4, flow_.id);
+        if (both.executeUpdate() > 0) return;
+      }
       if (last_msg_id != flow_.last_msg_id) {
         auto& upd = db_.prepare(kAdvanceSql);
         upd.setInt64(1, last_msg_id);
@@ -452,7 +469,8 @@ std::unique_ptr<FlowTransaction> MySqlFlowRepository::lock_flow(std::int64_t flo
                                                                 std::string_view spool_id) {
   try {
     auto& lock = db_->prepare(kLockFlowSql);
-    lock.setInt64(1, flow_id);
+    lock.setString(1, sql::SQLString(spool_id.data(), spool_id.size()));
+    lock.setInt64(2, flow_id);
     std::unique_ptr<sql::ResultSet> rs(lock.executeQuery());
     if (!rs->next()) {
       rs.reset();
@@ -460,8 +478,10 @@ std::unique_ptr<FlowTransaction> MySqlFlowRepository::lock_flow(std::int64_t flo
       return nullptr;
     }
     Flow flow = read_flow(*rs);
+    // No spool (the reference API): no offset; a spool with no row yet: 0.
+    const std::uint64_t committed =
+        spool_id.empty() || rs->isNull(9) ? 0 : static_cast<std::uint64_t>(rs->getInt64(9));
     rs.reset();
-    const std::uint64_t committed = committed_seq(*db_, flow_id, spool_id);
     return std::make_unique<MySqlFlowTransaction>(*db_, std::move(flow), committed,
                                                   std::string(spool_id));
   } catch (const sql::SQLException& e) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "gateway/errors.h"
+#include "gateway/thread_name.h"
 
 namespace gateway {
 namespace {
@@ -29,9 +30,15 @@ Pipeline::Pipeline(Spool& spool, const FlowTable& flows, RepositoryFactory repos
 Pipeline::~Pipeline() { stop(std::chrono::seconds(5)); }
 
 void Pipeline::start() {
-  dispatcher_ = std::thread([this] { dispatch_loop(); });
+  dispatcher_ = std::thread([this] {
+    set_thread_name("gw-dispatch");
+    dispatch_loop();
+  });
   for (std::size_t i = 0; i < options_.workers; ++i) {
-    workers_.emplace_back([this, i] { worker_loop(i); });
+    workers_.emplace_back([this, i] {
+      set_thread_name("gw-worker-" + std::to_string(i + 1));
+      worker_loop(i);
+    });
   }
 }
 
@@ -108,13 +115,10 @@ void Pipeline::dispatch_loop() {
   // instead of per message (a context switch per message cost more CPU than the message).
   constexpr std::size_t kMaxGroup = 256;
   // After a wait, the dispatcher lets the records arriving right behind the first join it. With
-  // a batch linger, up to half of it: the workers' linger counts from a message's arrival, so
-  // this adds no latency, and at steady rates the dispatcher wakes once per several messages.
-  const auto linger = options_.batch_linger.count() > 0
-                          ? std::clamp<std::chrono::microseconds>(options_.batch_linger / 2,
-                                                                  std::chrono::microseconds(500),
-                                                                  std::chrono::milliseconds(5))
-                          : std::chrono::microseconds(500);
+  // a batch linger, most of it: the workers' linger counts from a message's arrival, so this
+  // adds no latency, and at steady rates the dispatcher wakes once per several messages.
+  const auto linger = std::max<std::chrono::microseconds>(options_.batch_linger * 3 / 4,
+                                                          std::chrono::microseconds(500));
   struct Routed {
     std::uint64_t seq;
     MessagePtr message;  // null when no flow matched

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "gateway/errors.h"
+#include "gateway/thread_name.h"
 #include "spool_reader.h"
 
 namespace gateway {
@@ -136,6 +137,7 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   std::condition_variable sync_cv_;            // the fsync thread waiting for new records or stop
   std::atomic<bool> closed_{false};            // written under mu_, so waiters never miss it
   bool stopping_ = false;                      // guarded by mu_; ends the fsync thread
+  bool sync_idle_ = false;                     // guarded by mu_; the fsync thread waits for dirty_
   bool uncapped_ = false;                      // guarded by mu_; stop_back_pressure() was called
   std::map<std::uint64_t, Segment> segments_;  // guarded by mu_; by first seq; last = active
   std::uint64_t active_first_ = 0;             // guarded by mu_
@@ -177,7 +179,12 @@ Spool::Impl::Impl(SpoolOptions options, std::shared_ptr<spdlog::logger> log)
   lock_directory();
   load_or_create_id();
   recover();
-  if (options_.fsync == SpoolFsync::kBatch) fsync_thread_ = std::thread([this] { fsync_loop(); });
+  if (options_.fsync == SpoolFsync::kBatch) {
+    fsync_thread_ = std::thread([this] {
+      set_thread_name("gw-fsync");
+      fsync_loop();
+    });
+  }
 }
 
 Spool::Impl::~Impl() {
@@ -497,7 +504,9 @@ std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::str
   bytes_ += record_bytes;
   ++appended_;
   if (remember) remember_locked(hash, seq, packet_id);
-  if (options_.fsync == SpoolFsync::kBatch && !std::exchange(dirty_, true)) {
+  // Only a sync thread waiting for work is woken: one sleeping out its interval would wake for
+  // nothing (a context switch per interval at steady rates).
+  if (options_.fsync == SpoolFsync::kBatch && !std::exchange(dirty_, true) && sync_idle_) {
     sync_cv_.notify_one();
   }
   lock.unlock();
@@ -658,7 +667,9 @@ void Spool::Impl::sync_directory_or_log() const {
 void Spool::Impl::fsync_loop() {
   std::unique_lock lock(mu_);
   for (;;) {
+    sync_idle_ = true;
     sync_cv_.wait(lock, [this] { return stopping_ || dirty_; });
+    sync_idle_ = false;
     // Let a batch of records gather; the destructor does the final sync.
     if (sync_cv_.wait_for(lock, options_.fsync_interval, [this] { return stopping_; })) return;
     dirty_ = false;
