@@ -76,9 +76,11 @@ class FlowTransaction : public LockedFlow {
 };
 
 // One transaction holding the locks on several flow rows (issue 17: many flows with a few
-// messages each share one commit). Writes may be deferred to commit(), so an error (a refused
-// row among them) may surface there and cannot be told apart by flow: the caller retries the
-// flows one by one. Destroying it without commit() rolls back everything.
+// messages each share one commit). The parts' insert_records() and advance() may be deferred to
+// commit() (the MySQL adapter sends them as one statement each for the group), so the rows their
+// views point into must live until commit() returns; the other writes happen at once. An error
+// (a refused row among them) may therefore surface at commit() and cannot be told apart by flow:
+// the caller retries the flows one by one. Destroying it without commit() rolls back everything.
 class FlowGroupTransaction {
  public:
   virtual ~FlowGroupTransaction() = default;

@@ -59,9 +59,9 @@ struct PipelineOptions {
   std::size_t max_batch = 500;                  // MAX_BATCH: messages per transaction
   std::size_t max_in_flight = 20000;            // read from the spool but not yet committed
   std::size_t max_in_flight_bytes = 32u << 20;  // ... and their payload bytes
-  // BATCH_LINGER_MS: a worker that finds fewer than max_batch messages of a flow waits up to this
-  // long for more before it opens the transaction (0: never). Fewer, larger transactions at
-  // steady rates; never applied when a full batch is waiting.
+  // BATCH_LINGER_MS: a worker that finds fewer than max_batch messages of a flow waits until the
+  // oldest of them is this old before it opens the transaction (0: never). Fewer, larger
+  // transactions at steady rates; never applied when a full batch is waiting.
   std::chrono::milliseconds batch_linger{0};
   // A worker whose flow has fewer than max_batch messages waiting takes the waiting messages of
   // up to this many flows in all (max_batch messages at most) into one transaction (1: never).

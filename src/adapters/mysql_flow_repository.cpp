@@ -26,7 +26,8 @@ constexpr const char* kLockFlowSql =
     "SELECT f.id, f.code, f.topic, f.action, f.endpoint_url, f.payload_schema, f.last_msg_id, "
     "f.enabled, o.last_seq FROM flows f LEFT JOIN spool_offsets o ON o.spool_id = ? AND "
     "o.flow_id = f.id WHERE f.id = ? FOR UPDATE";
-// A plain (non-locking) read: the flow row lock already serialises every writer of this row.
+// The spool offset alone, a plain read: for the dead letters of no flow (begin_unrouted), whose
+// offset only the pipeline's one kNoFlow batch at a time writes.
 constexpr const char* kOffsetSql =
     "SELECT last_seq FROM spool_offsets WHERE spool_id = ? AND flow_id = ?";
 constexpr const char* kAdvanceSql = "UPDATE flows SET last_msg_id = ? WHERE id = ?";
@@ -34,11 +35,14 @@ constexpr const char* kAdvanceBothSql =
     "UPDATE flows f JOIN spool_offsets o ON o.flow_id = f.id AND o.spool_id = ? "
     "SET f.last_msg_id = ?, o.last_seq = ? WHERE f.id = ?";
 // A group of flows (lock_flows): the same statements for n flows at once, built per n. The lock
-// reads the primary key in ascending order, so the rows are locked in id order.
+// reads the primary key in ascending order, so the rows are locked in id order. NOWAIT: a row
+// another session holds fails the group at once (1205), and its flows run alone, where only the
+// busy flow waits; the group would otherwise hold the other rows while it waits.
 constexpr const char* kLockFlowsPrefix =
     "SELECT id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled "
-    "FROM flows WHERE id IN (";
-constexpr const char* kLockFlowsSuffix = ") ORDER BY id FOR UPDATE";
+    "FROM flows FORCE INDEX (PRIMARY) WHERE id IN (";
+constexpr const char* kLockFlowsSuffix = ") ORDER BY id FOR UPDATE NOWAIT";
+// The group's offsets, read after their flow rows are locked (which serialises their writers).
 constexpr const char* kOffsetsPrefix =
     "SELECT flow_id, last_seq FROM spool_offsets WHERE spool_id = ? AND flow_id IN (";
 constexpr const char* kAdvanceManyPrefix = "UPDATE flows SET last_msg_id = CASE id ";
@@ -68,8 +72,6 @@ constexpr std::size_t kRowOverheadBytes = 64;
 // rejected_messages.reason holds up to 1024 characters: this many bytes at most, and then some.
 constexpr std::size_t kReasonBytes = 2048;
 
-// Turns a driver error into the exception that tells the caller whose fault it is
-// (db_error_class.h has the table).
 Flow read_flow(sql::ResultSet& rs) {
   Flow f;
   f.id = rs.getInt64(1);
@@ -82,22 +84,6 @@ Flow read_flow(sql::ResultSet& rs) {
   f.enabled = rs.getInt(8) != 0;
   return f;
 }
-
-// At most `max` bytes of `s`, cut at a UTF-8 character boundary (VARCHAR limits count
-// characters, but a cut inside a character would be refused as invalid).
-std::string repeated_rows(const char* prefix, const char* row, std::size_t n,
-                          const char* suffix = "") {
-  std::string sql = prefix;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (i) sql += ',';
-    sql += row;
-  }
-  return sql + suffix;
-}
-
-}  // namespace
-
-namespace {
 
 // The spool offset of a flow (0 if none). Throws sql::SQLException.
 std::uint64_t committed_seq(MySqlSession& db, std::int64_t flow_id, std::string_view spool_id) {

@@ -115,10 +115,11 @@ void Pipeline::dispatch_loop() {
   // instead of per message (a context switch per message cost more CPU than the message).
   constexpr std::size_t kMaxGroup = 256;
   // After a wait, the dispatcher lets the records arriving right behind the first join it. With
-  // a batch linger, most of it: the workers' linger counts from a message's arrival, so this
-  // adds no latency, and at steady rates the dispatcher wakes once per several messages.
-  const auto linger = std::max<std::chrono::microseconds>(options_.batch_linger * 3 / 4,
-                                                          std::chrono::microseconds(500));
+  // a batch linger, most of it (10 ms at most: a burst after a pause must not wait long): the
+  // workers' linger counts from a message's arrival, so this adds no latency, and at steady rates
+  // the dispatcher wakes once per several messages.
+  const auto linger = std::clamp<std::chrono::microseconds>(
+      options_.batch_linger * 3 / 4, std::chrono::microseconds(500), std::chrono::milliseconds(10));
   struct Routed {
     std::uint64_t seq;
     MessagePtr message;  // null when no flow matched
@@ -574,7 +575,20 @@ void Pipeline::run_group(std::vector<Member>& members, Worker& w) {
       drop_session(w, e, false);
     }
   }
-  for (Member& m : members) m.outcome = run_batch(m.flow_id, m.batch, w);
+  for (Member& m : members) {
+    // Once the connection is found gone, the others wait for the held flows' retry instead of
+    // each waiting out a connect timeout here.
+    if (m.outcome.held && m.outcome.by_connection) continue;
+    m.outcome = run_batch(m.flow_id, m.batch, w);
+    if (m.outcome.held && m.outcome.by_connection) {
+      for (Member& rest : members) {
+        // Not run yet (a run that is not held commits its whole, non-empty batch).
+        if (rest.outcome.committed == 0 && !rest.outcome.held) {
+          rest.outcome = BatchOutcome{0, m.outcome.held, true};
+        }
+      }
+    }
+  }
 }
 
 Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,

@@ -113,6 +113,7 @@ class FakeFlowRepository final : public FlowRepository {
   }
 
   class Tx;
+  class Group;
   std::unique_ptr<Tx> open(std::int64_t flow_id, std::string_view spool_id) {
     auto it = flows.find(flow_id);
     if (it == flows.end()) return nullptr;
@@ -130,12 +131,14 @@ class FakeFlowRepository final : public FlowRepository {
       if (!committed_ && !grouped) ++repo_.rollbacks;
     }
     bool grouped = false;  // part of a Group: the group commits or rolls back
+    friend class Group;
     const Flow& flow() const override { return flow_; }
     std::uint64_t committed_seq() const override { return seq_; }
     void insert_records(std::span<const DataRecord> rows) override {
       fire(repo_.fail_next_insert);
       for (const auto& r : rows) {
-        if (repo_.on_insert_record) repo_.on_insert_record(r);
+        // As the MySQL adapter: a group's rows go out at its commit, and are refused there.
+        if (repo_.on_insert_record && !grouped) repo_.on_insert_record(r);
         records_.push_back(
             {flow_.id, r.msg_id, std::string(r.topic), std::string(r.field_name), r.field_value});
       }
@@ -201,6 +204,14 @@ class FakeFlowRepository final : public FlowRepository {
     }
     LockedFlow* flow(std::size_t i) override { return parts.at(i).get(); }
     void commit() override {
+      if (repo_.on_insert_record) {
+        for (auto& p : parts) {
+          if (!p) continue;
+          for (const StoredRecord& r : p->records_) {
+            repo_.on_insert_record(DataRecord{r.msg_id, r.topic, r.field_name, r.field_value});
+          }
+        }
+      }
       fire(repo_.fail_next_commit);
       committed_ = true;
       ++repo_.commits;

@@ -200,5 +200,22 @@ TEST_F(MySqlFlowRepositoryTest, GroupTransactionHoldsEveryRowLock) {
   other.execute("ROLLBACK");
 }
 
+// A row another session holds fails the group at once (NOWAIT), instead of the group holding the
+// other rows while it waits; the pipeline then runs the flows alone.
+TEST_F(MySqlFlowRepositoryTest, GroupLockFailsAtOnceWhenARowIsBusy) {
+  const auto a = db_.insert_flow("a", "a/#", "STORE_DB", std::nullopt);
+  const auto b = db_.insert_flow("b", "b/#", "STORE_DB", std::nullopt);
+  testing::SqlSession other(testing::SqlSession::As::kTestUser, db_.name());
+  other.execute("START TRANSACTION");
+  other.query("SELECT id FROM flows WHERE id = " + std::to_string(b) + " FOR UPDATE");
+  const std::vector<std::int64_t> ids = {a, b};
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_THROW(repo_.lock_flows(ids, "s"), DbRefused);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5))
+      << "waited for the lock instead of failing at once";
+  other.execute("ROLLBACK");
+  EXPECT_TRUE(repo_.lock_flows(ids, "s")) << "the session is usable afterwards";
+}
+
 }  // namespace
 }  // namespace gateway

@@ -606,5 +606,43 @@ TEST_F(PipelineGroupTest, FlowRowGoneInAGroupDeadLettersOnlyItsMessages) {
   });
 }
 
+// A group that fails, then a connection found gone while its flows are retried alone: the other
+// flows are held at once with it, not each made to wait out a connect attempt of its own.
+TEST_F(PipelineGroupTest, ConnectionLostDuringTheFallbackHoldsTheRestAtOnce) {
+  std::atomic<bool> down{false};
+  std::atomic<int> failed_connects{0};
+  std::atomic<bool> group_failed{false};
+  db_.repo.on_lock = [&](std::int64_t) {
+    if (!group_failed.exchange(true)) {
+      down = true;  // the database goes away right after refusing the group
+      throw DbRefused("Lock wait timeout exceeded (MySQL error 1205)", 1205);
+    }
+  };
+  publish_round_robin();
+  flows_.replace(db_.repo.load_flows());
+  PipelineOptions o = one_worker();
+  o.retry_initial = 2s;  // no retry before the test has looked
+  o.retry_max = 2s;
+  pipeline_ = std::make_unique<Pipeline>(
+      *spool_, flows_,
+      [&]() -> std::unique_ptr<FlowRepository> {
+        if (down) {
+          ++failed_connects;
+          throw DbUnavailable("Can't connect to server (MySQL error 2003)", 2003);
+        }
+        return std::make_unique<LockedRepository>(db_);
+      },
+      [] { return std::make_unique<FakeHttpPoster>(); }, std::move(o), metrics_, log_);
+  pipeline_->start();
+  ASSERT_TRUE(eventually([&] { return metrics_.flows_held.load() >= 2; }));
+  std::this_thread::sleep_for(100ms);  // the rest of the fallback, if it were still running
+  // Groups of about 12 flows (64 messages of 5 per flow): one attempt per group, not per flow.
+  EXPECT_LE(failed_connects.load(), 5) << "connect attempts while the database was down";
+  down = false;
+  ASSERT_TRUE(eventually([&] { return all_stored(); }));
+  for (int i = 3; i < 3 + kFlows; ++i) EXPECT_EQ(stored(i), expected(i)) << "flow " << i;
+  EXPECT_EQ(rejected(), 0u);
+}
+
 }  // namespace
 }  // namespace gateway
