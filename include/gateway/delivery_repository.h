@@ -1,6 +1,6 @@
 // Port to the POST_ENDPOINT outbox (table deliveries) for the delivery workers. Same error
 // contract as flow_repository.h: DbUnavailable means reconnect and retry.
-// Not thread-safe: one per delivery worker.
+// Not thread-safe: one per thread (the scanner, each delivery worker and its sidecar).
 #pragma once
 
 #include <cstdint>
@@ -48,8 +48,11 @@ class DeliveryRepository {
   virtual void release(std::int64_t flow_id, std::string_view owner) = 0;
   // std::nullopt when the flow row is gone.
   virtual std::optional<DeliveryTarget> delivery_target(std::int64_t flow_id) = 0;
-  // The flow's oldest pending deliveries in msg_id order, at most `limit`.
-  virtual std::vector<PendingDelivery> next_deliveries(std::int64_t flow_id, std::size_t limit) = 0;
+  // The flow's oldest pending deliveries with a msg_id above `after_msg_id` (0: from the first),
+  // in msg_id order, at most `limit`.
+  virtual std::vector<PendingDelivery> next_deliveries(std::int64_t flow_id,
+                                                       std::int64_t after_msg_id,
+                                                       std::size_t limit) = 0;
   // The endpoint took msg_ids first..last of the flow: remove them (one commit).
   virtual void delivered(std::int64_t flow_id, std::int64_t first_msg_id,
                          std::int64_t last_msg_id) = 0;

@@ -82,13 +82,15 @@ std::optional<DeliveryTarget> MySqlDeliveryRepository::delivery_target(std::int6
 }
 
 std::vector<PendingDelivery> MySqlDeliveryRepository::next_deliveries(std::int64_t flow_id,
+                                                                      std::int64_t after_msg_id,
                                                                       std::size_t limit) {
   try {
     auto& stmt = db_->prepare(
         "SELECT msg_id, topic, payload, attempts, created_ms, next_attempt_ms FROM deliveries "
-        "WHERE flow_id = ? ORDER BY msg_id LIMIT ?");
+        "WHERE flow_id = ? AND msg_id > ? ORDER BY msg_id LIMIT ?");
     stmt.setInt64(1, flow_id);
-    stmt.setInt64(2, static_cast<std::int64_t>(limit));
+    stmt.setInt64(2, after_msg_id);
+    stmt.setInt64(3, static_cast<std::int64_t>(limit));
     std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
     std::vector<PendingDelivery> out;
     while (rs->next()) {

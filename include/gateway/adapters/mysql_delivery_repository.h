@@ -23,7 +23,8 @@ class MySqlDeliveryRepository final : public DeliveryRepository {
   bool claim(std::int64_t flow_id, std::string_view owner, std::int64_t ttl_ms) override;
   void release(std::int64_t flow_id, std::string_view owner) override;
   std::optional<DeliveryTarget> delivery_target(std::int64_t flow_id) override;
-  std::vector<PendingDelivery> next_deliveries(std::int64_t flow_id, std::size_t limit) override;
+  std::vector<PendingDelivery> next_deliveries(std::int64_t flow_id, std::int64_t after_msg_id,
+                                               std::size_t limit) override;
   void delivered(std::int64_t flow_id, std::int64_t first_msg_id,
                  std::int64_t last_msg_id) override;
   void retry_later(const PendingDelivery& d, int status, std::string_view error) override;
