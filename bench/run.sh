@@ -70,7 +70,7 @@ CASES="${CASES// manyflows / manyflows startup }"
 UNIQUE=" "
 for c in $CASES; do [[ $UNIQUE == *" $c "* ]] || UNIQUE+="$c "; done
 CASES="$UNIQUE"
-export GW_RUN_DIR="$RUN" GW_DB_PORT=3347 GW_MQTT_PORT=1924 GW_MQTT_TLS_PORT=8924
+export GW_RUN_DIR="$RUN" GW_DB_PORT=3347 GW_MQTT_PORT=1924 GW_MQTT_TLS_PORT=8924 GW_MQTT_CERT_PORT=8925
 DB_PORT=$GW_DB_PORT MQTT_PORT=$GW_MQTT_PORT
 export MYSQL_PWD=gwpass # services.sh's throwaway user gw; gw-bench collect reads it too
 ID="$(date +%s)"        # keeps topics and client ids apart from earlier runs

@@ -11,6 +11,11 @@ CREATE TABLE IF NOT EXISTS mqtt_servers (
   -- TLS: when use_tls is 1 the gateway verifies the broker's certificate against ca_file.
   use_tls     TINYINT(1) NOT NULL DEFAULT 0,
   ca_file     VARCHAR(1024) NULL,
+  -- With use_tls: a client certificate (PEM, may hold the key), its key (PEM; NULL: in the
+  -- certificate file) and a file holding the key's password (NULL: not encrypted).
+  client_cert_file          VARCHAR(1024) NULL,
+  client_key_file           VARCHAR(1024) NULL,
+  client_key_password_file  VARCHAR(1024) NULL,
   enabled     TINYINT(1) NOT NULL DEFAULT 1,
   is_default  TINYINT(1) NOT NULL DEFAULT 0,
   created_at  TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
@@ -62,6 +67,11 @@ CREATE TABLE IF NOT EXISTS rejected_messages (
   spool_id           CHAR(36) NULL,
   spool_seq          BIGINT NULL,
   created_at         TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  -- `mqtt-gateway rejected replay`: when the message was stored after all, and its new msg_id
+  -- (set in the flow transaction that stored it). NULL: still a dead letter. A replay the flow
+  -- refuses again updates reason and attempts instead. --init-db adds them to older tables.
+  replayed_at        TIMESTAMP(6) NULL,
+  replayed_msg_id    BIGINT NULL,
   KEY ix_rejected_flow_time (flow_id, created_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 

@@ -9,9 +9,12 @@
 #   GW_DB_PORT        MariaDB TCP port          (default: the one this run dir used last, else 3307)
 #   GW_MQTT_PORT      mosquitto plain listener  (default: ditto, else 1884)
 #   GW_MQTT_TLS_PORT  mosquitto TLS listener    (default: ditto, else 8884)
+#   GW_MQTT_CERT_PORT mosquitto TLS listener that requires a client certificate signed by the test
+#                     CA, the certificate's CN as user name (default: ditto, else 8885)
 #
 # `start` reuses an existing run dir (data, sessions, certificates) and writes services.env there:
 # KEY=value lines for the tests (GW_TEST_*). Every action runs in bounded time and prints one line.
+# mosquitto 2.0 speaks MQTT 3.1.1 and 5 on every listener.
 set -euo pipefail
 
 PATH="${PATH:-/usr/bin:/bin}:/usr/sbin:/sbin"
@@ -37,7 +40,7 @@ show_tail() {
 }
 
 usage() {
-  sed -n '2,14p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,17p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -74,6 +77,13 @@ MQ_LOG="$MQ_DIR/mosquitto.log"
 TLS_DIR="$RUN_DIR/tls"
 CA_FILE="$TLS_DIR/ca.pem"
 WRONG_CA_FILE="$TLS_DIR/wrong-ca.pem"
+# Client certificates: signed by the test CA (plain and encrypted key), and by the wrong CA.
+CLIENT_CERT="$TLS_DIR/client.pem"
+CLIENT_KEY="$TLS_DIR/client.key"
+CLIENT_KEY_ENCRYPTED="$TLS_DIR/client-encrypted.key"
+CLIENT_KEY_PASSWORD_FILE="$TLS_DIR/client-key.password"
+WRONG_CLIENT_CERT="$TLS_DIR/wrong-client.pem"
+WRONG_CLIENT_KEY="$TLS_DIR/wrong-client.key"
 
 # A value this run dir's services.env recorded, or nothing.
 saved() {
@@ -88,6 +98,7 @@ port_setting() { # env-value saved-key default
 DB_PORT="$(port_setting "${GW_DB_PORT:-}" GW_TEST_DB_PORT 3307)"
 MQTT_PORT="$(port_setting "${GW_MQTT_PORT:-}" GW_TEST_MQTT_PORT 1884)"
 MQTT_TLS_PORT="$(port_setting "${GW_MQTT_TLS_PORT:-}" GW_TEST_MQTT_TLS_PORT 8884)"
+MQTT_CERT_PORT="$(port_setting "${GW_MQTT_CERT_PORT:-}" GW_TEST_MQTT_CERT_PORT 8885)"
 
 # One action at a time per run dir (tests restart services while others may query status).
 # fd 9 is closed for the servers below, or they would hold the lock forever.
@@ -254,6 +265,41 @@ EOF
   }
 }
 
+# Client certificates for the listener that requires one: CN mqtt-gateway-test-client signed by
+# the test CA (its key also encrypted, the password in a file), and one signed by the wrong CA.
+# Generated once per run dir, from the CAs above.
+ensure_client_certs() {
+  local f missing=""
+  for f in "$CLIENT_CERT" "$CLIENT_KEY" "$CLIENT_KEY_ENCRYPTED" "$CLIENT_KEY_PASSWORD_FILE" \
+    "$WRONG_CLIENT_CERT" "$WRONG_CLIENT_KEY"; do
+    [[ -s $f ]] || missing=1
+  done
+  [[ -n $missing ]] || return 0
+  local log="$TLS_DIR/openssl-client.log"
+  (
+    umask 077
+    cd "$TLS_DIR"
+    printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
+      'extendedKeyUsage=clientAuth' >client.ext
+    client_cert() { # ca-prefix key cert common-name
+      openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=$4" -keyout "$2" -out "$3.csr"
+      openssl x509 -req -in "$3.csr" -CA "$1.pem" -CAkey "$1.key" \
+        -set_serial "0x$(openssl rand -hex 8)" -days 3650 -sha256 -extfile client.ext -out "$3"
+      openssl verify -CAfile "$1.pem" "$3"
+    }
+    client_cert ca client.key client.pem mqtt-gateway-test-client
+    client_cert wrong-ca wrong-client.key wrong-client.pem mqtt-gateway-wrong-client
+    openssl rand -hex 16 >client-key.password
+    openssl pkey -in client.key -aes256 -passout file:client-key.password -out client-encrypted.key
+    # Readable by tests that run as another user: throwaway credentials of a throwaway CA.
+    chmod 644 client.pem client.key client-encrypted.key client-key.password wrong-client.pem \
+      wrong-client.key
+  ) >"$log" 2>&1 || {
+    show_tail "$log"
+    die "generating the test client certificates failed"
+  }
+}
+
 write_mq_conf() {
   mkdir -p "$MQ_DIR" "$MQ_DATA"
   cat >"$MQ_CONF" <<EOF
@@ -282,29 +328,44 @@ listener $MQTT_TLS_PORT 127.0.0.1
 cafile $CA_FILE
 certfile $TLS_DIR/server.pem
 keyfile $TLS_DIR/server.key
+
+# Certificate only: without a client certificate signed by the test CA, no connection.
+listener $MQTT_CERT_PORT 127.0.0.1
+cafile $CA_FILE
+certfile $TLS_DIR/server.pem
+keyfile $TLS_DIR/server.key
+require_certificate true
+use_identity_as_username true
 EOF
 }
 
-# True once both listeners answer (reading the retained $SYS version topic publishes nothing).
+# True once every listener answers (reading the retained $SYS version topic publishes nothing).
 readonly SYS_VERSION_TOPIC="\$SYS/broker/version"
 mq_ready() {
   timeout 3 mosquitto_sub -h 127.0.0.1 -p "$MQTT_PORT" -t "$SYS_VERSION_TOPIC" -C 1 -W 2 \
     >/dev/null 2>&1 &&
     timeout 3 mosquitto_sub -h 127.0.0.1 -p "$MQTT_TLS_PORT" --cafile "$CA_FILE" \
-      -t "$SYS_VERSION_TOPIC" -C 1 -W 2 >/dev/null 2>&1
+      -t "$SYS_VERSION_TOPIC" -C 1 -W 2 >/dev/null 2>&1 &&
+    timeout 3 mosquitto_sub -h 127.0.0.1 -p "$MQTT_CERT_PORT" --cafile "$CA_FILE" \
+      --cert "$CLIENT_CERT" --key "$CLIENT_KEY" -t "$SYS_VERSION_TOPIC" -C 1 -W 2 >/dev/null 2>&1
+}
+
+mq_ports() {
+  printf '127.0.0.1:%s, TLS %s, client certificate %s' "$MQTT_PORT" "$MQTT_TLS_PORT" "$MQTT_CERT_PORT"
 }
 
 # Sets MQ_RESULT.
 start_mqtt() {
   if mq_running; then
-    MQ_RESULT="mosquitto already running (pid $(<"$MQ_PIDFILE"), 127.0.0.1:$MQTT_PORT, TLS $MQTT_TLS_PORT)"
+    MQ_RESULT="mosquitto already running (pid $(<"$MQ_PIDFILE"), $(mq_ports))"
     return 0
   fi
   ensure_tls
+  ensure_client_certs
   write_mq_conf
   local port
-  for port in "$MQTT_PORT" "$MQTT_TLS_PORT"; do
-    port_in_use "$port" && die "127.0.0.1:$port is already in use (another instance? set GW_MQTT_PORT/GW_MQTT_TLS_PORT)"
+  for port in "$MQTT_PORT" "$MQTT_TLS_PORT" "$MQTT_CERT_PORT"; do
+    port_in_use "$port" && die "127.0.0.1:$port is already in use (another instance? set GW_MQTT_PORT/GW_MQTT_TLS_PORT/GW_MQTT_CERT_PORT)"
   done
   setsid mosquitto -c "$MQ_CONF" </dev/null >>"$MQ_DIR/stdout.log" 2>&1 9>&- &
   echo $! >"$MQ_PIDFILE"
@@ -321,7 +382,7 @@ start_mqtt() {
     fi
     sleep 0.1
   done
-  MQ_RESULT="mosquitto started (pid $(<"$MQ_PIDFILE"), 127.0.0.1:$MQTT_PORT, TLS $MQTT_TLS_PORT)"
+  MQ_RESULT="mosquitto started (pid $(<"$MQ_PIDFILE"), $(mq_ports))"
 }
 
 stop_mqtt() {
@@ -349,6 +410,13 @@ write_env() {
       "GW_TEST_MQTT_TLS_PORT=$MQTT_TLS_PORT" \
       "GW_TEST_MQTT_CA_FILE=$CA_FILE" \
       "GW_TEST_MQTT_WRONG_CA_FILE=$WRONG_CA_FILE" \
+      "GW_TEST_MQTT_CERT_PORT=$MQTT_CERT_PORT" \
+      "GW_TEST_MQTT_CLIENT_CERT=$CLIENT_CERT" \
+      "GW_TEST_MQTT_CLIENT_KEY=$CLIENT_KEY" \
+      "GW_TEST_MQTT_CLIENT_KEY_ENCRYPTED=$CLIENT_KEY_ENCRYPTED" \
+      "GW_TEST_MQTT_CLIENT_KEY_PASSWORD_FILE=$CLIENT_KEY_PASSWORD_FILE" \
+      "GW_TEST_MQTT_WRONG_CLIENT_CERT=$WRONG_CLIENT_CERT" \
+      "GW_TEST_MQTT_WRONG_CLIENT_KEY=$WRONG_CLIENT_KEY" \
       "GW_TEST_RUN_DIR=$RUN_DIR" \
       "GW_SERVICES_SCRIPT=$SCRIPT_PATH"; do
       printf '%s=%q\n' "${kv%%=*}" "${kv#*=}"
@@ -381,7 +449,7 @@ case "$ACTION" in
       rc=1
     fi
     if mq_running; then
-      mq="mosquitto running (pid $(<"$MQ_PIDFILE"), 127.0.0.1:$MQTT_PORT, TLS $MQTT_TLS_PORT)"
+      mq="mosquitto running (pid $(<"$MQ_PIDFILE"), $(mq_ports))"
     else
       mq="mosquitto stopped"
       rc=1

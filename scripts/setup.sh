@@ -8,6 +8,8 @@ PACKAGES=(
   build-essential g++ cmake pkg-config git ca-certificates dpkg-dev file
   # servers and their clients (started privately by scripts/services.sh, never as system services)
   mariadb-server mariadb-client mosquitto mosquitto-clients openssl procps
+  # the 3-node Galera test cluster (scripts/galera.sh): provider, rsync state transfers
+  galera-4 rsync socat
   # libraries (libpaho-mqttpp-dev needs libpaho-mqtt-dev and libssl-dev but does not depend on them)
   libpaho-mqttpp-dev libpaho-mqtt-dev libssl-dev libmysqlcppconn-dev nlohmann-json3-dev
   libcurl4-openssl-dev libspdlog-dev libfmt-dev zlib1g-dev libcli11-dev libsystemd-dev

@@ -7,6 +7,9 @@
 #   GW_SKIP_ASAN=1   skip the sanitizer build and its tests      } quick local runs only;
 #   GW_SKIP_FUZZ=1   skip the fuzzers                             } CI runs everything
 #   GW_FUZZ_SECONDS  run time of each fuzzer (default 30)
+#   GW_SKIP_GALERA=1 skip the Galera cluster step (CI runs it)
+#   GW_GALERA_SCALE  load of the Galera step's e2e test (GW_FAULT_SCALE; default 0.2: 1,000
+#                    messages; scripts/test-galera.sh runs the full 5,000)
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd -P)"
@@ -21,11 +24,11 @@ FUZZ_SECONDS="${GW_FUZZ_SECONDS:-30}"
 
 export GW_RUN_DIR="$REPO_DIR/.run/test"
 # Not run-local's ports, so both can run at once.
-export GW_DB_PORT=3317 GW_MQTT_PORT=1894 GW_MQTT_TLS_PORT=8894
+export GW_DB_PORT=3317 GW_MQTT_PORT=1894 GW_MQTT_TLS_PORT=8894 GW_MQTT_CERT_PORT=8895
 SERVICES="$REPO_DIR/scripts/services.sh"
 
 STEP=0
-STEPS_TOTAL=11
+STEPS_TOTAL=12
 FAILED=()
 PASSED=()
 TESTS_PASSED=0
@@ -51,9 +54,11 @@ summary() {
 }
 
 services_started=0
+galera_started=0
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  if ((galera_started)); then bash scripts/galera.sh stop || true; fi
   if ((services_started)); then bash "$SERVICES" stop || true; fi
   exit "$rc"
 }
@@ -107,7 +112,37 @@ export GW_TEST_LOG_ARCHIVE="$GW_RUN_DIR/gateway-logs"
 ok services
 
 banner "ctest build/ (all tests, serially: some restart the services)"
-if run_ctest --test-dir build; then ok "ctest build/"; else failed "ctest build/"; fi
+# The Galera tests skip without a cluster: they run in the next step.
+if run_ctest --test-dir build -LE galera; then ok "ctest build/"; else failed "ctest build/"; fi
+
+banner "Galera: 3-node cluster (scripts/galera.sh), ctest -L galera, cluster stopped"
+if [[ ${GW_SKIP_GALERA:-0} == 1 ]]; then
+  echo "test: GW_SKIP_GALERA=1: skipped"
+  PASSED+=("galera (skipped: GW_SKIP_GALERA=1)")
+else
+  galera_t0=$SECONDS
+  export GW_GALERA_DIR="$GW_RUN_DIR/galera"
+  export GW_GALERA_SQL_PORT=3391 GW_GALERA_GCOMM_PORT=4671 GW_GALERA_IST_PORT=4681 \
+    GW_GALERA_SST_PORT=4691
+  galera_started=1
+  if bash scripts/galera.sh start; then
+    set -a
+    # shellcheck source=/dev/null
+    source "$GW_GALERA_DIR/galera.env"
+    set +a
+    if GW_FAULT_SCALE="${GW_GALERA_SCALE:-0.2}" run_ctest --test-dir build -L galera; then
+      ok "galera ($((SECONDS - galera_t0)) s)"
+    else
+      failed "galera"
+    fi
+    # Later steps must not find a cluster that is gone.
+    unset "${!GW_TEST_GALERA_@}" GW_GALERA_SCRIPT
+  else
+    failed "galera: cluster start"
+  fi
+  bash scripts/galera.sh stop || true
+  galera_started=0
+fi
 
 banner "Debian package: cpack, dpkg -i, --version/--init-db/--check, dpkg --purge"
 # Reuses build/: the install prefix changes no compile flag, so this only packages.

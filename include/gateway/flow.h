@@ -20,6 +20,12 @@ struct MqttServer {
   std::optional<Secret> password;
   bool use_tls = false;  // verify the broker against ca_file (or the system CAs when empty)
   std::string ca_file;
+  // With use_tls, authenticate with a client certificate (PEM; may also hold the key), its key
+  // (PEM; "" = in client_cert_file) and a file holding the key's password ("" = not encrypted).
+  // NULL columns read as "".
+  std::string client_cert_file;
+  std::string client_key_file;
+  std::string client_key_password_file;
 };
 
 // A row of flows, as loaded (or as locked by a transaction).

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "gateway/errors.h"
 #include "gateway/flow.h"
 
 namespace gateway {
@@ -67,6 +68,30 @@ class LockedFlow {
                                  std::int64_t msg_id) = 0;
   // Sets flows.last_msg_id and, when last_seq > 0, the flow's spool offset.
   virtual void advance(std::int64_t last_msg_id, std::uint64_t last_seq) = 0;
+
+  // Dead-letter replay (`mqtt-gateway rejected replay`, Processor::replay()). The marks commit
+  // with the rows the replay stored, so a replay killed and run again never stores twice.
+  // Repositories that do not replay keep these defaults, which throw Error.
+  //
+  // Of the rejected_messages `ids`, those not replayed yet (replayed_at NULL), ascending, locked
+  // until the transaction ends: a replay that committed meanwhile (or concurrently, waiting on
+  // the flow row) has taken the others.
+  virtual std::vector<std::int64_t> lock_rejected(std::span<const std::int64_t> ids) {
+    (void)ids;
+    throw Error("this repository cannot replay dead letters");
+  }
+  // Marks dead letter `rejected_id` replayed as `msg_id` of this flow: replayed_at (now),
+  // replayed_msg_id, and flow_id this flow (it was NULL for a message no flow took).
+  virtual void mark_replayed(std::int64_t rejected_id, std::int64_t msg_id) {
+    (void)rejected_id, (void)msg_id;
+    throw Error("this repository cannot replay dead letters");
+  }
+  // A replay the flow refused again: the dead letter's reason becomes `reason` (cut to 1024
+  // characters) and attempts + 1 (NULL counts as the 1 first attempt).
+  virtual void update_rejected(std::int64_t rejected_id, std::string_view reason) {
+    (void)rejected_id, (void)reason;
+    throw Error("this repository cannot replay dead letters");
+  }
 };
 
 // A transaction holding the lock on one flow row. Destroying it without commit() rolls back.

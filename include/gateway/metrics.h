@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -22,6 +23,7 @@ class Metrics {
  public:
   std::atomic<std::uint64_t> received{0};      // spooled messages
   std::atomic<std::uint64_t> redeliveries{0};  // broker redeliveries recognised and dropped
+  std::atomic<std::uint64_t> expired{0};       // MQTT 5 messages past their expiry when processed
   std::atomic<std::uint64_t> unrouted{0};      // messages no flow matched
   std::atomic<std::uint64_t> stored{0};        // messages stored (STORE_DB)
   std::atomic<std::uint64_t> posted{0};        // messages delivered (POST_ENDPOINT)
@@ -40,6 +42,9 @@ class Metrics {
   std::atomic<std::uint64_t> held_messages{0};    // messages that arrived for them while held
   std::atomic<bool> spool_failing{false};         // the last spool append failed (disk full, EIO)
   std::atomic<std::int64_t> spool_failing_since_ms{0};  // steady clock, 0 while writable
+  // Transactions rolled back by the server and retried whole (DbRetryable: a deadlock, or a
+  // Galera certification conflict at COMMIT when two nodes wrote the same flow row).
+  std::atomic<std::uint64_t> db_conflicts{0};
 
   // Transaction latency histogram (seconds), Prometheus-style cumulative buckets.
   static constexpr double kLatencyBuckets[] = {0.001, 0.002, 0.005, 0.01, 0.02,
@@ -65,6 +70,65 @@ class Metrics {
   std::map<std::string, FlowCounters> flows_;  // guarded by mu_
   std::map<std::string, std::string> held_;    // guarded by mu_
 };
+
+// Which database node this process's connections reach (DB_HOST may list several; issue 15).
+// Process-wide, because every MySqlSession connects on its own from Settings: each records the
+// node it reached here, the next connection tries that node first (so that a gateway's
+// connections stay together on one node), /metrics shows it, and a change is reported once, not
+// per connection. Thread-safe.
+class DatabaseNode {
+ public:
+  // Called with one line ("database node 127.0.0.1:3382 (node2)") when the node changes; the
+  // composition root points it at a logger. Called with no lock held.
+  using OnChange = std::function<void(const std::string& line)>;
+  void set_on_change(OnChange on_change) {
+    std::lock_guard lock(mu_);
+    on_change_ = std::move(on_change);
+  }
+
+  // A connection reached the node at `address` ("host:port"), called `name` there
+  // (wsrep_node_name or hostname; may be empty). Returns true when that is a change.
+  bool reached(const std::string& address, const std::string& name) {
+    OnChange notify;
+    {
+      std::lock_guard lock(mu_);
+      if (address == address_ && name == name_) return false;
+      address_ = address;
+      name_ = name;
+      notify = on_change_;
+    }
+    if (notify) notify("database node " + address + (name.empty() ? "" : " (" + name + ")"));
+    return true;
+  }
+
+  // The address the last connection reached; "" before the first.
+  std::string address() const {
+    std::lock_guard lock(mu_);
+    return address_;
+  }
+  std::string name() const {
+    std::lock_guard lock(mu_);
+    return name_;
+  }
+  // Forgets the node (tests that start over with another DB_HOST in one process).
+  void forget() {
+    std::lock_guard lock(mu_);
+    address_.clear();
+    name_.clear();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::string address_;  // guarded by mu_
+  std::string name_;     // guarded by mu_
+  OnChange on_change_;   // guarded by mu_
+};
+
+// The process's one DatabaseNode.
+inline DatabaseNode& database_node() {
+  static DatabaseNode node;
+  return node;
+}
 
 // Milliseconds on the steady clock, for the *_ms fields above.
 std::int64_t steady_now_ms();

@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "gateway/constants.h"
@@ -51,6 +52,12 @@ struct InboundMessage {
   // The RETAIN flag: the broker's stored copy, sent because we subscribed. Such a re-send equal
   // to the last retained message the flow stored for the topic is skipped, not stored again.
   bool retained = false;
+  // MQTT 5 (empty on 3.1.1), as spooled (see SpoolRecord). expiry_deadline_us: the wall clock
+  // (as arrival_us) at which the message expires (arrival + Message Expiry Interval); 0 = never.
+  // A message processed at or after it must not be stored.
+  std::int64_t expiry_deadline_us = 0;
+  std::string content_type;
+  std::vector<std::pair<std::string, std::string>> user_properties;  // (name, value), in order
   ParsedPayload parsed;
 };
 
@@ -61,20 +68,42 @@ struct ProcessResult {
   FlowAction action = FlowAction::kStoreDb;
 };
 
-// What one batch transaction did. accepted + rejected + skipped + retained_resends is the batch
-// size.
+// What one batch transaction did. accepted + rejected + skipped + retained_resends + expired is
+// the batch size.
 struct BatchResult {
   std::string flow_code;
   std::size_t accepted = 0;          // stored or posted, numbered first_msg_id..last_msg_id
   std::size_t rejected = 0;          // written to rejected_messages
   std::size_t skipped = 0;           // committed by an earlier run (replay after a crash)
   std::size_t retained_resends = 0;  // retained re-sends equal to the last one stored (skipped)
+  std::size_t expired = 0;           // MQTT 5 messages past their expiry when processed: not stored
   std::size_t posted = 0;            // of the accepted ones, delivered by POST (inline)
   std::size_t queued = 0;            // of the accepted ones, recorded in the outbox for delivery
   std::int64_t first_msg_id = 0;
   std::int64_t last_msg_id = 0;
   bool flow_missing = false;            // the flow row is gone: nothing was done
   std::vector<std::string> rejections;  // one line per rejected message, for the log
+};
+
+// One dead letter to run through its flow again: its rejected_messages id and the message
+// rebuilt from the row (seq 0: no spool offset is involved; parsed with the daemon's limits).
+struct ReplayItem {
+  std::int64_t rejected_id = 0;
+  InboundMessage message;
+};
+
+// What a replay did (or, uncommitted, would do) with one dead letter.
+struct ReplayOutcome {
+  std::int64_t rejected_id = 0;
+  std::int64_t msg_id = 0;        // > 0: stored (STORE_DB) or queued for POST with this msg_id
+  std::string reason;             // not empty: the flow refused it again, for this reason
+  bool already_replayed = false;  // another replay took it first: nothing done
+};
+
+struct ReplayResult {
+  std::string flow_code;
+  bool flow_missing = false;            // the flow row is gone: nothing was done
+  std::vector<ReplayOutcome> outcomes;  // one per item, in the items' order
 };
 
 class Processor {
@@ -111,6 +140,21 @@ class Processor {
   std::size_t reject_unrouted(std::span<const InboundMessage* const> batch,
                               std::string_view spool_id, const std::string& why, bool track_offset);
 
+  // Dead-letter replay: the flow transaction (process_batch's body, under the same row lock, so
+  // msg_ids stay consecutive next to a running gateway) over `items` in their order. Each dead
+  // letter still waiting is either stored / queued for POST with a new msg_id and marked
+  // replayed, or keeps its row with the new reason and attempts + 1, in the same transaction;
+  // one that another replay took meanwhile is left alone (already_replayed). POST_ENDPOINT
+  // messages go to the outbox unless post_inline. commit false (a dry run) rolls everything back:
+  // the outcomes say what would happen. Throws as process_batch(); on DbDataError retry the
+  // items one by one and record the one refused alone with replay_refused().
+  ReplayResult replay(std::int64_t flow_id, std::span<const ReplayItem> items, bool commit);
+
+  // A dead letter whose replay the database refused (DbDataError): its reason becomes `why`,
+  // attempts + 1, under the flow lock. False when it was replayed meanwhile or the flow is gone.
+  bool replay_refused(std::int64_t flow_id, std::int64_t rejected_id, const std::string& why,
+                      bool commit);
+
   // The reference's process_flow_message(): one message, one transaction. Throws
   // MessageRejected (nothing written, counter unchanged) when the payload fails validation, the
   // flow has no endpoint_url or the POST fails; Error if the flow does not exist.
@@ -118,8 +162,17 @@ class Processor {
                                      std::string_view topic = {});
 
  private:
-  // The body of the flow transaction on a locked flow: everything but the commit.
-  BatchResult process_locked(LockedFlow& tx, std::span<const InboundMessage* const> batch);
+  // What happened to one message of process_locked(): its msg_id, or why it was rejected (both
+  // empty: skipped as committed before or as a retained re-send).
+  struct MessageOutcome {
+    std::int64_t msg_id = 0;
+    std::string reason;
+  };
+  // The body of the flow transaction on a locked flow: everything but the commit. With
+  // `outcomes` (replay), one entry per message is appended and rejected messages are reported
+  // there instead of being written as new dead letters.
+  BatchResult process_locked(LockedFlow& tx, std::span<const InboundMessage* const> batch,
+                             std::vector<MessageOutcome>* outcomes = nullptr);
   // The compiled payload_schema of a flow, recompiled only when the column text changes.
   const SchemaResult& schema_for(const Flow& flow);
   // Why `message` cannot go to `flow`, or empty.

@@ -63,12 +63,31 @@ struct HostPort {
 // std::nullopt otherwise.
 std::optional<HostPort> parse_host_port(std::string_view text);
 
+// One database node of DB_HOST.
+struct DbNode {
+  std::string host;  // without brackets for an IPv6 literal
+  int port = 3306;
+  // "host:port" ("[ipv6]:port"): how logs, errors, --check and /metrics name the node.
+  std::string address() const;
+  bool operator==(const DbNode&) const = default;
+};
+
+// Parses a DB_HOST value: one node, or several separated by commas ("db1:3306,db2:3306,db3"),
+// each `host`, `host:port`, `[ipv6]` or `[ipv6]:port` (an IPv6 address without brackets is a
+// host without a port); blanks around an entry are ignored; a node without a port gets
+// default_port. Throws ConfigError, one line naming DB_HOST and the entry, for an empty entry, a
+// host with blanks, '/', '@' or brackets, a port that is not 1..65535, or a node listed twice.
+std::vector<DbNode> parse_db_nodes(std::string_view text, int default_port);
+
 // Each field is named after its variable (DB_HOST -> db_host) and documented in .env.example.
 // Byte sizes are bytes (the variables also accept a K/M/G suffix); durations are in the unit
 // their name says.
 struct Settings {
   // Database (the reference settings).
-  std::string db_host;                 // DB_HOST, required
+  // DB_HOST, required: one node or a list (parse_db_nodes()). With several, every connection
+  // goes to the first node that takes writes, trying the one the last connection reached first
+  // (src/adapters/mysql_session.h: the safe Galera mode).
+  std::string db_host;
   int db_port = 3306;                  // DB_PORT, 1..65535
   std::string db_name;                 // DB_NAME, required
   std::string db_user;                 // DB_USER, required
@@ -85,7 +104,14 @@ struct Settings {
   std::string mqtt_shared_group;                // MQTT_SHARED_GROUP: $share group, "" = off
   int mqtt_reconnect_max_seconds = 30;          // MQTT_RECONNECT_MAX_SECONDS, 1..30
   int mqtt_heartbeat_seconds = 15;              // MQTT_HEARTBEAT_SECONDS, 0 = off, ..3600
-  int flows_reload_interval_seconds = 600;      // FLOWS_RELOAD_INTERVAL_SECONDS, 1..604800
+  int mqtt_version = 4;  // MQTT_VERSION: 3.1.1 (also "4", the protocol level; stored as 4) or 5
+  // MQTT_SESSION_EXPIRY_SECONDS (MQTT 5 only): how long the broker keeps the session (and queues
+  // messages) after the connection ends; 1..4294967295 (that one: never expires).
+  std::uint32_t mqtt_session_expiry_seconds = 86400;
+  // MQTT_TLS_SERVER_NAME: the name the broker's TLS certificate must carry when it is not the
+  // host of the mqtt_servers row; "" = the host.
+  std::string mqtt_tls_server_name;
+  int flows_reload_interval_seconds = 600;  // FLOWS_RELOAD_INTERVAL_SECONDS, 1..604800
 
   // HTTP endpoints.
   int http_timeout_seconds = 10;     // HTTP_TIMEOUT_SECONDS per POST, 1..3600
@@ -118,8 +144,13 @@ struct Settings {
   int health_unreachable_seconds = 30;  // HEALTH_UNREACHABLE_SECONDS before unhealthy, 1..86400
   int shutdown_timeout_seconds = 30;    // SHUTDOWN_TIMEOUT_SECONDS to drain, 1..3600
 
+  // DB_HOST as nodes, DB_PORT for those without a port. Throws ConfigError for a bad DB_HOST
+  // (load_settings() has checked it already).
+  std::vector<DbNode> db_nodes() const;
+
   // mysql://USER:PASSWORD@HOST:PORT/NAME with user and password percent-encoded and an IPv6
-  // host in brackets (the reference's sqlalchemy_url). Contains the password: never log it.
+  // host in brackets (the reference's sqlalchemy_url); with several nodes, HOST:PORT is the
+  // comma-separated list (mysql://u:p@db1:3306,db2:3306/gw). Contains the password: never log it.
   std::string database_url() const;
   // The same with *** for the password, for logs.
   std::string database_url_redacted() const;

@@ -86,17 +86,19 @@ class Spool {
 
   // Returns once the record is written (one write(2) into the page cache; kAlways: fdatasync'ed).
   // `retained` is the MQTT RETAIN flag; original_size > 0 says that `payload` is only the first
-  // bytes of a payload of that many bytes (see SpoolRecord). With dup set, packet_id != 0 and an
-  // identical (packet_id, topic, payload) among the last redelivery_window QoS>0 records (also
-  // from before a restart), appends nothing and returns that record's seq with redelivery = true.
-  // Blocks while the spool holds >= max_bytes until release_below() frees space; returns
-  // std::nullopt if close() is called meanwhile or before. Throws std::invalid_argument where
-  // encode_record() would (limits, original_size), SpoolError on I/O errors (ENOSPC, EIO, EFBIG):
-  // the record is then cut back off the segment, so the spool stays readable, no reader ever sees
-  // it, and a later append succeeds once the disk takes writes again.
+  // bytes of a payload of that many bytes; `properties` are the MQTT 5 fields (see SpoolRecord).
+  // With dup set, packet_id != 0 and an identical (packet_id, topic, payload) among the last
+  // redelivery_window QoS>0 records (also from before a restart), appends nothing and returns
+  // that record's seq with redelivery = true. Blocks while the spool holds >= max_bytes until
+  // release_below() frees space; returns std::nullopt if close() is called meanwhile or before.
+  // Throws std::invalid_argument where encode_record() would (limits, original_size,
+  // properties), SpoolError on I/O errors (ENOSPC, EIO, EFBIG): the record is then cut back off
+  // the segment, so the spool stays readable, no reader ever sees it, and a later append succeeds
+  // once the disk takes writes again.
   std::optional<AppendResult> append(std::string_view topic, std::string_view payload,
                                      std::uint16_t packet_id, bool dup, std::int64_t arrival_us,
-                                     bool retained = false, std::uint64_t original_size = 0);
+                                     bool retained = false, std::uint64_t original_size = 0,
+                                     const SpoolPropertiesView& properties = {});
 
   // After it returns, every later append() gets a seq above `seq`, also after a restart. Call it
   // at start-up with the highest seq the database has committed for this spool id. If the next

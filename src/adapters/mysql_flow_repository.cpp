@@ -15,7 +15,8 @@ namespace gateway {
 namespace {
 
 constexpr const char* kLoadServerSql =
-    "SELECT id, host, port, username, password, use_tls, ca_file FROM mqtt_servers "
+    "SELECT id, host, port, username, password, use_tls, ca_file, client_cert_file, "
+    "client_key_file, client_key_password_file FROM mqtt_servers "
     "WHERE enabled = 1 ORDER BY is_default DESC, id ASC LIMIT 1";
 constexpr const char* kLoadFlowsSql =
     "SELECT id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled "
@@ -62,6 +63,10 @@ constexpr const char* kInsertRejectedPrefix =
     "INSERT INTO rejected_messages (flow_id, topic, payload, payload_truncated, reason, spool_id, "
     "spool_seq) VALUES ";
 constexpr const char* kInsertRejectedRow = "(?, ?, ?, ?, ?, ?, ?)";
+// Dead-letter replay: the rows of a batch not replayed yet, locked after the flow row.
+constexpr const char* kLockRejectedPrefix =
+    "SELECT id FROM rejected_messages WHERE replayed_at IS NULL AND id IN (";
+constexpr const char* kLockRejectedSuffix = ") ORDER BY id FOR UPDATE";
 
 // Multi-row INSERTs go out in chunks of these sizes so that a handful of prepared statements
 // serve every batch size.
@@ -300,6 +305,48 @@ class MySqlFlowTransaction final : public FlowTransaction {
     }
   }
 
+  std::vector<std::int64_t> lock_rejected(std::span<const std::int64_t> ids) override {
+    std::vector<std::int64_t> waiting;
+    if (ids.empty()) return waiting;
+    try {
+      auto& stmt = db_.prepare_rows(kLockRejectedPrefix, "?", ids.size(), kLockRejectedSuffix);
+      for (std::size_t i = 0; i < ids.size(); ++i) stmt.setInt64(static_cast<int>(i + 1), ids[i]);
+      std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
+      while (rs->next()) waiting.push_back(rs->getInt64(1));
+    } catch (const sql::SQLException& e) {
+      rethrow(e, "lock rejected_messages");
+    }
+    return waiting;
+  }
+
+  void mark_replayed(std::int64_t rejected_id, std::int64_t msg_id) override {
+    try {
+      auto& stmt = db_.prepare(
+          "UPDATE rejected_messages SET replayed_at = CURRENT_TIMESTAMP(6), replayed_msg_id = ?, "
+          "flow_id = ? WHERE id = ?");
+      stmt.setInt64(1, msg_id);
+      stmt.setInt64(2, flow_.id);
+      stmt.setInt64(3, rejected_id);
+      stmt.executeUpdate();
+    } catch (const sql::SQLException& e) {
+      rethrow(e, "mark rejected_messages replayed");
+    }
+  }
+
+  void update_rejected(std::int64_t rejected_id, std::string_view reason) override {
+    try {
+      auto& stmt = db_.prepare(
+          "UPDATE rejected_messages SET reason = ?, attempts = COALESCE(attempts, 1) + 1 "
+          "WHERE id = ?");
+      const std::string_view cut = utf8_prefix(reason, 1024);
+      stmt.setString(1, sql::SQLString(cut.data(), cut.size()));
+      stmt.setInt64(2, rejected_id);
+      stmt.executeUpdate();
+    } catch (const sql::SQLException& e) {
+      rethrow(e, "update rejected_messages");
+    }
+  }
+
   void commit() override {
     try {
       db_.conn().commit();
@@ -427,6 +474,9 @@ std::optional<MqttServer> MySqlFlowRepository::load_mqtt_server() {
       if (auto pw = nullable_string(*rs, 5)) s.password = Secret(std::move(*pw));
       s.use_tls = rs->getInt(6) != 0;
       s.ca_file = nullable_string(*rs, 7).value_or("");
+      s.client_cert_file = nullable_string(*rs, 8).value_or("");
+      s.client_key_file = nullable_string(*rs, 9).value_or("");
+      s.client_key_password_file = nullable_string(*rs, 10).value_or("");
       server = std::move(s);
     }
     rs.reset();

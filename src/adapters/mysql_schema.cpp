@@ -4,6 +4,7 @@
 
 #include <array>
 #include <sstream>
+#include <utility>
 
 #include "mysql_session.h"
 #include "schema_sql.h"
@@ -54,6 +55,37 @@ std::vector<std::string> MySqlSchema::upgrade_schema() {
           "ALTER TABLE data_records MODIFY field_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE "
           "utf8mb4_nopad_bin NOT NULL");
       done.emplace_back("data_records.field_name now compares as bytes (utf8mb4_nopad_bin)");
+    }
+    // Dead-letter replay (issue 14): nullable columns, added in place.
+    // Nullable columns of newer versions, added in place: dead-letter replay (issue 14) and the
+    // broker's client certificate (issue 12).
+    auto& column = db_->prepare(
+        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND "
+        "TABLE_NAME = ? AND COLUMN_NAME = ?");
+    struct Added {
+      const char* table;
+      const char* name;
+      const char* type;
+      const char* why;
+    };
+    for (const Added& a : {
+             Added{"rejected_messages", "replayed_at", "TIMESTAMP(6) NULL", "dead-letter replay"},
+             Added{"rejected_messages", "replayed_msg_id", "BIGINT NULL", "dead-letter replay"},
+             Added{"mqtt_servers", "client_cert_file", "VARCHAR(1024) NULL AFTER ca_file",
+                   "client certificates"},
+             Added{"mqtt_servers", "client_key_file", "VARCHAR(1024) NULL AFTER client_cert_file",
+                   "client certificates"},
+             Added{"mqtt_servers", "client_key_password_file",
+                   "VARCHAR(1024) NULL AFTER client_key_file", "client certificates"},
+         }) {
+      column.setString(1, a.table);
+      column.setString(2, a.name);
+      std::unique_ptr<sql::ResultSet> found(column.executeQuery());
+      if (found->next() && found->getInt(1) > 0) continue;
+      found.reset();
+      std::unique_ptr<sql::Statement> st(db_->conn().createStatement());
+      st->execute(std::string("ALTER TABLE ") + a.table + " ADD COLUMN " + a.name + " " + a.type);
+      done.emplace_back(std::string(a.table) + "." + a.name + " added (" + a.why + ")");
     }
     db_->conn().commit();
   } catch (const sql::SQLException& e) {

@@ -3,17 +3,181 @@
 #include <cppconn/driver.h>
 #include <cppconn/statement.h>
 
+#include <algorithm>
+#include <map>
 #include <sstream>
+#include <vector>
 
 #include "gateway/adapters/mysql_driver.h"
 #include "gateway/db_error_class.h"
 #include "gateway/errors.h"
+#include "gateway/metrics.h"
 
 namespace gateway {
 namespace {
 
 // Kept free in every packet for the protocol's own header and the statement id.
 constexpr std::size_t kPacketHeadroomBytes = 4096;
+// wsrep_local_state of a Galera node that is in the cluster and up to date.
+constexpr int kWsrepSynced = 4;
+
+// What a node that just accepted the connection says about itself.
+struct NodeFacts {
+  std::string name;  // wsrep_node_name on a Galera node, else hostname
+  std::size_t max_allowed_packet = 0;
+  std::string not_ready;  // why it does not take writes; empty when it does
+};
+
+std::map<std::string, std::string> name_values(sql::Statement& st, const char* query) {
+  std::map<std::string, std::string> out;
+  std::unique_ptr<sql::ResultSet> rs(st.executeQuery(query));
+  while (rs->next()) out[std::string(rs->getString(1))] = std::string(rs->getString(2));
+  return out;
+}
+
+// One round trip on any server, two on a Galera node (wsrep_on, a MariaDB variable: MySQL and
+// a MariaDB without a provider report wsrep_ready OFF or nothing, and are not Galera nodes).
+NodeFacts inspect(sql::Statement& st) {
+  auto vars = name_values(st,
+                          "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('max_allowed_packet', "
+                          "'read_only', 'wsrep_on', 'wsrep_node_name', "
+                          "'wsrep_reject_queries', 'hostname')");
+  NodeFacts facts;
+  try {
+    facts.max_allowed_packet = std::stoull(vars["max_allowed_packet"]);
+  } catch (const std::exception&) {
+    facts.max_allowed_packet = 0;  // keep the default budget
+  }
+  std::vector<std::string> why;
+  if (vars["wsrep_on"] == "ON") {
+    facts.name = vars["wsrep_node_name"];
+    auto status = name_values(st,
+                              "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', "
+                              "'wsrep_local_state', 'wsrep_local_state_comment', "
+                              "'wsrep_cluster_status')");
+    if (status["wsrep_ready"] != "ON") why.push_back("wsrep_ready=" + status["wsrep_ready"]);
+    if (status["wsrep_cluster_status"] != "Primary") {
+      why.push_back("wsrep_cluster_status=" + status["wsrep_cluster_status"]);
+    }
+    if (status["wsrep_local_state"] != std::to_string(kWsrepSynced)) {
+      why.push_back("wsrep_local_state=" + status["wsrep_local_state"] + " (" +
+                    status["wsrep_local_state_comment"] + "), not Synced");
+    }
+    // Maintenance: the node answers SHOW and SET but refuses queries on tables with 1047.
+    if (const std::string& reject = vars["wsrep_reject_queries"];
+        !reject.empty() && reject != "NONE") {
+      why.push_back("wsrep_reject_queries=" + reject);
+    }
+  } else {
+    facts.name = vars["hostname"];
+  }
+  if (vars["read_only"] == "ON") why.emplace_back("read_only=ON");
+  for (const std::string& w : why) facts.not_ready += (facts.not_ready.empty() ? "" : ", ") + w;
+  return facts;
+}
+
+// Connector/C++ 1.1.12's Connection::commit() drops the server's answer to COMMIT: a transaction
+// the server rolled back at COMMIT (a Galera certification failure, 1213) or whose connection was
+// lost before it reports success, and its messages would be released from the spool as stored.
+// This connection sends COMMIT as a statement, whose errors are reported (sql::SQLException,
+// classified by the callers as always); everything else goes to the driver's connection as is.
+class CheckedCommitConnection final : public sql::Connection {
+ public:
+  explicit CheckedCommitConnection(sql::Connection* c) : c_(c) {}
+
+  void commit() override {
+    if (!commit_) commit_.reset(c_->createStatement());
+    commit_->execute("COMMIT");
+  }
+
+  void clearWarnings() override { c_->clearWarnings(); }
+  sql::Statement* createStatement() override { return c_->createStatement(); }
+  void close() override {
+    commit_.reset();
+    c_->close();
+  }
+  bool getAutoCommit() override { return c_->getAutoCommit(); }
+  sql::SQLString getCatalog() override { return c_->getCatalog(); }
+  sql::Driver* getDriver() override { return c_->getDriver(); }
+  sql::SQLString getSchema() override { return c_->getSchema(); }
+  sql::SQLString getClientInfo() override { return c_->getClientInfo(); }
+  void getClientOption(const sql::SQLString& name, void* value) override {
+    c_->getClientOption(name, value);
+  }
+  sql::SQLString getClientOption(const sql::SQLString& name) override {
+    return c_->getClientOption(name);
+  }
+  sql::DatabaseMetaData* getMetaData() override { return c_->getMetaData(); }
+  sql::enum_transaction_isolation getTransactionIsolation() override {
+    return c_->getTransactionIsolation();
+  }
+  const sql::SQLWarning* getWarnings() override { return c_->getWarnings(); }
+  bool isClosed() override { return c_->isClosed(); }
+  bool isReadOnly() override { return c_->isReadOnly(); }
+  bool isValid() override { return c_->isValid(); }
+  bool reconnect() override { return c_->reconnect(); }
+  sql::SQLString nativeSQL(const sql::SQLString& sql) override { return c_->nativeSQL(sql); }
+  sql::PreparedStatement* prepareStatement(const sql::SQLString& sql) override {
+    return c_->prepareStatement(sql);
+  }
+  sql::PreparedStatement* prepareStatement(const sql::SQLString& sql, int keys) override {
+    return c_->prepareStatement(sql, keys);
+  }
+  sql::PreparedStatement* prepareStatement(const sql::SQLString& sql, int* columns) override {
+    return c_->prepareStatement(sql, columns);
+  }
+  sql::PreparedStatement* prepareStatement(const sql::SQLString& sql, int type,
+                                           int concurrency) override {
+    return c_->prepareStatement(sql, type, concurrency);
+  }
+  sql::PreparedStatement* prepareStatement(const sql::SQLString& sql, int type, int concurrency,
+                                           int holdability) override {
+    return c_->prepareStatement(sql, type, concurrency, holdability);
+  }
+  sql::PreparedStatement* prepareStatement(const sql::SQLString& sql,
+                                           sql::SQLString columns[]) override {
+    return c_->prepareStatement(sql, columns);
+  }
+  void releaseSavepoint(sql::Savepoint* savepoint) override { c_->releaseSavepoint(savepoint); }
+  void rollback() override { c_->rollback(); }
+  void rollback(sql::Savepoint* savepoint) override { c_->rollback(savepoint); }
+  void setAutoCommit(bool on) override { c_->setAutoCommit(on); }
+  void setCatalog(const sql::SQLString& catalog) override { c_->setCatalog(catalog); }
+  void setSchema(const sql::SQLString& schema) override { c_->setSchema(schema); }
+  sql::Connection* setClientOption(const sql::SQLString& name, const void* value) override {
+    c_->setClientOption(name, value);
+    return this;
+  }
+  sql::Connection* setClientOption(const sql::SQLString& name,
+                                   const sql::SQLString& value) override {
+    c_->setClientOption(name, value);
+    return this;
+  }
+  void setHoldability(int holdability) override { c_->setHoldability(holdability); }
+  void setReadOnly(bool read_only) override { c_->setReadOnly(read_only); }
+  sql::Savepoint* setSavepoint() override { return c_->setSavepoint(); }
+  sql::Savepoint* setSavepoint(const sql::SQLString& name) override {
+    return c_->setSavepoint(name);
+  }
+  void setTransactionIsolation(sql::enum_transaction_isolation level) override {
+    c_->setTransactionIsolation(level);
+  }
+
+ private:
+  std::unique_ptr<sql::Connection> c_;
+  std::unique_ptr<sql::Statement> commit_;  // destroyed before c_ (declared after it)
+};
+
+// The nodes in the order to try them: the node the process's last connection reached first (so
+// that all connections stay on one node, the safe Galera mode), then DB_HOST's order.
+std::vector<DbNode> connect_order(const Settings& settings) {
+  std::vector<DbNode> nodes = settings.db_nodes();
+  const std::string last = database_node().address();
+  const auto it = std::find_if(nodes.begin(), nodes.end(),
+                               [&](const DbNode& n) { return n.address() == last; });
+  if (it != nodes.end()) std::rotate(nodes.begin(), it, it + 1);
+  return nodes;
+}
 
 }  // namespace
 
@@ -61,9 +225,49 @@ std::string repeated_rows(const char* prefix, const char* row, std::size_t n, co
 }
 
 MySqlSession::MySqlSession(const Settings& settings) {
+  const std::vector<DbNode> nodes = connect_order(settings);
+  // With one node there is nowhere else to go: it is taken as it is, and a server that does not
+  // take writes refuses them itself (read-only: the flows are held; reads still work).
+  const bool choose = nodes.size() > 1;
+  std::string tried;  // "address: why; ..." of the nodes passed over
+  bool answered = false;
+  int last_code = 0;
+  for (const DbNode& node : nodes) {
+    try {
+      if (std::string why = connect(settings, node, choose); !why.empty()) {
+        tried +=
+            (tried.empty() ? "" : "; ") + node.address() + ": not ready for writes (" + why + ")";
+        answered = true;
+        continue;
+      }
+      return;
+    } catch (const sql::SQLException& e) {
+      conn_.reset();
+      if (!choose) {
+        std::ostringstream where;
+        where << "database " << settings.db_name << " at " << node.address() << " as "
+              << settings.db_user;
+        rethrow(e, where.str());
+      }
+      last_code = e.getErrorCode();
+      // 1047: a Galera node that is not ready (not in the primary component, or rejecting
+      // queries) answers every statement so; it is down for writes like any refusal here.
+      if (classify_db_error(last_code) != DbFault::kConnection) answered = true;
+      tried += (tried.empty() ? "" : "; ") + node.address() + ": " + e.what() + " (MySQL error " +
+               std::to_string(last_code) + ")";
+    }
+  }
+  const std::string message = "database " + settings.db_name + " as " + settings.db_user +
+                              ": no node of DB_HOST takes writes (" + tried + ")";
+  // Some node answered but refused: the cluster is there and refuses writes (held, like a
+  // read-only server). None answered: an outage.
+  if (answered) throw DbRefused(message, last_code);
+  throw DbUnavailable(message, last_code);
+}
+
+std::string MySqlSession::connect(const Settings& settings, const DbNode& node, bool choose) {
   sql::ConnectOptionsMap o;
-  o["hostName"] =
-      sql::SQLString("tcp://" + settings.db_host + ":" + std::to_string(settings.db_port));
+  o["hostName"] = sql::SQLString("tcp://" + node.address());
   o["userName"] = sql::SQLString(settings.db_user);
   o["password"] = sql::SQLString(settings.db_password.reveal());
   o["schema"] = sql::SQLString(settings.db_name);
@@ -74,26 +278,22 @@ MySqlSession::MySqlSession(const Settings& settings) {
   o["OPT_WRITE_TIMEOUT"] = 60;
   o["OPT_RECONNECT"] = false;  // a silent reconnect would continue a transaction in autocommit
   o["OPT_CHARSET_NAME"] = sql::SQLString("utf8mb4");
-  try {
-    conn_.reset(get_driver_instance()->connect(o));
-    std::unique_ptr<sql::Statement> st(conn_->createStatement());
-    st->execute("SET SESSION innodb_lock_wait_timeout = 20");
-    // READ COMMITTED: no gap locks between workers inserting rows of different flows.
-    st->execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
-    {
-      std::unique_ptr<sql::ResultSet> rs(st->executeQuery("SELECT @@max_allowed_packet"));
-      if (rs->next()) {
-        const auto max = static_cast<std::size_t>(rs->getUInt64(1));
-        packet_budget_ = max > 2 * kPacketHeadroomBytes ? max - kPacketHeadroomBytes : max / 2;
-      }
-    }
-    conn_->setAutoCommit(false);
-  } catch (const sql::SQLException& e) {
-    std::ostringstream where;
-    where << "database " << settings.db_name << " at " << settings.db_host << ":"
-          << settings.db_port << " as " << settings.db_user;
-    rethrow(e, where.str());
+  conn_ = std::make_unique<CheckedCommitConnection>(get_driver_instance()->connect(o));
+  std::unique_ptr<sql::Statement> st(conn_->createStatement());
+  const NodeFacts facts = inspect(*st);
+  if (choose && !facts.not_ready.empty()) {
+    conn_.reset();
+    return facts.not_ready;
   }
+  st->execute("SET SESSION innodb_lock_wait_timeout = 20");
+  // READ COMMITTED: no gap locks between workers inserting rows of different flows.
+  st->execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
+  if (const std::size_t max = facts.max_allowed_packet; max > 0) {
+    packet_budget_ = max > 2 * kPacketHeadroomBytes ? max - kPacketHeadroomBytes : max / 2;
+  }
+  conn_->setAutoCommit(false);
+  database_node().reached(node.address(), facts.name);
+  return {};
 }
 
 sql::PreparedStatement& MySqlSession::prepare(const std::string& sql) {

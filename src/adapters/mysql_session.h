@@ -20,15 +20,31 @@
 
 namespace gateway {
 
+// DB_HOST may list several nodes (a Galera cluster): the safe Galera mode. Every connection goes
+// to one node that takes writes: the node the process's last connection reached
+// (database_node() in metrics.h) if it still does, else the first in DB_HOST's order. So all of a
+// gateway's writes go to one node: on Galera, SELECT ... FOR UPDATE locks the flow row only on
+// the node that runs it, and two nodes writing the same flow both commit locally and one of them
+// fails certification at COMMIT (1213, retried whole). A node counts as down for writes when it
+// cannot be reached, refuses the login or any statement (1047: not in the primary component), or
+// answers but says it is not ready: wsrep_ready OFF, wsrep_cluster_status not Primary,
+// wsrep_local_state not Synced (4), wsrep_reject_queries set, or read_only ON. It does not move
+// back to an earlier node by itself when that one returns: moving would split the writes while
+// the connections follow.
 class MySqlSession {
  public:
-  // Connects at once and reads the server's max_allowed_packet. Throws DbUnavailable when the
-  // server cannot be reached, DbRefused for a refused login or missing database (the message
-  // names host, port, database and user, never the password).
+  // Connects at once, as above, and reads the server's max_allowed_packet. With one node, that
+  // node as it is (a read-only server refuses the writes itself). Throws DbUnavailable when no
+  // node can be reached, DbRefused when one answered but none takes writes or for a refused
+  // login or missing database (the message names every node tried and why, the database and
+  // the user, never the password).
   explicit MySqlSession(const Settings& settings);
   MySqlSession(const MySqlSession&) = delete;
   MySqlSession& operator=(const MySqlSession&) = delete;
 
+  // The connection. Its commit() sends COMMIT as a statement: Connector/C++ 1.1's own commit()
+  // reports success for a COMMIT the server refused (a Galera certification failure) or never
+  // got (connection lost), and the messages would be released as stored.
   sql::Connection& conn() { return *conn_; }
   // The most bytes of bound values one statement may carry: the server's max_allowed_packet (read
   // at connect) less headroom. A larger packet would make the server drop the connection, and the
@@ -53,6 +69,10 @@ class MySqlSession {
   void rollback_quietly() noexcept;
 
  private:
+  // Connects to `node` and sets the session up. With `choose`, a node not ready for writes is
+  // closed again and the reason returned; "" when connected. Throws sql::SQLException.
+  std::string connect(const Settings& settings, const DbNode& node, bool choose);
+
   std::unique_ptr<sql::Connection> conn_;
   std::size_t packet_budget_ = 1u << 20;
   std::map<std::string, std::unique_ptr<sql::PreparedStatement>, std::less<>> statements_;

@@ -16,6 +16,7 @@
 #include "gateway/adapters/mysql_schema.h"
 #include "gateway/adapters/paho_mqtt_connection.h"
 #include "gateway/adapters/systemd_notifier.h"
+#include "gateway/admin_cli.h"
 #include "gateway/command_line.h"
 #include "gateway/constants.h"
 #include "gateway/delivery_service.h"
@@ -23,6 +24,7 @@
 #include "gateway/errors.h"
 #include "gateway/gateway_mqtt_client.h"
 #include "gateway/logging.h"
+#include "gateway/pid_file.h"
 #include "gateway/pipeline.h"
 #include "gateway/settings.h"
 #include "gateway/shutdown_deadline.h"
@@ -58,7 +60,10 @@ Settings settings_from(const CommandLine& cl) {
 
 int check(const Settings& settings) {
   MySqlFlowRepository repo(settings);
-  std::cout << "database: " << settings.database_url_redacted() << " ok\n";
+  // With several nodes in DB_HOST, the one the connection took (the first that takes writes).
+  const std::string name = database_node().name();
+  std::cout << "database: " << settings.database_url_redacted() << " ok, node "
+            << database_node().address() << (name.empty() ? "" : " (" + name + ")") << "\n";
   if (auto missing = MySqlSchema(settings).missing_tables(); !missing.empty()) {
     std::cout << "schema: missing tables:";
     for (const auto& t : missing) std::cout << ' ' << t;
@@ -173,6 +178,12 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
   // Declared first so that it is destroyed last: it bounds every destructor below as well.
   std::optional<ShutdownDeadline> deadline;
   Metrics metrics;
+  // With several DB_HOST nodes: which one the connections reach, once per change.
+  database_node().set_on_change(
+      [db_log = logging.get("db")](const std::string& line) { db_log->info("{}", line); });
+  struct ForgetDbLog {  // the node outlives run(); its callback must not outlive the logger
+    ~ForgetDbLog() { database_node().set_on_change({}); }
+  } forget_db_log;
   Spool spool(spool_options(settings), logging.get("spool"));
   log->info("spool {} at {}: {} segment(s), {} bytes, next seq {}", spool.id(), settings.spool_dir,
             spool.stats().segments, spool.stats().bytes, spool.stats().next_seq);
@@ -293,12 +304,15 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (cl.check) return check(settings);
+    if (cl.admin) return run_admin(*cl.admin, settings, std::cout, std::cerr);
     require_paho_c_version();  // at-least-once rests on when Paho C sends the PUBACK
 
     Logging logging(settings);
     auto log = logging.get("main");
     log->info("mqtt-gateway {} starting (pid {})", GATEWAY_VERSION, getpid());
     for (const auto& line : describe_settings(settings)) log->info("setting {}", line);
+    // For `flows ... --reload`; systemd's RuntimeDirectory= sets RUNTIME_DIRECTORY.
+    const auto pid_file = write_daemon_pid_file(std::getenv("RUNTIME_DIRECTORY"), *log);
     SystemdNotifier notifier;
     try {
       return run(settings, logging, notifier, signals);

@@ -247,14 +247,16 @@ void GatewayMqttClient::sync_subscriptions() {
     const std::vector<std::string> part(
         add.begin() + static_cast<std::ptrdiff_t>(i),
         add.begin() + static_cast<std::ptrdiff_t>(std::min(add.size(), i + kPerPacket)));
-    const std::vector<std::string> no = connection_->subscribe(part, true);
+    const std::vector<SubscribeRefusal> no = connection_->subscribe(part, true);
     for (const auto& f : part) {
-      if (std::find(no.begin(), no.end(), f) != no.end()) {
+      const auto refusal = std::find_if(no.begin(), no.end(),
+                                        [&](const SubscribeRefusal& r) { return r.filter == f; });
+      if (refusal != no.end()) {
         refused_.insert(f);
         log_->error(
-            "the broker refused the subscription to {} (its flow receives nothing; check "
-            "the broker's ACL for this client)",
-            f);
+            "the broker refused the subscription to {} (SUBACK {}; its flow receives nothing; "
+            "check the broker's ACL for this client)",
+            f, refusal->reason);
         continue;
       }
       subscribed_.insert(f);
@@ -298,12 +300,29 @@ void GatewayMqttClient::on_message(const MqttMessage& m) {
     payload = payload.substr(
         0, std::min(settings_.rejected_payload_max_bytes, settings_.max_payload_bytes));
   }
+  const std::int64_t arrival_us = unix_now_us();
+  // MQTT 5: the expiry becomes a deadline from arrival (the broker deducted its own time), so
+  // that a message still in the spool when it passes is not stored.
+  SpoolPropertiesView properties{
+      .expiry_deadline_us =
+          m.expiry_seconds ? arrival_us + static_cast<std::int64_t>(*m.expiry_seconds) * 1000000
+                           : 0,
+      .content_type = m.content_type,
+      .user_properties = m.user_properties};
+  if (spool_properties_bytes(properties) > kSpoolMaxPropertiesBytes) {
+    // Not refused (its payload is what the flows want), but never spooled whole either.
+    log_->warn(
+        "message on {} carries {} bytes of user properties, more than the spool keeps ({}); "
+        "stored without them",
+        m.topic, spool_properties_bytes(properties), kSpoolMaxPropertiesBytes);
+    properties.user_properties = {};
+  }
   std::optional<AppendResult> appended;
   std::optional<Backoff> backoff;  // made on the first failure (seeding costs)
   for (;;) {
     try {
-      appended = spool_.append(m.topic, payload, m.packet_id, m.dup, unix_now_us(), m.retained,
-                               original_size);
+      appended = spool_.append(m.topic, payload, m.packet_id, m.dup, arrival_us, m.retained,
+                               original_size, properties);
       break;
     } catch (const std::exception& e) {
       // The disk is full or failing. Returning (or throwing through Paho's C frames) would
@@ -349,7 +368,31 @@ void GatewayMqttClient::start() {
   o.password = server.password;
   o.use_tls = server.use_tls;
   o.ca_file = server.ca_file;
+  if (!server.use_tls && (!server.client_cert_file.empty() || !server.client_key_file.empty())) {
+    throw ConfigError("mqtt_servers id " + std::to_string(server.id) +
+                      ": client_cert_file/client_key_file are set but use_tls is 0 (a client "
+                      "certificate needs TLS)");
+  }
+  if (server.client_cert_file.empty() &&
+      (!server.client_key_file.empty() || !server.client_key_password_file.empty())) {
+    throw ConfigError("mqtt_servers id " + std::to_string(server.id) +
+                      ": client_key_file/client_key_password_file are set without "
+                      "client_cert_file");
+  }
+  o.client_cert_file = server.client_cert_file;
+  o.client_key_file = server.client_key_file;
+  o.client_key_password_file = server.client_key_password_file;
+  if (!settings_.mqtt_tls_server_name.empty()) {
+    if (server.use_tls) {
+      o.tls_server_name = settings_.mqtt_tls_server_name;
+    } else {
+      log_->warn("MQTT_TLS_SERVER_NAME is set but mqtt_servers id {} has use_tls 0: ignored",
+                 server.id);
+    }
+  }
   o.keepalive_seconds = settings_.mqtt_keepalive;
+  o.mqtt_version = settings_.mqtt_version == 5 ? kMqtt5 : kMqtt311;
+  o.session_expiry_seconds = settings_.mqtt_session_expiry_seconds;
   o.clean_session = false;
   o.reconnect_max = std::chrono::seconds(settings_.mqtt_reconnect_max_seconds);
   connect_options_ = o;
@@ -361,8 +404,13 @@ void GatewayMqttClient::start() {
     log_->warn("lost the broker connection: {}", cause);
   };
   h.message = [this](const MqttMessage& m) { on_message(m); };
-  log_->info("connecting to broker {}:{} (server id {}, tls {}, user {})", server.host, server.port,
-             server.id, server.use_tls ? "on" : "off", server.username.value_or("-"));
+  log_->info(
+      "connecting to broker {}:{} (server id {}, tls {}, user {}{})", server.host, server.port,
+      server.id, server.use_tls ? "on" : "off", server.username.value_or("-"),
+      (o.mqtt_version == kMqtt5 ? ", MQTT 5" : "") +
+          (o.client_cert_file.empty() ? std::string()
+                                      : ", client certificate " + o.client_cert_file) +
+          (o.tls_server_name.empty() ? std::string() : ", certificate name " + o.tls_server_name));
   check_client_id_free(o);
   connection_ = connect_(std::move(o), std::move(h));
   const bool session_present = connection_->connect();

@@ -77,6 +77,9 @@ std::shared_ptr<InboundMessage> Pipeline::unparsed_message(SpoolRecord&& record)
   m->payload = std::move(record.payload);
   m->original_size = record.original_size;
   m->retained = record.retained;
+  m->expiry_deadline_us = record.expiry_deadline_us;
+  m->content_type = std::move(record.content_type);
+  m->user_properties = std::move(record.user_properties);
   return m;
 }
 
@@ -494,6 +497,11 @@ void Pipeline::account(const BatchResult& r, std::size_t batch_size) {
   metrics_.stored.fetch_add(stored, std::memory_order_relaxed);
   metrics_.posted.fetch_add(r.posted, std::memory_order_relaxed);
   metrics_.rejected.fetch_add(r.rejected, std::memory_order_relaxed);
+  metrics_.expired.fetch_add(r.expired, std::memory_order_relaxed);
+  if (r.expired) {
+    log_->info("flow {}: {} message(s) past their MQTT 5 expiry not stored", r.flow_code,
+               r.expired);
+  }
   metrics_.add_flow(r.flow_code,
                     FlowCounters{batch_size - r.skipped, stored, r.posted, r.rejected});
   if (r.retained_resends) {
@@ -569,6 +577,9 @@ void Pipeline::run_group(std::vector<Member>& members, Worker& w) {
     // fault at all) cannot be told here: each flow is retried alone, under the per-flow rules.
     log_->warn("transaction of {} flows failed ({}); retrying each flow alone", members.size(),
                e.what());
+    if (dynamic_cast<const DbRetryable*>(&e)) {
+      metrics_.db_conflicts.fetch_add(1, std::memory_order_relaxed);  // Galera: certification
+    }
     if (dynamic_cast<const DbDataError*>(&e) || dynamic_cast<const DbRetryable*>(&e)) {
       metrics_.db_errors.fetch_add(1, std::memory_order_relaxed);  // the session is fine
     } else {
@@ -672,6 +683,7 @@ Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
       refused = std::string("database refused: ") + e.what();
     } catch (const DbRetryable& e) {
       metrics_.db_errors.fetch_add(1, std::memory_order_relaxed);
+      metrics_.db_conflicts.fetch_add(1, std::memory_order_relaxed);
       if (++deadlocks > kDeadlockRetries) return hold(e, false);
       log_->warn("flow {}: {}; retrying the transaction", flow_id, e.what());
       std::this_thread::sleep_for(kDeadlockPause);

@@ -116,8 +116,8 @@ std::vector<BatchResult> Processor::process_group(
   return results;
 }
 
-BatchResult Processor::process_locked(LockedFlow& tx,
-                                      std::span<const InboundMessage* const> batch) {
+BatchResult Processor::process_locked(LockedFlow& tx, std::span<const InboundMessage* const> batch,
+                                      std::vector<MessageOutcome>* outcomes) {
   BatchResult result;
   const Flow& flow = tx.flow();
   result.flow_code = flow.code;
@@ -129,21 +129,31 @@ BatchResult Processor::process_locked(LockedFlow& tx,
   std::deque<std::string> reject_topics;  // stable addresses for the rows' views
   std::vector<OutboxEntry> outbox;
   const bool post_now = post_endpoint && options_.post_inline;
-  const std::int64_t now_ms = unix_now_ms();
+  const std::int64_t now_us = unix_now_us();
+  const std::int64_t now_ms = now_us / 1000;
   rows.reserve(batch.size() * 4);
 
   for (const InboundMessage* m : batch) {
     if (m->seq != 0 && m->seq <= tx.committed_seq()) {
       ++result.skipped;
+      if (outcomes) outcomes->emplace_back();
       continue;
     }
     last_seq = std::max(last_seq, m->seq);
+    if (m->expiry_deadline_us != 0 && now_us >= m->expiry_deadline_us) {
+      // MQTT 5 message expiry: it waited in the spool past it (a database outage). Not stored,
+      // not a dead letter; counted, and released with the others (the offset covers it).
+      ++result.expired;
+      if (outcomes) outcomes->emplace_back();
+      continue;
+    }
     std::string why = check(flow, *m);
     std::uint64_t retained_hash = 0;
     if (why.empty() && m->retained) {
       retained_hash = fnv1a64(m->payload);
       if (tx.retained_payload(m->topic) == retained_hash) {
         ++result.retained_resends;
+        if (outcomes) outcomes->emplace_back();
         continue;
       }
     }
@@ -156,12 +166,18 @@ BatchResult Processor::process_locked(LockedFlow& tx,
       }
     }
     if (!why.empty()) {
-      rejects.push_back(dead_letter(*m, why, reject_topics.emplace_back()));
+      RejectedMessage row = dead_letter(*m, why, reject_topics.emplace_back());
+      if (outcomes) {
+        outcomes->push_back({0, std::move(row.reason)});
+      } else {
+        rejects.push_back(std::move(row));
+      }
       result.rejections.push_back("flow " + flow.code + " topic " + m->topic + ": " + why);
       ++result.rejected;
       continue;
     }
     ++msg_id;
+    if (outcomes) outcomes->push_back({msg_id, {}});
     if (result.first_msg_id == 0) result.first_msg_id = msg_id;
     ++result.accepted;
     if (m->retained) tx.remember_retained(m->topic, retained_hash, msg_id);
@@ -182,6 +198,59 @@ BatchResult Processor::process_locked(LockedFlow& tx,
               flow.code, batch.size(), result.accepted, result.first_msg_id, result.last_msg_id,
               result.rejected, result.skipped);
   return result;
+}
+
+ReplayResult Processor::replay(std::int64_t flow_id, std::span<const ReplayItem> items,
+                               bool commit) {
+  ReplayResult result;
+  std::unique_ptr<FlowTransaction> tx = repo_.lock_flow(flow_id, {});
+  if (!tx) {
+    result.flow_missing = true;
+    return result;
+  }
+  result.flow_code = tx->flow().code;
+  std::vector<std::int64_t> ids;
+  ids.reserve(items.size());
+  for (const ReplayItem& item : items) ids.push_back(item.rejected_id);
+  const std::vector<std::int64_t> waiting = tx->lock_rejected(ids);
+  std::vector<const InboundMessage*> batch;
+  std::vector<std::size_t> index;  // batch position -> item position
+  result.outcomes.resize(items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    result.outcomes[i].rejected_id = items[i].rejected_id;
+    if (std::binary_search(waiting.begin(), waiting.end(), items[i].rejected_id)) {
+      batch.push_back(&items[i].message);
+      index.push_back(i);
+    } else {
+      result.outcomes[i].already_replayed = true;
+    }
+  }
+  std::vector<MessageOutcome> outcomes;
+  if (!batch.empty()) process_locked(*tx, batch, &outcomes);
+  for (std::size_t b = 0; b < outcomes.size(); ++b) {
+    ReplayOutcome& out = result.outcomes[index[b]];
+    out.msg_id = outcomes[b].msg_id;
+    out.reason = std::move(outcomes[b].reason);
+    if (out.msg_id > 0) {
+      tx->mark_replayed(out.rejected_id, out.msg_id);
+    } else if (!out.reason.empty()) {
+      tx->update_rejected(out.rejected_id, out.reason);
+    }
+  }
+  if (commit) tx->commit();
+  return result;
+}
+
+bool Processor::replay_refused(std::int64_t flow_id, std::int64_t rejected_id,
+                               const std::string& why, bool commit) {
+  std::unique_ptr<FlowTransaction> tx = repo_.lock_flow(flow_id, {});
+  if (!tx) return false;
+  if (tx->lock_rejected(std::span(&rejected_id, 1)).empty()) return false;
+  InboundMessage none;  // only for the reason's clean-up
+  std::string topic;
+  tx->update_rejected(rejected_id, dead_letter(none, why, topic).reason);
+  if (commit) tx->commit();
+  return true;
 }
 
 void Processor::reject(std::int64_t flow_id, const InboundMessage& m, const std::string& why,

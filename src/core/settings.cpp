@@ -122,9 +122,71 @@ std::string url_host(const std::string& host) {
   return ipv6 ? "[" + host + "]" : host;
 }
 
+// Every node as host:port, comma-separated (one node: as it always was).
+std::string url_nodes(const Settings& s) {
+  std::vector<DbNode> nodes;
+  try {
+    nodes = s.db_nodes();
+  } catch (const ConfigError&) {
+    return url_host(s.db_host) + ":" + std::to_string(s.db_port);  // not from load_settings()
+  }
+  std::string out;
+  for (const DbNode& node : nodes) {
+    if (!out.empty()) out += ',';
+    out += node.address();
+  }
+  return out;
+}
+
 std::string database_url_with(const Settings& s, const std::string& password) {
-  return "mysql://" + percent_encode(s.db_user) + ":" + password + "@" + url_host(s.db_host) + ":" +
-         std::to_string(s.db_port) + "/" + s.db_name;
+  return "mysql://" + percent_encode(s.db_user) + ":" + password + "@" + url_nodes(s) + "/" +
+         s.db_name;
+}
+
+std::string_view trim_blanks(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
+  return text;
+}
+
+// One DB_HOST entry (already trimmed): the node, or why it is not one.
+std::optional<std::string> parse_db_node(std::string_view entry, int default_port, DbNode& node) {
+  if (entry.empty()) return "empty entry";
+  std::string_view host = entry;
+  std::string_view port;
+  bool has_port = false;
+  if (entry.front() == '[') {
+    const std::size_t close = entry.find(']');
+    if (close == std::string_view::npos) return "'[' without ']'";
+    host = entry.substr(1, close - 1);
+    const std::string_view rest = entry.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return "expected ':port' after ']'";
+      port = rest.substr(1);
+      has_port = true;
+    }
+    if (host.find(':') == std::string_view::npos) return "brackets are for IPv6 addresses";
+  } else {
+    const std::size_t colon = entry.find(':');
+    // One colon: host:port. More: an IPv6 address without brackets, hence without a port.
+    if (colon != std::string_view::npos && entry.find(':', colon + 1) == std::string_view::npos) {
+      host = entry.substr(0, colon);
+      port = entry.substr(colon + 1);
+      has_port = true;
+    }
+  }
+  if (host.empty()) return "no host";
+  if (host.find_first_of(" \t/@[]") != std::string_view::npos) {
+    return "a host has no blanks, '/', '@' or brackets";
+  }
+  int number = default_port;
+  if (has_port) {
+    const auto parsed = parse_integer<int>(port);
+    if (!parsed || *parsed < 1 || *parsed > 65535) return "the port must be 1..65535";
+    number = *parsed;
+  }
+  node = DbNode{std::string(host), number};
+  return std::nullopt;
 }
 
 // ---- The variable table: one row per environment variable. ----
@@ -232,6 +294,41 @@ Variable http_delivery(std::string_view name) {
           [](const Settings& s) { return std::string(to_string(s.http_delivery)); }};
 }
 
+Variable mqtt_version(std::string_view name) {
+  return {name, Presence::kOptional,
+          [=](Settings& s, std::string_view value) {
+            if (value == "3.1.1" || value == "4") {
+              s.mqtt_version = 4;
+            } else if (value == "5" || value == "5.0") {
+              s.mqtt_version = 5;
+            } else {
+              fail(name, "expected 3.1.1 (or 4) or 5, got " + quoted(value));
+            }
+          },
+          [](const Settings& s) { return std::string(s.mqtt_version == 5 ? "5" : "3.1.1"); }};
+}
+
+Variable uint32(std::string_view name, std::uint32_t Settings::*field, std::uint32_t min) {
+  constexpr std::uint32_t max = std::numeric_limits<std::uint32_t>::max();
+  return {name, Presence::kOptional,
+          [=](Settings& s, std::string_view value) {
+            auto number = parse_integer<std::uint64_t>(value);
+            if (!number || *number < min || *number > max) {
+              fail(name, "expected an integer between " + std::to_string(min) + " and " +
+                             std::to_string(max) + ", got " + quoted(value));
+            }
+            s.*field = static_cast<std::uint32_t>(*number);
+          },
+          [=](const Settings& s) { return std::to_string(s.*field); }};
+}
+
+std::optional<std::string> check_host_name(std::string_view value) {
+  if (value.find_first_of(" \t/:@[]") != std::string_view::npos) {
+    return "expected a DNS name or IPv4 address (no port, scheme or blanks)";
+  }
+  return std::nullopt;
+}
+
 Variable password(std::string_view name) {
   return {name, Presence::kRequiredMayBeEmpty,
           [](Settings& s, std::string_view value) { s.db_password = Secret(std::string(value)); },
@@ -259,6 +356,11 @@ const std::vector<Variable>& variables() {
       text("MQTT_SHARED_GROUP", &S::mqtt_shared_group, Presence::kOptional, check_topic_safe),
       integer("MQTT_RECONNECT_MAX_SECONDS", &S::mqtt_reconnect_max_seconds, 1, 30),
       integer("MQTT_HEARTBEAT_SECONDS", &S::mqtt_heartbeat_seconds, 0, 3600),
+      mqtt_version("MQTT_VERSION"),
+      // 0 would end the session with the connection: whatever arrives while the gateway is away
+      // (a deploy, a restart) would be lost.
+      uint32("MQTT_SESSION_EXPIRY_SECONDS", &S::mqtt_session_expiry_seconds, 1),
+      text("MQTT_TLS_SERVER_NAME", &S::mqtt_tls_server_name, Presence::kOptional, check_host_name),
       integer("FLOWS_RELOAD_INTERVAL_SECONDS", &S::flows_reload_interval_seconds, 1, 7 * kDay),
       // HTTP.
       integer("HTTP_TIMEOUT_SECONDS", &S::http_timeout_seconds, 1, 3600),
@@ -352,6 +454,38 @@ std::optional<HostPort> parse_host_port(std::string_view text) {
   return HostPort{std::string(host), *number};
 }
 
+std::string DbNode::address() const {
+  const bool ipv6 = host.find(':') != std::string::npos;
+  return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+std::vector<DbNode> parse_db_nodes(std::string_view text, int default_port) {
+  std::vector<DbNode> nodes;
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t comma = text.find(',', start);
+    const std::string_view entry =
+        trim_blanks(text.substr(start, comma == std::string_view::npos ? comma : comma - start));
+    DbNode node;
+    std::optional<std::string> why = parse_db_node(entry, default_port, node);
+    if (!why && std::find(nodes.begin(), nodes.end(), node) != nodes.end()) {
+      why = node.address() + " listed twice";
+    }
+    if (why) {
+      fail("DB_HOST", "node " + std::to_string(nodes.size() + 1) + " " + quoted(entry) + ": " +
+                          *why +
+                          "; expected host[:port] separated by commas (e.g. "
+                          "db1:3306,db2:3306,db3), got " +
+                          quoted(text));
+    }
+    nodes.push_back(std::move(node));
+    if (comma == std::string_view::npos) return nodes;
+    start = comma + 1;
+  }
+}
+
+std::vector<DbNode> Settings::db_nodes() const { return parse_db_nodes(db_host, db_port); }
+
 std::string Settings::database_url() const {
   return database_url_with(*this, percent_encode(db_password.reveal()));
 }
@@ -372,6 +506,7 @@ Settings load_settings(const EnvMap& env) {
     }
     variable.parse(settings, value);
   }
+  (void)settings.db_nodes();  // after DB_PORT, the default port of a node without one
   if (settings.spool_segment_bytes > settings.spool_max_bytes) {
     fail("SPOOL_SEGMENT_BYTES", "must not exceed SPOOL_MAX_BYTES (" +
                                     format_byte_size(settings.spool_segment_bytes) + " > " +

@@ -83,7 +83,8 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   const std::string& id() const { return id_; }
   std::optional<AppendResult> append(std::string_view topic, std::string_view payload,
                                      std::uint16_t packet_id, bool dup, std::int64_t arrival_us,
-                                     bool retained, std::uint64_t original_size);
+                                     bool retained, std::uint64_t original_size,
+                                     const SpoolPropertiesView& properties);
   void ensure_seq_above(std::uint64_t seq);
   std::optional<SpoolRecord> read_next(std::chrono::milliseconds timeout);
   std::unique_ptr<SpoolCursor> cursor(std::uint64_t from_seq);
@@ -444,8 +445,9 @@ std::optional<std::uint64_t> Spool::Impl::find_redelivery_locked(std::uint64_t h
 std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::string_view payload,
                                                 std::uint16_t packet_id, bool dup,
                                                 std::int64_t arrival_us, bool retained,
-                                                std::uint64_t original_size) {
-  check_record_limits(topic, payload, original_size);
+                                                std::uint64_t original_size,
+                                                const SpoolPropertiesView& properties) {
+  check_record_limits(topic, payload, original_size, properties);
   const bool remember = packet_id != 0 && !window_.empty();
   const std::uint64_t hash = remember ? content_hash(topic, payload) : 0;
   const bool maybe_redelivery = remember && dup;
@@ -478,7 +480,7 @@ std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::str
   // Rolling keeps next_seq_, so the record can be encoded first and sized from its bytes.
   const std::uint64_t seq = next_seq_;
   encode_record_into(buffer_, SpoolRecordView{seq, arrival_us, packet_id, dup, retained,
-                                              original_size, topic, payload});
+                                              original_size, topic, payload, properties});
   const std::uint64_t record_bytes = buffer_.size();
   if (must_roll_ || (active_->size > 0 && active_->size + record_bytes > options_.segment_bytes)) {
     roll_locked(next_seq_);
@@ -694,8 +696,10 @@ const std::string& Spool::id() const { return impl_->id(); }
 std::optional<AppendResult> Spool::append(std::string_view topic, std::string_view payload,
                                           std::uint16_t packet_id, bool dup,
                                           std::int64_t arrival_us, bool retained,
-                                          std::uint64_t original_size) {
-  return impl_->append(topic, payload, packet_id, dup, arrival_us, retained, original_size);
+                                          std::uint64_t original_size,
+                                          const SpoolPropertiesView& properties) {
+  return impl_->append(topic, payload, packet_id, dup, arrival_us, retained, original_size,
+                       properties);
 }
 void Spool::ensure_seq_above(std::uint64_t seq) { impl_->ensure_seq_above(seq); }
 std::optional<SpoolRecord> Spool::read_next(std::chrono::milliseconds timeout) {

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 namespace gateway {
 namespace {
@@ -15,12 +17,17 @@ constexpr std::size_t kPrefixBytes = 8;  // magic + length
 constexpr std::size_t kHeaderBytes = kSpoolRecordHeaderBytes;
 constexpr std::size_t kOriginalSizeBytes = kSpoolCutRecordHeaderBytes - kSpoolRecordHeaderBytes;
 constexpr std::uint32_t kMinLength = kHeaderBytes - kPrefixBytes;
-constexpr std::uint64_t kMaxLength =
-    kMinLength + kOriginalSizeBytes + kSpoolMaxTopicBytes + kSpoolMaxPayloadBytes;
+constexpr std::uint64_t kMaxLength = kMinLength + kOriginalSizeBytes + kSpoolMaxPropertiesBytes +
+                                     kSpoolMaxTopicBytes + kSpoolMaxPayloadBytes;
 constexpr std::uint8_t kFlagDup = 0x01;
 constexpr std::uint8_t kFlagRetained = 0x02;
 constexpr std::uint8_t kFlagCut = 0x04;
-constexpr std::uint8_t kKnownFlags = kFlagDup | kFlagRetained | kFlagCut;
+constexpr std::uint8_t kFlagProperties = 0x08;
+constexpr std::uint8_t kKnownFlags = kFlagDup | kFlagRetained | kFlagCut | kFlagProperties;
+// The properties block: its length field, the expiry, the content type's length.
+constexpr std::size_t kBlockLengthBytes = 4;
+constexpr std::size_t kBlockFixedBytes = 8 + 2;  // after the length field
+constexpr std::size_t kMaxMqttString = 65535;
 
 void put_u16(char* out, std::uint16_t v) {
   out[0] = static_cast<char>(v);
@@ -53,10 +60,70 @@ std::uint64_t framed_length(std::string_view bytes) {
   return length < kMinLength || length > kMaxLength ? 0 : length;
 }
 
+void check_mqtt_string(std::string_view what, std::string_view value) {
+  if (value.size() > kMaxMqttString) {
+    throw std::invalid_argument("spool: " + std::string(what) + " of " +
+                                std::to_string(value.size()) + " bytes exceeds the limit of " +
+                                std::to_string(kMaxMqttString));
+  }
+}
+
+// Writes the properties block (spool_properties_bytes(p) bytes, not empty) at `d`.
+void put_properties(char* d, const SpoolPropertiesView& p, std::size_t block_bytes) {
+  put_u32(d, static_cast<std::uint32_t>(block_bytes - kBlockLengthBytes));
+  put_u64(d + 4, static_cast<std::uint64_t>(p.expiry_deadline_us));
+  put_u16(d + 12, static_cast<std::uint16_t>(p.content_type.size()));
+  char* out = d + 14;
+  const auto put_string = [&out](std::string_view text) {
+    if (!text.empty()) std::memcpy(out, text.data(), text.size());
+    out += text.size();
+  };
+  put_string(p.content_type);
+  for (const auto& [name, value] : p.user_properties) {
+    put_u16(out, static_cast<std::uint16_t>(name.size()));
+    out += 2;
+    put_string(name);
+    put_u16(out, static_cast<std::uint16_t>(value.size()));
+    out += 2;
+    put_string(value);
+  }
+}
+
+// Reads a properties block of `block_len` bytes (after its length field) at `d` into `r`. False
+// when it is malformed or not what encode would write (empty).
+bool get_properties(const char* d, std::size_t block_len, SpoolRecord& r) {
+  if (block_len < kBlockFixedBytes) return false;
+  r.expiry_deadline_us = static_cast<std::int64_t>(get_le(d, 8));
+  std::size_t pos = 8;
+  // A string at pos: its u16 length, then its bytes, all inside the block.
+  const auto get_string = [&](std::string& out) {
+    if (block_len - pos < 2) return false;
+    const std::size_t len = get_le(d + pos, 2);
+    pos += 2;
+    if (block_len - pos < len) return false;
+    out.assign(d + pos, len);
+    pos += len;
+    return true;
+  };
+  if (!get_string(r.content_type)) return false;
+  while (pos < block_len) {
+    auto& [name, value] = r.user_properties.emplace_back();
+    if (!get_string(name) || !get_string(value)) return false;
+  }
+  return r.expiry_deadline_us != 0 || !r.content_type.empty() || !r.user_properties.empty();
+}
+
 }  // namespace
 
+std::size_t spool_properties_bytes(const SpoolPropertiesView& p) {
+  if (p.empty()) return 0;
+  std::size_t bytes = kBlockLengthBytes + kBlockFixedBytes + p.content_type.size();
+  for (const auto& [name, value] : p.user_properties) bytes += 4 + name.size() + value.size();
+  return bytes;
+}
+
 void check_record_limits(std::string_view topic, std::string_view payload,
-                         std::uint64_t original_size) {
+                         std::uint64_t original_size, const SpoolPropertiesView& properties) {
   if (topic.size() > kSpoolMaxTopicBytes) {
     throw std::invalid_argument("spool: topic of " + std::to_string(topic.size()) +
                                 " bytes exceeds the limit of " +
@@ -72,12 +139,25 @@ void check_record_limits(std::string_view topic, std::string_view payload,
                                 " of a cut payload is not more than the " +
                                 std::to_string(payload.size()) + " bytes kept");
   }
+  if (properties.empty()) return;
+  check_mqtt_string("content type", properties.content_type);
+  for (const auto& [name, value] : properties.user_properties) {
+    check_mqtt_string("user property name", name);
+    check_mqtt_string("user property value", value);
+  }
+  if (const std::size_t bytes = spool_properties_bytes(properties);
+      bytes > kSpoolMaxPropertiesBytes) {
+    throw std::invalid_argument("spool: properties of " + std::to_string(bytes) +
+                                " bytes exceed the limit of " +
+                                std::to_string(kSpoolMaxPropertiesBytes));
+  }
 }
 
 void encode_record_into(std::string& out, const SpoolRecordView& r) {
-  check_record_limits(r.topic, r.payload, r.original_size);
+  check_record_limits(r.topic, r.payload, r.original_size, r.properties);
   const std::size_t extra = r.original_size > 0 ? kOriginalSizeBytes : 0;
-  const std::size_t fixed = kHeaderBytes + extra;
+  const std::size_t block = spool_properties_bytes(r.properties);
+  const std::size_t fixed = kHeaderBytes + extra + block;
   const std::size_t total = fixed + r.topic.size() + r.payload.size();
   out.resize(total);
   char* d = out.data();
@@ -87,9 +167,10 @@ void encode_record_into(std::string& out, const SpoolRecordView& r) {
   put_u64(d + 20, static_cast<std::uint64_t>(r.arrival_us));
   put_u16(d + 28, r.packet_id);
   d[30] = static_cast<char>((r.dup ? kFlagDup : 0) | (r.retained ? kFlagRetained : 0) |
-                            (extra > 0 ? kFlagCut : 0));
+                            (extra > 0 ? kFlagCut : 0) | (block > 0 ? kFlagProperties : 0));
   put_u16(d + 31, static_cast<std::uint16_t>(r.topic.size()));
   if (extra > 0) put_u64(d + kHeaderBytes, r.original_size);
+  if (block > 0) put_properties(d + kHeaderBytes + extra, r.properties, block);
   if (!r.topic.empty()) std::memcpy(d + fixed, r.topic.data(), r.topic.size());
   if (!r.payload.empty())
     std::memcpy(d + fixed + r.topic.size(), r.payload.data(), r.payload.size());
@@ -97,10 +178,14 @@ void encode_record_into(std::string& out, const SpoolRecordView& r) {
 }
 
 std::string encode_record(const SpoolRecord& record) {
+  std::vector<UserPropertyView> user_properties(record.user_properties.begin(),
+                                                record.user_properties.end());
   std::string out;
   encode_record_into(
       out, SpoolRecordView{record.seq, record.arrival_us, record.packet_id, record.dup,
-                           record.retained, record.original_size, record.topic, record.payload});
+                           record.retained, record.original_size, record.topic, record.payload,
+                           SpoolPropertiesView{record.expiry_deadline_us, record.content_type,
+                                               user_properties}});
   return out;
 }
 
@@ -132,17 +217,27 @@ DecodeResult decode_record(std::string_view bytes) {
   }
   const auto flags = static_cast<std::uint8_t>(d[30]);
   if ((flags & ~kKnownFlags) != 0) return result;
-  const std::size_t fixed = kHeaderBytes + ((flags & kFlagCut) != 0 ? kOriginalSizeBytes : 0);
+  SpoolRecord r;  // moved into the result once everything checked out
+  std::size_t fixed = kHeaderBytes + ((flags & kFlagCut) != 0 ? kOriginalSizeBytes : 0);
   if (total < fixed) return result;
+  if ((flags & kFlagProperties) != 0) {
+    if (total - fixed < kBlockLengthBytes) return result;
+    const std::size_t block_len = get_le(d + fixed, 4);
+    if (block_len > total - fixed - kBlockLengthBytes ||
+        block_len > kSpoolMaxPropertiesBytes - kBlockLengthBytes ||
+        !get_properties(d + fixed + kBlockLengthBytes, block_len, r)) {
+      return result;
+    }
+    fixed += kBlockLengthBytes + block_len;
+  }
   const std::size_t topic_len = get_le(d + 31, 2);
   const std::size_t body = total - fixed;
   // Content that encode_record would refuse is corrupt, so kOk always round-trips.
   if (topic_len > body || body - topic_len > kSpoolMaxPayloadBytes) return result;
   const std::size_t payload_len = body - topic_len;
-  const std::uint64_t original_size = fixed > kHeaderBytes ? get_le(d + kHeaderBytes, 8) : 0;
+  const std::uint64_t original_size = (flags & kFlagCut) != 0 ? get_le(d + kHeaderBytes, 8) : 0;
   if ((flags & kFlagCut) != 0 && original_size <= payload_len) return result;
 
-  SpoolRecord& r = result.record;
   r.seq = get_le(d + 12, 8);
   r.arrival_us = static_cast<std::int64_t>(get_le(d + 20, 8));
   r.packet_id = static_cast<std::uint16_t>(get_le(d + 28, 2));
@@ -151,6 +246,7 @@ DecodeResult decode_record(std::string_view bytes) {
   r.original_size = original_size;
   r.topic.assign(d + fixed, topic_len);
   r.payload.assign(d + fixed + topic_len, payload_len);
+  result.record = std::move(r);
   result.status = DecodeStatus::kOk;
   return result;
 }

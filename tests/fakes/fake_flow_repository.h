@@ -31,6 +31,9 @@ struct StoredRejection {
   std::string reason;
   std::uint64_t spool_seq;
   bool payload_truncated = false;
+  std::int64_t id = 0;  // rejected_messages.id, given at commit (1, 2, ...)
+  int attempts = 1;
+  std::optional<std::int64_t> replayed_msg_id{};  // set by a committed replay
 };
 
 class FakeFlowRepository final : public FlowRepository {
@@ -44,6 +47,7 @@ class FakeFlowRepository final : public FlowRepository {
   std::map<std::int64_t, std::map<std::string, std::uint64_t>> retained;  // flow -> topic -> hash
   int commits = 0;
   int rollbacks = 0;
+  std::int64_t last_rejected_id = 0;  // rejected_messages ids handed out so far
 
   // Failure switches: thrown by the next call of that kind, then cleared.
   std::function<void()> fail_next_lock;
@@ -166,6 +170,21 @@ class FakeFlowRepository final : public FlowRepository {
       last_msg_id_ = last_msg_id;
       last_seq_ = last_seq;
     }
+    std::vector<std::int64_t> lock_rejected(std::span<const std::int64_t> ids) override {
+      std::vector<std::int64_t> waiting;
+      for (const auto& r : repo_.rejections) {
+        if (!r.replayed_msg_id && std::find(ids.begin(), ids.end(), r.id) != ids.end())
+          waiting.push_back(r.id);
+      }
+      std::sort(waiting.begin(), waiting.end());
+      return waiting;
+    }
+    void mark_replayed(std::int64_t rejected_id, std::int64_t msg_id) override {
+      replayed_.emplace_back(rejected_id, msg_id);
+    }
+    void update_rejected(std::int64_t rejected_id, std::string_view reason) override {
+      rereject_.emplace_back(rejected_id, std::string(reason));
+    }
     void commit() override {
       fire(repo_.fail_next_commit);
       ++repo_.commits;
@@ -175,7 +194,16 @@ class FakeFlowRepository final : public FlowRepository {
     void apply() {
       committed_ = true;
       repo_.records.insert(repo_.records.end(), records_.begin(), records_.end());
+      for (auto& r : rejected_) r.id = ++repo_.last_rejected_id;
       repo_.rejections.insert(repo_.rejections.end(), rejected_.begin(), rejected_.end());
+      for (auto& r : repo_.rejections) {
+        for (const auto& [id, msg_id] : replayed_) {
+          if (r.id == id) r.replayed_msg_id = msg_id, r.flow_id = flow_.id;
+        }
+        for (const auto& [id, reason] : rereject_) {
+          if (r.id == id) r.reason = reason, ++r.attempts;
+        }
+      }
       repo_.outbox.insert(repo_.outbox.end(), outbox_.begin(), outbox_.end());
       if (last_msg_id_ && flow_.id != kNoFlow) repo_.flows[flow_.id].last_msg_id = *last_msg_id_;
       if (last_seq_ > 0) repo_.offsets[{spool_, flow_.id}] = last_seq_;
@@ -194,6 +222,8 @@ class FakeFlowRepository final : public FlowRepository {
     std::optional<std::int64_t> last_msg_id_;
     std::uint64_t last_seq_ = 0;
     std::map<std::string, std::uint64_t> retained_;
+    std::vector<std::pair<std::int64_t, std::int64_t>> replayed_;  // (rejected id, msg_id)
+    std::vector<std::pair<std::int64_t, std::string>> rereject_;   // (rejected id, reason)
   };
 
   class Group final : public FlowGroupTransaction {

@@ -49,6 +49,10 @@ class FakeMqttConnection final : public MqttConnection {
     std::lock_guard lock(mu_);
     return subscribe_packets_;
   }
+  std::vector<std::vector<std::string>> unsubscribe_packets() const {
+    std::lock_guard lock(mu_);
+    return unsubscribe_packets_;
+  }
   int publishes() const {
     std::lock_guard lock(mu_);
     return publishes_;
@@ -64,9 +68,9 @@ class FakeMqttConnection final : public MqttConnection {
     connected_ = true;
     return session_present_;
   }
-  std::vector<std::string> subscribe(const std::vector<std::string>& filters, bool) override {
+  std::vector<SubscribeRefusal> subscribe(const std::vector<std::string>& filters, bool) override {
     std::vector<std::pair<std::string, std::string>> resend;  // (topic, payload)
-    std::vector<std::string> refused;
+    std::vector<SubscribeRefusal> refused;
     {
       std::unique_lock lock(mu_);
       wait_unblocked(lock);
@@ -74,7 +78,7 @@ class FakeMqttConnection final : public MqttConnection {
       subscribe_packets_.push_back(filters);
       for (const auto& f : filters) {
         if (refuse_.count(f)) {
-          refused.push_back(f);
+          refused.push_back({f, "0x87 Not authorized"});
         } else {
           broker_.insert(f);
         }
@@ -108,6 +112,7 @@ class FakeMqttConnection final : public MqttConnection {
     std::unique_lock lock(mu_);
     wait_unblocked(lock);
     if (fail_) throw Error("fake: unsubscribe failed");
+    unsubscribe_packets_.push_back(filters);
     for (const auto& f : filters) broker_.erase(f);
   }
   void publish(std::string_view topic, std::string_view payload, int, bool retain) override {
@@ -140,15 +145,16 @@ class FakeMqttConnection final : public MqttConnection {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool session_present_ = false;                             // guarded by mu_
-  bool blocked_ = false;                                     // guarded by mu_
-  bool fail_ = false;                                        // guarded by mu_
-  bool connected_ = false;                                   // guarded by mu_
-  std::set<std::string> broker_;                             // guarded by mu_
-  std::vector<std::vector<std::string>> subscribe_packets_;  // guarded by mu_
-  int publishes_ = 0;                                        // guarded by mu_
-  std::map<std::string, std::string> retained_;              // guarded by mu_
-  std::set<std::string> refuse_;                             // guarded by mu_
+  bool session_present_ = false;                               // guarded by mu_
+  bool blocked_ = false;                                       // guarded by mu_
+  bool fail_ = false;                                          // guarded by mu_
+  bool connected_ = false;                                     // guarded by mu_
+  std::set<std::string> broker_;                               // guarded by mu_
+  std::vector<std::vector<std::string>> subscribe_packets_;    // guarded by mu_
+  std::vector<std::vector<std::string>> unsubscribe_packets_;  // guarded by mu_
+  int publishes_ = 0;                                          // guarded by mu_
+  std::map<std::string, std::string> retained_;                // guarded by mu_
+  std::set<std::string> refuse_;                               // guarded by mu_
 };
 
 }  // namespace gateway::testing

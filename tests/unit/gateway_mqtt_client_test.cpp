@@ -143,6 +143,25 @@ TEST_F(GatewayMqttClientTest, FirstStartSubscribesToEveryFlowFilterInOnePacket) 
   EXPECT_EQ(connection_->subscribe_packets().size(), 1u);
 }
 
+// Issue 17: with thousands of flows, a reload that changes one flow's topic sends one
+// SUBSCRIBE and one UNSUBSCRIBE with one filter each, not thousands.
+TEST_F(GatewayMqttClientTest, ReloadOfThousandsOfFlowsSendsOnlyTheChange) {
+  for (int i = 3; i < 5003; ++i) add_flow(i, "many/" + std::to_string(i) + "/+");
+  start_client(false);
+  ASSERT_EQ(connection_->subscriptions().size(), 5002u);
+  const std::size_t first = connection_->subscribe_packets().size();
+  EXPECT_EQ(first, 20u) << "the first start: 256 filters per SUBSCRIBE";
+  repo_.flows[7].topic = "many/7/moved/+";
+  client_->reload_flows();
+  ASSERT_TRUE(eventually([&] { return connection_->subscriptions().count("many/7/moved/+"); }));
+  ASSERT_TRUE(eventually([&] { return !connection_->subscriptions().count("many/7/+"); }));
+  const auto subscribes = connection_->subscribe_packets();
+  ASSERT_EQ(subscribes.size(), first + 1);
+  EXPECT_EQ(subscribes.back(), (std::vector<std::string>{"many/7/moved/+"}));
+  EXPECT_EQ(connection_->unsubscribe_packets(),
+            (std::vector<std::vector<std::string>>{{"many/7/+"}}));
+}
+
 // A restart with the session present must not SUBSCRIBE again: the broker would re-send every
 // retained message, and they would be stored again.
 TEST_F(GatewayMqttClientTest, RestartWithSessionPresentDoesNotSubscribeAgain) {

@@ -5,9 +5,12 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <set>
+
 #include "fakes/fake_flow_repository.h"
 #include "fakes/fake_http_poster.h"
 #include "gateway/errors.h"
+#include "gateway/metrics.h"
 
 namespace gateway {
 namespace {
@@ -105,6 +108,26 @@ TEST_F(ProcessorTest, ReplayedMessagesAtOrBelowTheCommittedSeqAreSkipped) {
   EXPECT_EQ(r.accepted, 1u);
   EXPECT_EQ(repo_.flows[1].last_msg_id, 1);
   EXPECT_EQ(repo_.records.size(), 2u);
+}
+
+// MQTT 5 message expiry: a message that waited in the spool past it is not stored and not a
+// dead letter, but counted and released (the offset covers it); msg_ids stay consecutive.
+TEST_F(ProcessorTest, ExpiredMessagesAreNotStoredButReleased) {
+  auto expired = message(2, R"({"temperature": 2, "unit": "C"})");
+  expired.expiry_deadline_us = unix_now_us() - 1000;
+  auto fresh = message(3, R"({"temperature": 3, "unit": "C"})");
+  fresh.expiry_deadline_us = unix_now_us() + 60000000;
+  auto r = run(1, {message(1, R"({"temperature": 1, "unit": "C"})"), expired, fresh});
+  EXPECT_EQ(r.expired, 1u);
+  EXPECT_EQ(r.accepted, 2u);
+  EXPECT_EQ(r.last_msg_id, 2);
+  EXPECT_TRUE(repo_.rejections.empty());
+  std::set<std::string> temperatures;
+  for (const auto& rec : repo_.records) {
+    if (rec.field_name == "temperature") temperatures.insert(rec.field_value);
+  }
+  EXPECT_EQ(temperatures, (std::set<std::string>{"1", "3"}));
+  EXPECT_EQ((repo_.offsets[{"spool-1", 1}]), 3u);
 }
 
 TEST_F(ProcessorTest, DatabaseFailureCommitsNothing) {

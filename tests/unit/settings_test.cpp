@@ -58,6 +58,9 @@ TEST(SettingsTest, DefaultsApplyWhenOnlyRequiredVariablesAreSet) {
   EXPECT_EQ(s.mqtt_shared_group, "");
   EXPECT_EQ(s.mqtt_reconnect_max_seconds, 30);
   EXPECT_EQ(s.mqtt_heartbeat_seconds, 15);
+  EXPECT_EQ(s.mqtt_version, 4);
+  EXPECT_EQ(s.mqtt_session_expiry_seconds, 86400u);
+  EXPECT_EQ(s.mqtt_tls_server_name, "");
   EXPECT_EQ(s.flows_reload_interval_seconds, 600);
   EXPECT_EQ(s.http_timeout_seconds, 10);
   EXPECT_EQ(s.http_max_attempts, 10);
@@ -108,6 +111,9 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
                 {"MQTT_SHARED_GROUP", "writers"},
                 {"MQTT_RECONNECT_MAX_SECONDS", "20"},
                 {"MQTT_HEARTBEAT_SECONDS", "0"},
+                {"MQTT_VERSION", "5"},
+                {"MQTT_SESSION_EXPIRY_SECONDS", "3600"},
+                {"MQTT_TLS_SERVER_NAME", "broker.internal"},
                 {"FLOWS_RELOAD_INTERVAL_SECONDS", "120"},
                 {"HTTP_TIMEOUT_SECONDS", "3"},
                 {"HTTP_MAX_ATTEMPTS", "5"},
@@ -146,6 +152,9 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
   EXPECT_EQ(s.mqtt_shared_group, "writers");
   EXPECT_EQ(s.mqtt_reconnect_max_seconds, 20);
   EXPECT_EQ(s.mqtt_heartbeat_seconds, 0);
+  EXPECT_EQ(s.mqtt_version, 5);
+  EXPECT_EQ(s.mqtt_session_expiry_seconds, 3600u);
+  EXPECT_EQ(s.mqtt_tls_server_name, "broker.internal");
   EXPECT_EQ(s.flows_reload_interval_seconds, 120);
   EXPECT_EQ(s.http_timeout_seconds, 3);
   EXPECT_EQ(s.http_max_attempts, 5);
@@ -379,6 +388,52 @@ TEST(SettingsTest, ClientIdAndSharedGroupRejectTopicCharacters) {
   }
 }
 
+TEST(SettingsTest, MqttVersionIs311Or5) {
+  for (const char* v311 : {"3.1.1", "4"}) {
+    const Settings s = load_settings(with(required_only(), "MQTT_VERSION", v311));
+    EXPECT_EQ(s.mqtt_version, 4) << v311;
+    EXPECT_THAT(describe_settings(s), ::testing::Contains("MQTT_VERSION=3.1.1"));
+  }
+  for (const char* v5 : {"5", "5.0"}) {
+    const Settings s = load_settings(with(required_only(), "MQTT_VERSION", v5));
+    EXPECT_EQ(s.mqtt_version, 5) << v5;
+    EXPECT_THAT(describe_settings(s), ::testing::Contains("MQTT_VERSION=5"));
+  }
+  for (const char* bad : {"3", "3.1", "6", "v5", " 5", "mqtt5"}) {
+    EXPECT_EQ(load_error(with(required_only(), "MQTT_VERSION", bad)),
+              std::string("MQTT_VERSION: expected 3.1.1 (or 4) or 5, got '") + bad + "'");
+  }
+}
+
+TEST(SettingsTest, SessionExpiryTakesTheWholeUnsignedRangeButNotZero) {
+  EXPECT_EQ(load_settings(with(required_only(), "MQTT_SESSION_EXPIRY_SECONDS", "1"))
+                .mqtt_session_expiry_seconds,
+            1u);
+  EXPECT_EQ(load_settings(with(required_only(), "MQTT_SESSION_EXPIRY_SECONDS", "4294967295"))
+                .mqtt_session_expiry_seconds,
+            4294967295u);
+  for (const char* bad : {"0", "4294967296", "-1", "1d", "99999999999999999999"}) {
+    EXPECT_THAT(load_error(with(required_only(), "MQTT_SESSION_EXPIRY_SECONDS", bad)),
+                StartsWith("MQTT_SESSION_EXPIRY_SECONDS: expected an integer between 1 and "
+                           "4294967295, got '"))
+        << bad;
+  }
+}
+
+TEST(SettingsTest, TlsServerNameIsAHostNameWithoutPortOrScheme) {
+  EXPECT_EQ(load_settings(with(required_only(), "MQTT_TLS_SERVER_NAME", "mqtt.example.com"))
+                .mqtt_tls_server_name,
+            "mqtt.example.com");
+  EXPECT_EQ(
+      load_settings(with(required_only(), "MQTT_TLS_SERVER_NAME", "10.1.2.3")).mqtt_tls_server_name,
+      "10.1.2.3");
+  for (const char* bad : {"mqtt.example.com:8883", "ssl://mqtt", "a b", "user@host"}) {
+    EXPECT_THAT(load_error(with(required_only(), "MQTT_TLS_SERVER_NAME", bad)),
+                StartsWith("MQTT_TLS_SERVER_NAME: expected a DNS name or IPv4 address"))
+        << bad;
+  }
+}
+
 TEST(SettingsTest, MetricsAddressNeedsHostAndValidPort) {
   for (const char* good : {"127.0.0.1:9100", "0.0.0.0:1", "localhost:65535", "[::1]:9100"}) {
     EXPECT_EQ(load_settings(with(required_only(), "METRICS_ADDRESS", good)).metrics_address, good);
@@ -427,6 +482,76 @@ TEST(SettingsTest, DatabaseUrlBracketsIpv6HostAndHandlesEmptyPassword) {
   EXPECT_EQ(s.database_url_redacted(), "mysql://gw:***@[::1]:3306/gw");
 }
 
+// ---- DB_HOST as a list of nodes (issue 15) ----
+
+TEST(SettingsTest, DbHostListGivesNodesInOrderWithDbPortForThoseWithout) {
+  Settings s = load_settings(
+      with(with(required_only(), "DB_HOST", "db1:3306, db2:3316 ,db3"), "DB_PORT", "3307"));
+  EXPECT_EQ(s.db_host, "db1:3306, db2:3316 ,db3");  // as given: describe_settings() shows it
+  EXPECT_EQ(s.db_nodes(), (std::vector<DbNode>{{"db1", 3306}, {"db2", 3316}, {"db3", 3307}}));
+}
+
+TEST(SettingsTest, SingleDbHostIsOneNodeOnDbPort) {
+  Settings s = load_settings(required_only());
+  EXPECT_EQ(s.db_nodes(), (std::vector<DbNode>{{"db.example", 3306}}));
+  EXPECT_EQ(load_settings(with(required_only(), "DB_HOST", "db.example:3399")).db_nodes(),
+            (std::vector<DbNode>{{"db.example", 3399}}));
+}
+
+TEST(SettingsTest, DbHostTakesIpv6InBracketsAndBareWithoutPort) {
+  EXPECT_EQ(parse_db_nodes("[::1]:3310,[fe80::2],::3", 3306),
+            (std::vector<DbNode>{{"::1", 3310}, {"fe80::2", 3306}, {"::3", 3306}}));
+  EXPECT_EQ(parse_db_nodes("[::1]:3310", 3306).at(0).address(), "[::1]:3310");
+  EXPECT_EQ(parse_db_nodes("10.0.0.1", 3306).at(0).address(), "10.0.0.1:3306");
+}
+
+TEST(SettingsTest, BadDbHostEntryIsOneLineNamingDbHostAndTheEntry) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"db1,,db3", "node 2 '': empty entry"},
+      {"db1,", "node 2 '': empty entry"},
+      {",db1", "node 1 '': empty entry"},
+      {"db1:0", "node 1 'db1:0': the port must be 1..65535"},
+      {"db1:3306,db2:65536", "node 2 'db2:65536': the port must be 1..65535"},
+      {"db1:33o6", "node 1 'db1:33o6': the port must be 1..65535"},
+      {"db1:", "node 1 'db1:': the port must be 1..65535"},
+      {":3306", "node 1 ':3306': no host"},
+      {"db 1:3306", "node 1 'db 1:3306': a host has no blanks"},
+      {"tcp://db1", "node 1 'tcp://db1': the port must be 1..65535"},
+      {"user@db1", "node 1 'user@db1': a host has no blanks"},
+      {"[::1", "node 1 '[::1': '[' without ']'"},
+      {"[::1]3306", "node 1 '[::1]3306': expected ':port' after ']'"},
+      {"[db1]:3306", "node 1 '[db1]:3306': brackets are for IPv6 addresses"},
+      {"db1:3306,db2,db1", "node 3 'db1': db1:3306 listed twice"},
+  };
+  for (const auto& [value, why] : cases) {
+    const std::string error = load_error(with(required_only(), "DB_HOST", value));
+    EXPECT_THAT(error, StartsWith("DB_HOST: " + why)) << value;
+    EXPECT_THAT(error, HasSubstr("expected host[:port] separated by commas")) << value;
+    EXPECT_EQ(error.find('\n'), std::string::npos) << error;
+  }
+}
+
+// A node without a port is on DB_PORT: "db1:3307,db1" is the same node twice only when DB_PORT
+// is 3307.
+TEST(SettingsTest, DuplicateDbHostNodesAreFoundWithDbPortApplied) {
+  EXPECT_EQ(load_error(with(required_only(), "DB_HOST", "db1:3307,db1")), "");
+  EXPECT_THAT(load_error(with(with(required_only(), "DB_HOST", "db1:3307,db1"), "DB_PORT", "3307")),
+              StartsWith("DB_HOST: node 2 'db1': db1:3307 listed twice"));
+}
+
+TEST(SettingsTest, DatabaseUrlOfANodeListNamesEveryNodeNotAnIpv6Address) {
+  Settings s = load_settings({{"DB_HOST", "127.0.0.1:3381,127.0.0.1:3382, db3"},
+                              {"DB_NAME", "gw"},
+                              {"DB_USER", "gw"},
+                              {"DB_PASSWORD", "s3cret"}});
+  EXPECT_EQ(s.database_url_redacted(), "mysql://gw:***@127.0.0.1:3381,127.0.0.1:3382,db3:3306/gw");
+  EXPECT_EQ(s.database_url(), "mysql://gw:s3cret@127.0.0.1:3381,127.0.0.1:3382,db3:3306/gw");
+  EXPECT_THAT(s.database_url_redacted(), Not(HasSubstr("s3cret")));
+  EXPECT_THAT(s.database_url_redacted(), Not(HasSubstr("[")));
+  Settings v6 = load_settings(with(required_only(), "DB_HOST", "[::1]:3381,[::2]"));
+  EXPECT_EQ(v6.database_url_redacted(), "mysql://gw:***@[::1]:3381,[::2]:3306/gw");
+}
+
 TEST(SettingsTest, SecretNeverPrintsItsValue) {
   Secret secret("hunter2");
   std::ostringstream out;
@@ -449,7 +574,7 @@ TEST(SettingsTest, DescribeSettingsListsEveryVariableAndHidesThePassword) {
     names.insert(line.substr(0, line.find('=')));
   }
   EXPECT_EQ(names.size(), lines.size()) << "duplicate variable";
-  EXPECT_EQ(lines.size(), 37u);
+  EXPECT_EQ(lines.size(), 40u);
   EXPECT_THAT(lines, ::testing::Contains("DB_PASSWORD=***"));
   EXPECT_THAT(lines, ::testing::Contains("DB_HOST=db.example"));
   EXPECT_THAT(lines, ::testing::Contains("SPOOL_MAX_BYTES=1G"));

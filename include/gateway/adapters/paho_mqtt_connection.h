@@ -9,6 +9,20 @@
 // of gateways would reconnect in lockstep after a broker restart). Losses right after connecting,
 // several in a row, mean another client uses the same client id: one error line names
 // MQTT_CLIENT_ID and the reconnects wait the longest backoff instead of fighting for the session.
+//
+// MQTT 5 (MqttConnectOptions::mqtt_version): clean start and a session expiry interval instead of
+// clean session; subscriptions with retain handling 1 (one SUBSCRIBE per filter: Paho C++ 1.2
+// cannot send per-filter options in one); the CONNACK is logged with its reason code, a refusal
+// (CONNACK, SUBACK) and a broker's DISCONNECT name theirs; each message's Message Expiry
+// Interval, Content Type and User Properties reach the handler.
+//
+// TLS: the broker's certificate is always verified (chain against ca_file or the system CAs, and
+// the host name). With a client certificate, Paho loads it, its key and the key's password (the
+// files are checked and the password file read at every connect). A failed TLS connect is one
+// line naming the broker, the problem (tls_probe.h finds it: Paho says only "TCP/TLS connect
+// failure") and the files and name used. With tls_server_name the certificate is verified
+// against that name through a ConnectRelay (connect_relay.h); a connect then takes up to 250 ms
+// longer (Paho polls for the relay's answer).
 #pragma once
 
 #include <memory>
@@ -30,13 +44,15 @@ void require_paho_c_version();
 
 class PahoMqttConnection final : public MqttConnection {
  public:
-  // Throws gateway::Error when the Paho C library is too old (require_paho_c_version()).
+  // Throws gateway::Error when the Paho C library is too old (require_paho_c_version()), or with
+  // tls_server_name when the relay cannot listen.
   PahoMqttConnection(MqttConnectOptions options, MqttHandlers handlers,
                      std::shared_ptr<spdlog::logger> log);
   ~PahoMqttConnection() override;  // disconnects if still connected
 
   bool connect() override;
-  std::vector<std::string> subscribe(const std::vector<std::string>& filters, bool wait) override;
+  std::vector<SubscribeRefusal> subscribe(const std::vector<std::string>& filters,
+                                          bool wait) override;
   void unsubscribe(const std::vector<std::string>& filters) override;
   void publish(std::string_view topic, std::string_view payload, int qos, bool retain) override;
   void force_reconnect(const std::string& why) override;

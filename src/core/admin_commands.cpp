@@ -1,0 +1,790 @@
+#include "gateway/admin_commands.h"
+
+#include <algorithm>
+#include <cctype>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <utility>
+
+#include "gateway/constants.h"
+#include "gateway/errors.h"
+#include "gateway/payload_schema.h"
+#include "gateway/topic_filter.h"
+
+namespace gateway {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::size_t kMaxCode = 100;         // flows.code VARCHAR(100)
+constexpr std::size_t kMaxName = 255;         // flows.name VARCHAR(255)
+constexpr std::size_t kMaxTopic = 1024;       // flows.topic VARCHAR(1024)
+constexpr std::size_t kMaxEndpoint = 2048;    // flows.endpoint_url VARCHAR(2048)
+constexpr std::size_t kListReasonChars = 72;  // reason column of `rejected list`
+constexpr int kDeadlockRetries = 3;
+
+// Text from the database or the command line, made fit for one terminal line.
+std::string shown(std::string_view text, std::size_t max = 4096) {
+  return printable_excerpt(text, max);
+}
+
+std::string in_quotes(std::string_view text) { return "'" + shown(text, 200) + "'"; }
+
+std::string or_dash(const std::optional<std::string>& s) { return s ? shown(*s) : "-"; }
+
+std::string yes_no(bool b) { return b ? "yes" : "no"; }
+
+// Characters on screen: UTF-8 continuation bytes take no column.
+std::size_t width(std::string_view s) {
+  return static_cast<std::size_t>(std::count_if(
+      s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+void print_table(std::ostream& out, const std::vector<std::string>& headers,
+                 const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> widths;
+  widths.reserve(headers.size());
+  for (const auto& h : headers) widths.push_back(width(h));
+  for (const auto& row : rows) {
+    for (std::size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], width(row[i]));
+  }
+  const auto line = [&](const std::vector<std::string>& cells) {
+    std::string text;
+    for (std::size_t i = 0; i < cells.size(); ++i) {
+      text += cells[i];
+      if (i + 1 < cells.size()) text += std::string(widths[i] - width(cells[i]) + 2, ' ');
+    }
+    out << text << "\n";
+  };
+  line(headers);
+  for (const auto& row : rows) line(row);
+}
+
+std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace); }
+
+json opt(const std::optional<std::string>& s) { return s ? json(*s) : json(nullptr); }
+json opt(const std::optional<std::int64_t>& n) { return n ? json(*n) : json(nullptr); }
+
+// payload_schema as JSON when it parses, else as its text.
+json schema_json(const std::optional<std::string>& schema) {
+  if (!schema) return nullptr;
+  json parsed = json::parse(*schema, nullptr, false);
+  return parsed.is_discarded() ? json(*schema) : parsed;
+}
+
+json flow_json(const FlowStatus& s) {
+  const Flow& f = s.flow;
+  return json{{"id", f.id},
+              {"code", f.code},
+              {"name", opt(s.name)},
+              {"topic", f.topic},
+              {"action", f.action},
+              {"endpoint_url", opt(f.endpoint_url)},
+              {"payload_schema", schema_json(f.payload_schema)},
+              {"enabled", f.enabled},
+              {"last_msg_id", f.last_msg_id},
+              {"updated_at", s.updated_at},
+              {"pending_deliveries", s.pending_deliveries},
+              {"rejected_last_24h", s.rejected_last_24h},
+              {"dead_letters_waiting", s.dead_letters_waiting}};
+}
+
+std::string hex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (const char c : bytes) {
+    const auto b = static_cast<unsigned char>(c);
+    out += kDigits[b >> 4];
+    out += kDigits[b & 0xF];
+  }
+  return out;
+}
+
+json dead_letter_json(const DeadLetter& d, bool with_payload) {
+  json j{{"id", d.id},
+         {"flow_id", opt(d.flow_id)},
+         {"flow", opt(d.flow_code)},
+         {"topic", d.topic},
+         {"created_at", d.created_at},
+         {"reason", d.reason},
+         {"payload_bytes", d.payload_bytes},
+         {"payload_truncated", d.payload_truncated},
+         {"msg_id", opt(d.msg_id)},
+         {"attempts", opt(d.attempts)},
+         {"last_status", opt(d.last_status)},
+         {"replayed_at", opt(d.replayed_at)},
+         {"replayed_msg_id", opt(d.replayed_msg_id)}};
+  if (with_payload) {
+    // Scripts get the exact bytes: as text when they are UTF-8, else in hex.
+    if (find_invalid_utf8(d.payload)) {
+      j["payload_hex"] = hex(d.payload);
+    } else {
+      j["payload"] = d.payload;
+    }
+  }
+  return j;
+}
+
+std::string flow_of(const DeadLetter& d) {
+  if (d.flow_code) return shown(*d.flow_code);
+  return d.flow_id ? "#" + std::to_string(*d.flow_id) : "-";
+}
+
+// The reason a dead letter cannot be replayed at all, or empty.
+std::string unreplayable(const DeadLetter& d) {
+  if (!d.payload_truncated) return {};
+  return "payload was cut to " + std::to_string(d.payload_bytes) +
+         " bytes when it was rejected (REJECTED_PAYLOAD_MAX_BYTES); the whole message is not "
+         "available";
+}
+
+bool valid_code_char(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_' || c == '-' || c == '.';
+}
+
+bool digits(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+int to_int(std::string_view s) {
+  int n = 0;
+  for (const char c : s) n = n * 10 + (c - '0');
+  return n;
+}
+
+// A FlowDefinition from a status row, for set / enable / disable.
+FlowDefinition definition_of(const FlowStatus& s) {
+  return FlowDefinition{
+      s.flow.code,           s.name,        s.flow.topic, s.flow.action, s.flow.endpoint_url,
+      s.flow.payload_schema, s.flow.enabled};
+}
+
+// An empty value (or, for the schema, "null") clears a nullable column.
+std::optional<std::string> cleared_or(const std::string& value, bool null_word = false) {
+  if (value.empty() || (null_word && value == "null")) return std::nullopt;
+  return value;
+}
+
+}  // namespace
+
+std::string_view to_string(AdminCommand command) {
+  switch (command) {
+    case AdminCommand::kFlowsList:
+      return "flows list";
+    case AdminCommand::kFlowsShow:
+      return "flows show";
+    case AdminCommand::kFlowsAdd:
+      return "flows add";
+    case AdminCommand::kFlowsSet:
+      return "flows set";
+    case AdminCommand::kFlowsEnable:
+      return "flows enable";
+    case AdminCommand::kFlowsDisable:
+      return "flows disable";
+    case AdminCommand::kRejectedList:
+      return "rejected list";
+    case AdminCommand::kRejectedShow:
+      return "rejected show";
+    case AdminCommand::kRejectedReplay:
+      return "rejected replay";
+  }
+  return "?";
+}
+
+std::vector<std::string> validate_flow_definition(const FlowDefinition& f) {
+  std::vector<std::string> problems;
+  if (f.code.empty()) {
+    problems.emplace_back("code: required (--code)");
+  } else if (f.code.size() > kMaxCode) {
+    problems.push_back("code: longer than " + std::to_string(kMaxCode) + " characters");
+  } else if (!std::all_of(f.code.begin(), f.code.end(), valid_code_char)) {
+    problems.push_back("code: " + in_quotes(f.code) +
+                       " may hold only letters, digits, '_', '-' and '.'");
+  }
+  if (f.name && f.name->size() > kMaxName) {
+    problems.push_back("name: longer than " + std::to_string(kMaxName) + " bytes");
+  }
+  if (f.topic.empty()) {
+    problems.emplace_back("topic: required (--topic)");
+  } else if (f.topic.size() > kMaxTopic) {
+    problems.push_back("topic: longer than " + std::to_string(kMaxTopic) + " bytes");
+  } else if (auto why = validate_topic_filter(f.topic)) {
+    problems.push_back("topic: invalid MQTT filter " + in_quotes(f.topic) + ": " + *why);
+  }
+  const auto action = parse_flow_action(f.action);
+  if (f.action.empty()) {
+    problems.emplace_back("action: required (--action STORE_DB or POST_ENDPOINT)");
+  } else if (f.action == "STORE_TABLE") {
+    problems.emplace_back("action: STORE_TABLE is not available yet (issue 13)");
+  } else if (!action) {
+    problems.push_back("action: unknown action " + in_quotes(f.action) +
+                       " (expected STORE_DB or POST_ENDPOINT)");
+  }
+  if (f.endpoint_url) {
+    const std::string& url = *f.endpoint_url;
+    const auto scheme_end = url.find("://");
+    const std::string scheme = scheme_end == std::string::npos ? "" : url.substr(0, scheme_end);
+    std::string lower = scheme;
+    std::transform(lower.begin(), lower.end(), lower.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (url.size() > kMaxEndpoint) {
+      problems.push_back("endpoint: longer than " + std::to_string(kMaxEndpoint) + " bytes");
+    } else if (lower != "http" && lower != "https") {
+      problems.push_back(
+          "endpoint: " + in_quotes(url) +
+          (scheme.empty() ? " is not a URL" : " has scheme '" + shown(scheme, 40) + "'") +
+          " (expected http:// or https://)");
+    } else if (url.size() == scheme_end + 3 || url[scheme_end + 3] == '/' ||
+               url[scheme_end + 3] == ':' || url[scheme_end + 3] == '?') {
+      problems.push_back("endpoint: " + in_quotes(url) + " has no host");
+    } else if (std::any_of(url.begin(), url.end(), [](unsigned char c) { return c <= ' '; })) {
+      problems.push_back("endpoint: " + in_quotes(url) + " contains spaces or control characters");
+    }
+  } else if (action == FlowAction::kPostEndpoint) {
+    problems.emplace_back("endpoint: required for POST_ENDPOINT (--endpoint http://...)");
+  }
+  if (f.payload_schema) {
+    const json schema = json::parse(*f.payload_schema, nullptr, false);
+    if (schema.is_discarded()) {
+      problems.emplace_back("payload_schema: not valid JSON");
+    } else if (!schema.is_object() && !schema.is_null()) {
+      problems.push_back(compile_payload_schema(schema).error);
+    } else if (schema.is_object()) {
+      // One line per bad field (compile_payload_schema() stops at the first).
+      for (const auto& [field, type] : schema.items()) {
+        SchemaResult one = compile_payload_schema(json{{field, type}});
+        if (!one.ok()) problems.push_back(std::move(one.error));
+      }
+    }
+  }
+  return problems;
+}
+
+std::optional<SinceTime> parse_since(std::string_view text) {
+  if (text.size() >= 2 && digits(text.substr(0, text.size() - 1))) {
+    const char unit = text.back();
+    const std::int64_t per = unit == 's'   ? 1
+                             : unit == 'm' ? 60
+                             : unit == 'h' ? 3600
+                             : unit == 'd' ? 86400
+                                           : 0;
+    if (per == 0 || text.size() > 8) return std::nullopt;
+    const std::int64_t n = std::stoll(std::string(text.substr(0, text.size() - 1)));
+    if (n <= 0) return std::nullopt;
+    return SinceTime{std::nullopt, n * per};
+  }
+  std::string t(text);
+  if (!t.empty() && (t.back() == 'Z' || t.back() == 'z')) t.pop_back();
+  if (t.size() > 10 && (t[10] == 'T' || t[10] == 't')) t[10] = ' ';
+  if (t.size() == 10) t += " 00:00:00";
+  if (t.size() == 16) t += ":00";
+  // YYYY-MM-DD HH:MM:SS, checked field by field.
+  if (t.size() != 19 || t[4] != '-' || t[7] != '-' || t[10] != ' ' || t[13] != ':' ||
+      t[16] != ':') {
+    return std::nullopt;
+  }
+  const std::string_view v(t);
+  for (const auto& [pos, len] : {std::pair{0, 4}, {5, 2}, {8, 2}, {11, 2}, {14, 2}, {17, 2}}) {
+    if (!digits(v.substr(pos, len))) return std::nullopt;
+  }
+  const int month = to_int(v.substr(5, 2)), day = to_int(v.substr(8, 2));
+  const int hour = to_int(v.substr(11, 2)), minute = to_int(v.substr(14, 2));
+  const int second = to_int(v.substr(17, 2));
+  if (month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 59) {
+    return std::nullopt;
+  }
+  return SinceTime{t, std::nullopt};
+}
+
+AdminCommands::AdminCommands(FlowAdmin& admin, Processor& processor, AdminOptions options,
+                             std::ostream& out, std::ostream& err)
+    : admin_(admin), processor_(processor), options_(std::move(options)), out_(out), err_(err) {}
+
+int AdminCommands::problems(const AdminRequest& r, const std::vector<std::string>& lines) {
+  for (const auto& line : lines)
+    err_ << "mqtt-gateway " << to_string(r.command) << ": " << line << "\n";
+  return 1;
+}
+
+int AdminCommands::run(const AdminRequest& r) {
+  switch (r.command) {
+    case AdminCommand::kFlowsList:
+      return flows_list(r);
+    case AdminCommand::kFlowsShow:
+      return flows_show(r);
+    case AdminCommand::kFlowsAdd:
+      return flows_add(r);
+    case AdminCommand::kFlowsSet:
+      return flows_set(r);
+    case AdminCommand::kFlowsEnable:
+      return flows_enable(r, true);
+    case AdminCommand::kFlowsDisable:
+      return flows_enable(r, false);
+    case AdminCommand::kRejectedList:
+      return rejected_list(r);
+    case AdminCommand::kRejectedShow:
+      return rejected_show(r);
+    case AdminCommand::kRejectedReplay:
+      return rejected_replay(r);
+  }
+  return 1;
+}
+
+// ---- flows ------------------------------------------------------------------------------------
+
+int AdminCommands::flows_list(const AdminRequest& r) {
+  const std::vector<FlowStatus> flows = admin_.list_flows();
+  if (r.json) {
+    json list = json::array();
+    for (const auto& f : flows) list.push_back(flow_json(f));
+    out_ << dump(list) << "\n";
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows;
+  rows.reserve(flows.size());
+  for (const auto& s : flows) {
+    rows.push_back({shown(s.flow.code), shown(s.flow.topic), shown(s.flow.action),
+                    yes_no(s.flow.enabled), std::to_string(s.flow.last_msg_id),
+                    std::to_string(s.pending_deliveries), std::to_string(s.rejected_last_24h)});
+  }
+  print_table(
+      out_, {"CODE", "TOPIC", "ACTION", "ENABLED", "LAST_MSG_ID", "PENDING", "REJECTED_24H"}, rows);
+  out_ << flows.size() << " flow(s)\n";
+  return 0;
+}
+
+int AdminCommands::flows_show(const AdminRequest& r) {
+  const auto s = admin_.find_flow(r.code);
+  if (!s) return problems(r, {"no flow " + in_quotes(r.code) + " (flows list shows them)"});
+  if (r.json) {
+    out_ << dump(flow_json(*s)) << "\n";
+    return 0;
+  }
+  const Flow& f = s->flow;
+  out_ << "flow " << shown(f.code) << " (id " << f.id << ")\n"
+       << "  name:                 " << or_dash(s->name) << "\n"
+       << "  topic:                " << shown(f.topic) << "\n"
+       << "  action:               " << shown(f.action) << "\n"
+       << "  endpoint_url:         " << or_dash(f.endpoint_url) << "\n"
+       << "  payload_schema:       " << or_dash(f.payload_schema) << "\n"
+       << "  enabled:              " << yes_no(f.enabled) << "\n"
+       << "  last_msg_id:          " << f.last_msg_id << "\n"
+       << "  updated_at:           " << s->updated_at << " UTC\n"
+       << "  pending deliveries:   " << s->pending_deliveries << "\n"
+       << "  rejected in 24 h:     " << s->rejected_last_24h << "\n"
+       << "  dead letters waiting: " << s->dead_letters_waiting << "\n";
+  return 0;
+}
+
+int AdminCommands::after_change(const AdminRequest& r, const FlowStatus& flow,
+                                std::string_view what, const std::vector<std::string>& changes) {
+  std::optional<pid_t> reloaded;
+  std::string reload_error;
+  if (r.reload && !changes.empty()) {
+    try {
+      reloaded = options_.reload(r.daemon);
+    } catch (const Error& e) {
+      reload_error = e.what();
+    }
+  }
+  if (r.json) {
+    json j{{"flow", flow_json(flow)}, {"changes", changes}};
+    j["reloaded_pid"] = reloaded ? json(*reloaded) : json(nullptr);
+    out_ << dump(j) << "\n";
+  } else {
+    if (changes.empty()) {
+      out_ << "flow " << shown(flow.flow.code) << ": nothing to change\n";
+    } else {
+      out_ << "flow " << shown(flow.flow.code) << " " << what << "\n";
+      for (const auto& c : changes) out_ << "  " << c << "\n";
+    }
+    if (reloaded) {
+      out_ << "reload: SIGHUP sent to mqtt-gateway pid " << *reloaded << "\n";
+    } else if (!changes.empty() && !r.reload) {
+      out_ << "a running gateway applies it at its next flow reload "
+              "(FLOWS_RELOAD_INTERVAL_SECONDS), or at once with --reload\n";
+    }
+  }
+  if (!reload_error.empty()) {
+    return problems(r, {"the change is saved, but --reload failed: " + reload_error});
+  }
+  return 0;
+}
+
+int AdminCommands::flows_add(const AdminRequest& r) {
+  const FlowEdit& e = r.edit;
+  FlowDefinition f;
+  f.code = e.code.value_or("");
+  if (e.name) f.name = cleared_or(*e.name);
+  f.topic = e.topic.value_or("");
+  f.action = e.action.value_or("");
+  if (e.endpoint) f.endpoint_url = cleared_or(*e.endpoint);
+  if (e.schema) f.payload_schema = cleared_or(*e.schema, true);
+  f.enabled = !e.disabled;
+  std::vector<std::string> lines;
+  for (const auto& option : e.unavailable) {
+    lines.push_back(option + ": not available yet (STORE_TABLE, issue 13)");
+  }
+  for (auto& p : validate_flow_definition(f)) lines.push_back(std::move(p));
+  if (lines.empty() && admin_.find_flow(f.code)) {
+    lines.push_back("code: a flow " + in_quotes(f.code) + " exists already (flows set " +
+                    shown(f.code) + " changes it)");
+  }
+  if (!lines.empty()) return problems(r, lines);
+  admin_.insert_flow(f);
+  const auto saved = admin_.find_flow(f.code);
+  if (!saved) throw Error("flow " + f.code + " vanished right after it was added");
+  std::vector<std::string> changes{"topic: " + shown(f.topic), "action: " + shown(f.action)};
+  if (f.endpoint_url) changes.push_back("endpoint_url: " + shown(*f.endpoint_url));
+  if (f.payload_schema) changes.push_back("payload_schema: " + shown(*f.payload_schema));
+  if (!f.enabled) changes.emplace_back("enabled: no");
+  return after_change(r, *saved, "added (id " + std::to_string(saved->flow.id) + ")", changes);
+}
+
+int AdminCommands::flows_set(const AdminRequest& r) {
+  const auto current = admin_.find_flow(r.code);
+  if (!current) return problems(r, {"no flow " + in_quotes(r.code) + " (flows add creates one)"});
+  const FlowEdit& e = r.edit;
+  FlowDefinition f = definition_of(*current);
+  if (e.name) f.name = cleared_or(*e.name);
+  if (e.topic) f.topic = *e.topic;
+  if (e.action) f.action = *e.action;
+  if (e.endpoint) f.endpoint_url = cleared_or(*e.endpoint);
+  if (e.schema) f.payload_schema = cleared_or(*e.schema, true);
+  std::vector<std::string> lines;
+  for (const auto& option : e.unavailable) {
+    lines.push_back(option + ": not available yet (STORE_TABLE, issue 13)");
+  }
+  for (auto& p : validate_flow_definition(f)) lines.push_back(std::move(p));
+  if (!lines.empty()) return problems(r, lines);
+  const FlowDefinition before = definition_of(*current);
+  std::vector<std::string> changes;
+  const auto change = [&](const char* column, const std::optional<std::string>& from,
+                          const std::optional<std::string>& to) {
+    if (from != to)
+      changes.push_back(std::string(column) + ": " + or_dash(from) + " -> " + or_dash(to));
+  };
+  change("name", before.name, f.name);
+  change("topic", before.topic, f.topic);
+  change("action", before.action, f.action);
+  change("endpoint_url", before.endpoint_url, f.endpoint_url);
+  change("payload_schema", before.payload_schema, f.payload_schema);
+  if (!changes.empty() && !admin_.update_flow(current->flow.id, f)) {
+    return problems(r, {"flow " + in_quotes(r.code) + " was removed meanwhile"});
+  }
+  const auto saved = admin_.find_flow(r.code);
+  return after_change(r, saved.value_or(*current), "updated", changes);
+}
+
+int AdminCommands::flows_enable(const AdminRequest& r, bool enable) {
+  const auto current = admin_.find_flow(r.code);
+  if (!current) return problems(r, {"no flow " + in_quotes(r.code)});
+  std::vector<std::string> changes;
+  if (current->flow.enabled != enable) {
+    FlowDefinition f = definition_of(*current);
+    f.enabled = enable;
+    if (enable) {
+      // A flow is enabled only as a valid one: the gateway would disable it again at once.
+      if (auto lines = validate_flow_definition(f); !lines.empty()) return problems(r, lines);
+    }
+    if (!admin_.update_flow(current->flow.id, f)) {
+      return problems(r, {"flow " + in_quotes(r.code) + " was removed meanwhile"});
+    }
+    changes.emplace_back(enable ? "enabled: no -> yes" : "enabled: yes -> no");
+  }
+  const auto saved = admin_.find_flow(r.code);
+  return after_change(r, saved.value_or(*current), enable ? "enabled" : "disabled", changes);
+}
+
+// ---- rejected ---------------------------------------------------------------------------------
+
+int AdminCommands::rejected_list(const AdminRequest& r) {
+  RejectedFilter filter;
+  std::vector<std::string> lines;
+  if (!r.code.empty()) {
+    if (auto f = admin_.find_flow(r.code)) {
+      filter.flow_id = f->flow.id;
+    } else {
+      lines.push_back("--flow: no flow " + in_quotes(r.code));
+    }
+  }
+  if (r.since) {
+    if (auto since = parse_since(*r.since)) {
+      filter.since = since->utc;
+      filter.since_seconds_ago = since->seconds_ago;
+    } else {
+      lines.push_back(
+          "--since: expected YYYY-MM-DD[ HH:MM[:SS]] (UTC) or an age like 30m, 2h, "
+          "7d; got " +
+          in_quotes(*r.since));
+    }
+  }
+  if (r.limit < 1 || r.limit > 10000) lines.emplace_back("--limit: expected 1..10000");
+  if (!lines.empty()) return problems(r, lines);
+  filter.reason_contains = r.reason;
+  filter.waiting_only = !r.all;
+  filter.newest_first = true;
+  filter.limit = static_cast<std::size_t>(r.limit);
+  const std::vector<DeadLetter> letters = admin_.list_rejected(filter);
+  const std::int64_t total = admin_.count_rejected(filter);
+  if (r.json) {
+    json list = json::array();
+    for (const auto& d : letters) list.push_back(dead_letter_json(d, false));
+    out_ << dump(json{{"total", total}, {"dead_letters", list}}) << "\n";
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows;
+  rows.reserve(letters.size());
+  for (const auto& d : letters) {
+    std::vector<std::string> row{std::to_string(d.id),
+                                 flow_of(d),
+                                 shown(d.topic, 60),
+                                 d.created_at,
+                                 shown(d.reason, kListReasonChars),
+                                 yes_no(d.payload_truncated)};
+    if (r.all) {
+      row.push_back(d.replayed_msg_id ? "msg_id " + std::to_string(*d.replayed_msg_id) : "-");
+    }
+    rows.push_back(std::move(row));
+  }
+  std::vector<std::string> headers{"ID", "FLOW", "TOPIC", "TIME (UTC)", "REASON", "CUT"};
+  if (r.all) headers.emplace_back("REPLAYED");
+  print_table(out_, headers, rows);
+  out_ << letters.size() << " of " << total << " "
+       << (r.all ? "dead letter(s)" : "waiting dead letter(s)") << " (newest first)\n";
+  return 0;
+}
+
+int AdminCommands::rejected_show(const AdminRequest& r) {
+  const auto d = admin_.find_rejected(r.id);
+  if (!d) return problems(r, {"no dead letter " + std::to_string(r.id)});
+  if (r.json) {
+    out_ << dump(dead_letter_json(*d, true)) << "\n";
+    return 0;
+  }
+  const auto num = [](const std::optional<std::int64_t>& n) {
+    return n ? std::to_string(*n) : std::string("-");
+  };
+  out_ << "dead letter " << d->id << "\n"
+       << "  flow:      " << flow_of(*d) << "\n"
+       << "  topic:     " << shown(d->topic) << "\n"
+       << "  time:      " << d->created_at << " UTC\n"
+       << "  reason:    " << shown(d->reason) << "\n"
+       << "  attempts:  " << d->attempts.value_or(1) << "\n";
+  if (d->msg_id) {
+    out_ << "  msg_id:    " << *d->msg_id << " (POST given up; last HTTP status "
+         << num(d->last_status) << ")\n";
+  }
+  out_ << "  replayed:  "
+       << (d->replayed_at ? *d->replayed_at + " UTC as msg_id " + num(d->replayed_msg_id) : "no")
+       << "\n"
+       << "  payload:   " << d->payload_bytes << " bytes"
+       << (d->payload_truncated ? ", cut to REJECTED_PAYLOAD_MAX_BYTES: cannot be replayed"
+                                : ", complete")
+       << "\n"
+       << shown(d->payload, 1 << 20) << "\n";
+  return 0;
+}
+
+void AdminCommands::replay_batch(std::int64_t flow_id, std::vector<ReplayItem>& items, bool commit,
+                                 std::vector<ReplayOutcome>& outcomes) {
+  for (int attempt = 0;; ++attempt) {
+    try {
+      ReplayResult result = processor_.replay(flow_id, items, commit);
+      if (result.flow_missing) throw Error("the flow was removed during the replay");
+      for (auto& o : result.outcomes) outcomes.push_back(std::move(o));
+      return;
+    } catch (const DbRetryable&) {
+      if (attempt >= kDeadlockRetries) throw;
+    } catch (const DbDataError& e) {
+      if (items.size() > 1) {
+        for (auto& item : items) {
+          std::vector<ReplayItem> one;
+          one.push_back(std::move(item));
+          replay_batch(flow_id, one, commit, outcomes);
+        }
+        return;
+      }
+      // The database refuses this one message's rows: it stays a dead letter, with that reason.
+      ReplayOutcome o;
+      o.rejected_id = items.front().rejected_id;
+      if (processor_.replay_refused(flow_id, o.rejected_id, e.what(), commit)) {
+        o.reason = e.what();
+      } else {
+        o.already_replayed = true;
+      }
+      outcomes.push_back(std::move(o));
+      return;
+    }
+  }
+}
+
+int AdminCommands::rejected_replay(const AdminRequest& r) {
+  std::vector<std::string> lines;
+  const auto flow = admin_.find_flow(r.code);
+  RejectedFilter filter;
+  if (!flow) {
+    lines.push_back("--flow: no flow " + in_quotes(r.code));
+  } else {
+    const Flow& f = flow->flow;
+    filter.flow_id = f.id;
+    if (!f.enabled) {
+      lines.push_back("flow " + in_quotes(f.code) + " is disabled: enable it first (flows enable " +
+                      shown(f.code) + ")");
+    }
+    if (!parse_flow_action(f.action)) {
+      lines.push_back("flow " + in_quotes(f.code) + " has action " + in_quotes(f.action) +
+                      ", which this version cannot run");
+    }
+    if (f.payload_schema) {
+      const json schema = json::parse(*f.payload_schema, nullptr, false);
+      const std::string error = schema.is_discarded() ? "payload_schema: not valid JSON"
+                                                      : compile_payload_schema(schema).error;
+      if (!error.empty()) {
+        lines.push_back("flow " + in_quotes(f.code) + ": " + error + " (fix it first: flows set " +
+                        shown(f.code) + " --schema ...)");
+      }
+    }
+  }
+  if (r.since) {
+    if (auto since = parse_since(*r.since)) {
+      filter.since = since->utc;
+      filter.since_seconds_ago = since->seconds_ago;
+    } else {
+      lines.push_back(
+          "--since: expected YYYY-MM-DD[ HH:MM[:SS]] (UTC) or an age like 30m, 2h, "
+          "7d; got " +
+          in_quotes(*r.since));
+    }
+  }
+  if (r.batch < 1 || r.batch > 10000) lines.emplace_back("--batch: expected 1..10000");
+  std::size_t already = 0;
+  json letters = json::array();
+  const auto report = [&](std::int64_t id, const std::string& topic, const std::string& outcome,
+                          std::int64_t msg_id, const std::string& reason) {
+    if (r.json) {
+      json j{{"id", id}, {"outcome", outcome}};
+      if (msg_id > 0) j["msg_id"] = msg_id;
+      if (!reason.empty()) j["reason"] = reason;
+      letters.push_back(std::move(j));
+      return;
+    }
+    const std::string head = "#" + std::to_string(id) + " " + shown(topic, 80) + ": ";
+    if (outcome == "replayed") {
+      if (r.dry_run) out_ << head << "would be replayed as msg_id " << msg_id << "\n";
+    } else if (outcome == "rejected") {
+      out_ << head << (r.dry_run ? "would stay rejected: " : "still rejected: ") << shown(reason)
+           << "\n";
+    } else if (outcome == "refused") {
+      out_ << head << "refused: " << shown(reason) << "\n";
+    } else {
+      out_ << head << "already replayed"
+           << (msg_id > 0 ? " as msg_id " + std::to_string(msg_id) : "") << "\n";
+    }
+  };
+  for (const std::int64_t id : r.ids) {
+    if (!flow) break;
+    const auto d = admin_.find_rejected(id);
+    if (!d) {
+      lines.push_back("--id " + std::to_string(id) + ": no such dead letter");
+    } else if (d->flow_id && *d->flow_id != flow->flow.id) {
+      lines.push_back("--id " + std::to_string(id) + ": a dead letter of flow " + flow_of(*d) +
+                      ", not of " + shown(flow->flow.code));
+    } else if (!d->flow_id && !topic_matches(flow->flow.topic, d->topic)) {
+      lines.push_back("--id " + std::to_string(id) + ": its topic " + in_quotes(d->topic) +
+                      " does not match the filter " + in_quotes(flow->flow.topic) + " of flow " +
+                      shown(flow->flow.code));
+    } else if (d->replayed_msg_id && lines.empty()) {
+      ++already;
+      report(id, d->topic, "already", *d->replayed_msg_id, {});
+    }
+  }
+  if (!lines.empty()) return problems(r, lines);
+
+  filter.ids = r.ids;
+  filter.reason_contains = r.reason;
+  filter.waiting_only = true;
+  filter.with_payload = true;
+  filter.limit = static_cast<std::size_t>(r.batch);
+  const bool commit = !r.dry_run;
+  std::size_t replayed = 0, rejected = 0;
+  std::int64_t first_msg_id = 0, last_msg_id = 0;
+  // A dry run rolls every transaction back, so each starts from the same last_msg_id: number
+  // its messages on from the first one instead.
+  std::int64_t dry_base = -1;
+  const auto summary = [&](std::ostream& os) {
+    if (r.dry_run) {
+      os << "dry run: would replay " << replayed << ", would stay rejected " << rejected;
+    } else {
+      os << "replayed " << replayed << ", still rejected " << rejected;
+    }
+    if (already > 0) os << ", already replayed " << already;
+    os << " (flow " << shown(flow->flow.code);
+    if (replayed > 0) os << ", msg_id " << first_msg_id << ".." << last_msg_id;
+    os << ")" << (r.dry_run ? "; nothing written" : "") << "\n";
+  };
+  try {
+    for (;;) {
+      const std::vector<DeadLetter> page = admin_.list_rejected(filter);
+      if (page.empty()) break;
+      filter.after_id = page.back().id;
+      std::vector<ReplayItem> items;
+      for (const DeadLetter& d : page) {
+        if (const std::string why = unreplayable(d); !why.empty()) {
+          ++rejected;
+          report(d.id, d.topic, "refused", 0, why);
+          continue;
+        }
+        ReplayItem item;
+        item.rejected_id = d.id;
+        item.message.topic = d.topic;
+        item.message.payload = d.payload;
+        item.message.parsed = parse_payload(item.message.payload, options_.limits);
+        items.push_back(std::move(item));
+      }
+      std::vector<std::pair<std::int64_t, std::string>> topic_of;
+      topic_of.reserve(items.size());
+      for (const auto& item : items) topic_of.emplace_back(item.rejected_id, item.message.topic);
+      std::vector<ReplayOutcome> outcomes;
+      if (!items.empty()) replay_batch(flow->flow.id, items, commit, outcomes);
+      for (const ReplayOutcome& o : outcomes) {
+        const auto t = std::find_if(topic_of.begin(), topic_of.end(),
+                                    [&](const auto& p) { return p.first == o.rejected_id; });
+        const std::string topic = t == topic_of.end() ? std::string() : t->second;
+        if (o.msg_id > 0) {
+          if (dry_base < 0) dry_base = o.msg_id - 1;
+          ++replayed;
+          const std::int64_t msg_id =
+              commit ? o.msg_id : dry_base + static_cast<std::int64_t>(replayed);
+          if (first_msg_id == 0) first_msg_id = msg_id;
+          last_msg_id = msg_id;
+          report(o.rejected_id, topic, "replayed", msg_id, {});
+        } else if (!o.reason.empty()) {
+          ++rejected;
+          report(o.rejected_id, topic, "rejected", 0, o.reason);
+        } else if (o.already_replayed) {
+          ++already;
+          report(o.rejected_id, topic, "already", 0, {});
+        }
+      }
+    }
+  } catch (const std::exception&) {
+    out_ << "stopped by an error after: ";
+    summary(out_);
+    out_.flush();
+    throw;
+  }
+  if (r.json) {
+    json j{{"flow", flow->flow.code},    {"dry_run", r.dry_run},        {"replayed", replayed},
+           {"still_rejected", rejected}, {"already_replayed", already}, {"dead_letters", letters}};
+    j["first_msg_id"] = replayed > 0 ? json(first_msg_id) : json(nullptr);
+    j["last_msg_id"] = replayed > 0 ? json(last_msg_id) : json(nullptr);
+    out_ << dump(j) << "\n";
+  } else {
+    summary(out_);
+  }
+  return 0;
+}
+
+}  // namespace gateway

@@ -1,0 +1,244 @@
+// GatewayMqttClient's MQTT 5 and client-certificate side against a fake broker session: which
+// connect options the settings and the mqtt_servers row make, which rows are refused before
+// connecting, what a message's MQTT 5 properties become in the spool, and the SUBACK reason code
+// in the refusal line.
+#include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <optional>
+#include <sstream>
+
+#include "fakes/fake_flow_repository.h"
+#include "fakes/fake_mqtt_connection.h"
+#include "gateway/errors.h"
+#include "gateway/gateway_mqtt_client.h"
+
+namespace gateway {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using testing::FakeFlowRepository;
+using testing::FakeMqttConnection;
+
+// The client's repository: a view of the test's fake.
+class RepositoryView final : public FlowRepository {
+ public:
+  explicit RepositoryView(FakeFlowRepository& r) : r_(r) {}
+  std::optional<MqttServer> load_mqtt_server() override { return r_.load_mqtt_server(); }
+  std::vector<Flow> load_flows() override { return r_.load_flows(); }
+  std::unique_ptr<FlowTransaction> lock_flow(std::int64_t id, std::string_view s) override {
+    return r_.lock_flow(id, s);
+  }
+  std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view s) override {
+    return r_.begin_unrouted(s);
+  }
+  std::unique_ptr<FlowGroupTransaction> lock_flows(std::span<const std::int64_t> ids,
+                                                   std::string_view s) override {
+    return r_.lock_flows(ids, s);
+  }
+  bool ping() override { return true; }
+  std::uint64_t last_committed_seq(std::string_view s) override { return r_.last_committed_seq(s); }
+
+ private:
+  FakeFlowRepository& r_;
+};
+
+class GatewayMqttClientV5Test : public ::testing::Test {
+ protected:
+  GatewayMqttClientV5Test() {
+    std::string pattern = (fs::temp_directory_path() / "gw_client_v5_XXXXXX").string();
+    EXPECT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+    settings_.spool_dir = (dir_ / "spool").string();
+    settings_.mqtt_client_id = "gw-test";
+    settings_.mqtt_heartbeat_seconds = 0;
+    SpoolOptions so;
+    so.dir = settings_.spool_dir;
+    so.fsync = SpoolFsync::kNever;
+    spool_ = std::make_unique<Spool>(so, nullptr);
+    server_.id = 7;
+    server_.host = "broker.example";
+    server_.port = 8883;
+    Flow f;
+    f.id = 1;
+    f.code = "f1";
+    f.topic = "a/#";
+    f.action = "STORE_DB";
+    repo_.flows[1] = f;
+    log_->set_level(spdlog::level::debug);
+  }
+  ~GatewayMqttClientV5Test() override {
+    client_.reset();
+    spool_.reset();
+    fs::remove_all(dir_);
+  }
+
+  // Starts a client; the options of its (non-probe) connection land in options_.
+  void start_client() {
+    repo_.server = server_;
+    client_ = std::make_unique<GatewayMqttClient>(
+        settings_, [this] { return std::make_unique<RepositoryView>(repo_); }, flows_, *spool_,
+        metrics_,
+        [this](const MqttConnectOptions& o, MqttHandlers h) {
+          auto c = std::make_unique<FakeMqttConnection>(std::move(h));
+          if (o.client_id.find("-probe-") != std::string::npos) return c;
+          options_ = o;
+          if (!refuse_.empty()) c->refuse(refuse_);
+          connection_ = c.get();
+          return c;
+        },
+        log_, ClientIdCheck{10000ms, 30000ms, 300ms, 100ms, 50ms});
+    client_->start();
+  }
+
+  std::string log_text() {
+    log_->flush();
+    return log_stream_.str();
+  }
+
+  fs::path dir_;
+  Settings settings_;
+  MqttServer server_;
+  FakeFlowRepository repo_;
+  std::unique_ptr<Spool> spool_;
+  FlowTable flows_;
+  Metrics metrics_;
+  std::ostringstream log_stream_;
+  std::shared_ptr<spdlog::logger> log_ = std::make_shared<spdlog::logger>(
+      "test", std::make_shared<spdlog::sinks::ostream_sink_mt>(log_stream_));
+  std::optional<MqttConnectOptions> options_;
+  std::string refuse_;
+  FakeMqttConnection* connection_ = nullptr;
+  std::unique_ptr<GatewayMqttClient> client_;
+};
+
+TEST_F(GatewayMqttClientV5Test, DefaultsConnectWithMqtt311AndNoClientCertificate) {
+  start_client();
+  ASSERT_TRUE(options_);
+  EXPECT_EQ(options_->mqtt_version, kMqtt311);
+  EXPECT_FALSE(options_->clean_session);
+  EXPECT_EQ(options_->client_cert_file, "");
+  EXPECT_EQ(options_->tls_server_name, "");
+}
+
+TEST_F(GatewayMqttClientV5Test, SettingsAndServerRowMakeTheConnectOptions) {
+  settings_.mqtt_version = 5;
+  settings_.mqtt_session_expiry_seconds = 7200;
+  settings_.mqtt_tls_server_name = "broker.internal";
+  server_.use_tls = true;
+  server_.ca_file = "/etc/gw/ca.pem";
+  server_.client_cert_file = "/etc/gw/client.pem";
+  server_.client_key_file = "/etc/gw/client.key";
+  server_.client_key_password_file = "/etc/gw/client.key.password";
+  start_client();
+  ASSERT_TRUE(options_);
+  EXPECT_EQ(options_->mqtt_version, kMqtt5);
+  EXPECT_EQ(options_->session_expiry_seconds, 7200u);
+  EXPECT_FALSE(options_->clean_session);
+  EXPECT_TRUE(options_->use_tls);
+  EXPECT_EQ(options_->ca_file, "/etc/gw/ca.pem");
+  EXPECT_EQ(options_->client_cert_file, "/etc/gw/client.pem");
+  EXPECT_EQ(options_->client_key_file, "/etc/gw/client.key");
+  EXPECT_EQ(options_->client_key_password_file, "/etc/gw/client.key.password");
+  EXPECT_EQ(options_->tls_server_name, "broker.internal");
+  EXPECT_NE(log_text().find(", MQTT 5, client certificate /etc/gw/client.pem, certificate name "
+                            "broker.internal)"),
+            std::string::npos)
+      << log_text();
+}
+
+TEST_F(GatewayMqttClientV5Test, TlsServerNameWithoutTlsIsIgnoredWithAWarning) {
+  settings_.mqtt_tls_server_name = "broker.internal";
+  start_client();
+  ASSERT_TRUE(options_);
+  EXPECT_EQ(options_->tls_server_name, "");
+  EXPECT_NE(log_text().find("MQTT_TLS_SERVER_NAME is set but mqtt_servers id 7 has use_tls 0"),
+            std::string::npos)
+      << log_text();
+}
+
+TEST_F(GatewayMqttClientV5Test, ClientCertificateWithoutTlsIsAConfigError) {
+  server_.client_cert_file = "/etc/gw/client.pem";
+  try {
+    start_client();
+    FAIL() << "started";
+  } catch (const ConfigError& e) {
+    EXPECT_STREQ(e.what(),
+                 "mqtt_servers id 7: client_cert_file/client_key_file are set but use_tls is 0 (a "
+                 "client certificate needs TLS)");
+  }
+  EXPECT_FALSE(options_) << "nothing was connected";
+}
+
+TEST_F(GatewayMqttClientV5Test, KeyWithoutCertificateIsAConfigError) {
+  server_.use_tls = true;
+  server_.client_key_file = "/etc/gw/client.key";
+  EXPECT_THROW(start_client(), ConfigError);
+  EXPECT_FALSE(options_);
+}
+
+TEST_F(GatewayMqttClientV5Test, PropertiesAreSpooledWithTheExpiryAsADeadline) {
+  settings_.mqtt_version = 5;
+  start_client();
+  const std::vector<std::pair<std::string_view, std::string_view>> user = {{"site", "north"},
+                                                                           {"site", "south"}};
+  MqttMessage m{.topic = "a/1", .payload = R"({"v":1})", .packet_id = 3, .qos = 1};
+  m.expiry_seconds = 30;
+  m.content_type = "application/json";
+  m.user_properties = user;
+  const std::int64_t before = unix_now_us();
+  client_->on_message(m);
+  const std::int64_t after = unix_now_us();
+  client_->on_message(MqttMessage{.topic = "a/2", .payload = "{}", .packet_id = 4, .qos = 1});
+
+  auto first = spool_->read_next(1s);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->content_type, "application/json");
+  const std::vector<std::pair<std::string, std::string>> expected = {{"site", "north"},
+                                                                     {"site", "south"}};
+  EXPECT_EQ(first->user_properties, expected);
+  EXPECT_EQ(first->expiry_deadline_us, first->arrival_us + 30'000'000);
+  EXPECT_GE(first->arrival_us, before);
+  EXPECT_LE(first->arrival_us, after);
+  auto second = spool_->read_next(1s);
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->expiry_deadline_us, 0) << "no Message Expiry Interval: never expires";
+  EXPECT_EQ(second->content_type, "");
+  EXPECT_TRUE(second->user_properties.empty());
+}
+
+TEST_F(GatewayMqttClientV5Test, UserPropertiesBeyondTheSpoolLimitAreDroppedNotTheMessage) {
+  settings_.mqtt_version = 5;
+  start_client();
+  const std::string value(60000, 'v');
+  const std::vector<std::pair<std::string_view, std::string_view>> user(20, {"n", value});
+  MqttMessage m{.topic = "a/big", .payload = "{}", .packet_id = 5, .qos = 1};
+  m.content_type = "text/plain";
+  m.user_properties = user;
+  client_->on_message(m);
+  auto record = spool_->read_next(1s);
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->payload, "{}");
+  EXPECT_EQ(record->content_type, "text/plain");
+  EXPECT_TRUE(record->user_properties.empty());
+  EXPECT_EQ(metrics_.received.load(), 1u);
+  EXPECT_NE(log_text().find("message on a/big carries 1200124 bytes of user properties"),
+            std::string::npos)
+      << log_text();
+}
+
+TEST_F(GatewayMqttClientV5Test, RefusedSubscriptionNamesTheSubackReasonCode) {
+  refuse_ = "a/#";
+  start_client();
+  EXPECT_NE(log_text().find("the broker refused the subscription to a/# (SUBACK 0x87 Not "
+                            "authorized; its flow receives nothing"),
+            std::string::npos)
+      << log_text();
+}
+
+}  // namespace
+}  // namespace gateway
