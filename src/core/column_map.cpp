@@ -181,14 +181,14 @@ std::optional<std::int64_t> parse_iso8601(std::string_view s) {
         if (p < s.size() && s[p] == ':') ++p;
         if (p < s.size() && !parse_digits(s, p, 2, om)) return std::nullopt;
         if (oh > 23 || om > 59) return std::nullopt;
-        offset_s = sign * (oh * 3600 + om * 60);
+        offset_s = static_cast<std::int64_t>(sign) * (oh * 3600 + om * 60);
       }
     }
     if (p != s.size()) return std::nullopt;
   }
   const std::int64_t seconds =
-      days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 + h * 3600 +
-      mi * 60 + sec - offset_s;
+      days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 +
+      static_cast<std::int64_t>(h) * 3600 + static_cast<std::int64_t>(mi) * 60 + sec - offset_s;
   return seconds * 1000000 + micros;
 }
 
@@ -417,7 +417,7 @@ CompiledColumnMap compile_column_map(const nlohmann::json& column_map, const Tab
     problems.push_back("table '" + table.name + "' does not exist");
   }
   if (!column_map.is_object() || column_map.empty()) {
-    problems.push_back("column_map must be a JSON object of column name -> source");
+    problems.emplace_back("column_map must be a JSON object of column name -> source");
   } else {
     for (const auto& [column, source] : column_map.items()) {
       if (!source.is_string()) {
@@ -430,10 +430,12 @@ CompiledColumnMap compile_column_map(const nlohmann::json& column_map, const Tab
         continue;
       }
       if (table.columns.empty()) continue;
-      // Column names compare case-insensitively in MariaDB.
+      // Column names compare case-insensitively in MariaDB. (A copy: a lambda may not capture a
+      // structured binding before C++20 compilers all allow it.)
+      const std::string& wanted = column;
       const auto info =
           std::find_if(table.columns.begin(), table.columns.end(), [&](const auto& c) {
-            return std::equal(c.name.begin(), c.name.end(), column.begin(), column.end(),
+            return std::equal(c.name.begin(), c.name.end(), wanted.begin(), wanted.end(),
                               [](char a, char b) {
                                 return std::tolower(static_cast<unsigned char>(a)) ==
                                        std::tolower(static_cast<unsigned char>(b));
@@ -513,9 +515,9 @@ std::string format_datetime_us(std::int64_t unix_us) {
   const unsigned m = mp < 10 ? mp + 3 : mp - 9;
   char buf[40];
   std::snprintf(buf, sizeof buf, "%04lld-%02u-%02u %02lld:%02lld:%02lld.%06lld",
-                static_cast<long long>(y + (m <= 2)), m, d, static_cast<long long>(rem / 3600),
-                static_cast<long long>(rem / 60 % 60), static_cast<long long>(rem % 60),
-                static_cast<long long>(micros));
+                static_cast<long long>(y) + (m <= 2 ? 1 : 0), m, d,
+                static_cast<long long>(rem / 3600), static_cast<long long>(rem / 60 % 60),
+                static_cast<long long>(rem % 60), static_cast<long long>(micros));
   return buf;
 }
 
