@@ -160,6 +160,7 @@ elif cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGATEWAY_SANITI
   -DGATEWAY_WERROR=ON -DGATEWAY_BUILD_BENCH=OFF >/dev/null &&
   cmake --build build-asan -j2 --target unit_tests integration_tests; then
   if ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1" \
+    LSAN_OPTIONS="suppressions=$REPO_DIR/tests/lsan.supp:print_suppressions=0" \
     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
     run_ctest --test-dir build-asan -L 'unit|integration'; then
     ok "ctest build-asan/"
@@ -176,7 +177,7 @@ fuzz_inputs() {
   case "$1" in
     payload_fuzzer) echo "src/core/payload.cpp src/core/payload_schema.cpp src/core/topic_filter.cpp" ;;
     spool_fuzzer)
-      echo "src/core/spool.cpp src/core/spool_cursor.cpp src/core/spool_format.cpp src/core/spool_reader.cpp -lz -lspdlog -lfmt -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL"
+      echo "src/core/spool.cpp src/core/spool_cursor.cpp src/core/spool_format.cpp src/core/spool_reader.cpp src/core/thread_name.cpp -lz -lspdlog -lfmt -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL"
       ;;
     *) return 1 ;;
   esac
