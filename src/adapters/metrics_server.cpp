@@ -13,39 +13,6 @@ namespace {
 
 constexpr std::size_t kServerThreads = 2;
 
-std::string label_value(const std::string& v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
-}
-
-// The database side of issue 15, after Metrics::prometheus_text(): certification conflicts and
-// the node the connections reach (absent before the first connection).
-std::string database_node_text(const Metrics& m) {
-  std::string o =
-      "# HELP gateway_db_conflicts_total Transactions the database rolled back (deadlock, or a "
-      "Galera certification conflict at COMMIT) and that were retried whole.\n"
-      "# TYPE gateway_db_conflicts_total counter\n"
-      "gateway_db_conflicts_total " +
-      std::to_string(m.db_conflicts.load()) +
-      "\n# HELP gateway_db_node_info The database node the gateway's connections reach "
-      "(DB_HOST may list several).\n"
-      "# TYPE gateway_db_node_info gauge\n";
-  const DatabaseNode& node = database_node();
-  if (const std::string address = node.address(); !address.empty()) {
-    o += "gateway_db_node_info{node=\"" + label_value(address) + "\",name=\"" +
-         label_value(node.name()) + "\"} 1\n";
-  }
-  return o;
-}
-
 }  // namespace
 
 std::string health_problem(const Metrics& m, std::int64_t now_ms, std::int64_t limit_ms) {
@@ -84,8 +51,7 @@ MetricsServer::MetricsServer(const std::string& address, const Metrics& metrics,
   impl_->server.set_read_timeout(5, 0);
   impl_->server.set_write_timeout(5, 0);
   impl_->server.Get("/metrics", [&metrics](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics.prometheus_text() + database_node_text(metrics),
-                    "text/plain; version=0.0.4");
+    res.set_content(metrics.prometheus_text(), "text/plain; version=0.0.4");
   });
   impl_->server.Get(
       "/healthz", [&metrics, limit_ms](const httplib::Request&, httplib::Response& res) {

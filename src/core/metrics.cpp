@@ -89,6 +89,10 @@ std::string Metrics::prometheus_text() const {
           "MQTT 5 messages past their expiry when processed (not stored).", expired);
   counter(o, "gateway_transactions_total", "Committed flow transactions.", transactions);
   counter(o, "gateway_db_errors_total", "Failed database attempts (retried).", db_errors);
+  counter(o, "gateway_db_conflicts_total",
+          "Transactions the database rolled back (deadlock, or a Galera certification conflict at "
+          "COMMIT) and that were retried whole.",
+          db_conflicts);
   counter(o, "gateway_backlog_messages", "Spooled messages not yet processed.", backlog, "gauge");
   counter(o, "gateway_spool_bytes", "Bytes in the spool.", spool_bytes, "gauge");
   counter(o, "gateway_broker_connected", "1 while connected to the broker.",
@@ -136,6 +140,14 @@ std::string Metrics::prometheus_text() const {
        "# TYPE gateway_flow_held gauge\n";
   for (const auto& [code, reason] : held()) {
     o << "gateway_flow_held{flow=\"" << label(code) << "\",reason=\"" << label(reason) << "\"} 1\n";
+  }
+  // The database node the connections reach (DB_HOST may list several); absent before the first.
+  o << "# HELP gateway_db_node_info The database node the gateway's connections reach.\n"
+       "# TYPE gateway_db_node_info gauge\n";
+  const DatabaseNode& node = database_node();
+  if (const std::string address = node.address(); !address.empty()) {
+    o << "gateway_db_node_info{node=\"" << label(address) << "\",name=\"" << label(node.name())
+      << "\"} 1\n";
   }
   return o.str();
 }

@@ -257,4 +257,28 @@ class FakeFlowRepository final : public FlowRepository {
   };
 };
 
+// Another owner's handle on a FakeFlowRepository the test keeps (a component that takes its
+// repository as a unique_ptr from a factory). Not thread-safe, like the fake.
+class FakeFlowRepositoryView final : public FlowRepository {
+ public:
+  explicit FakeFlowRepositoryView(FakeFlowRepository& r) : r_(r) {}
+  std::optional<MqttServer> load_mqtt_server() override { return r_.load_mqtt_server(); }
+  std::vector<Flow> load_flows() override { return r_.load_flows(); }
+  std::unique_ptr<FlowTransaction> lock_flow(std::int64_t id, std::string_view s) override {
+    return r_.lock_flow(id, s);
+  }
+  std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view s) override {
+    return r_.begin_unrouted(s);
+  }
+  std::unique_ptr<FlowGroupTransaction> lock_flows(std::span<const std::int64_t> ids,
+                                                   std::string_view s) override {
+    return r_.lock_flows(ids, s);
+  }
+  bool ping() override { return true; }
+  std::uint64_t last_committed_seq(std::string_view s) override { return r_.last_committed_seq(s); }
+
+ private:
+  FakeFlowRepository& r_;
+};
+
 }  // namespace gateway::testing

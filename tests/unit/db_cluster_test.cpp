@@ -15,6 +15,7 @@
 
 #include "fakes/fake_flow_repository.h"
 #include "fakes/fake_http_poster.h"
+#include "fakes/shared_fake_database.h"
 #include "gateway/errors.h"
 #include "gateway/metrics.h"
 #include "gateway/pipeline.h"
@@ -26,6 +27,8 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::FakeFlowRepository;
 using testing::FakeHttpPoster;
+using testing::SharedFakeConnection;
+using testing::SharedFakeDatabase;
 
 TEST(DatabaseNodeTest, ReportsEachChangeOnceNotEachConnection) {
   DatabaseNode node;
@@ -47,92 +50,6 @@ TEST(DatabaseNodeTest, ReportsEachChangeOnceNotEachConnection) {
 }
 
 TEST(DatabaseNodeTest, TheProcessHasOne) { EXPECT_EQ(&database_node(), &database_node()); }
-
-// One FakeFlowRepository for every connection the pipeline opens, behind one mutex held for a
-// call or for a transaction's whole life (the test thread reads it meanwhile).
-struct Shared {
-  std::mutex mu;
-  FakeFlowRepository repo;  // guarded by mu
-};
-
-class SharedRepository final : public FlowRepository {
- public:
-  explicit SharedRepository(Shared& s) : s_(s) {}
-  std::optional<MqttServer> load_mqtt_server() override {
-    std::lock_guard lock(s_.mu);
-    return s_.repo.load_mqtt_server();
-  }
-  std::vector<Flow> load_flows() override {
-    std::lock_guard lock(s_.mu);
-    return s_.repo.load_flows();
-  }
-  bool ping() override { return true; }
-  std::uint64_t last_committed_seq(std::string_view spool_id) override {
-    std::lock_guard lock(s_.mu);
-    return s_.repo.last_committed_seq(spool_id);
-  }
-  std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view spool_id) override {
-    std::unique_lock lock(s_.mu);
-    return std::make_unique<Tx>(std::move(lock), s_.repo.begin_unrouted(spool_id));
-  }
-  std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
-                                             std::string_view spool_id) override {
-    std::unique_lock lock(s_.mu);
-    auto tx = s_.repo.lock_flow(flow_id, spool_id);
-    if (!tx) return nullptr;
-    return std::make_unique<Tx>(std::move(lock), std::move(tx));
-  }
-  std::unique_ptr<FlowGroupTransaction> lock_flows(std::span<const std::int64_t> ids,
-                                                   std::string_view spool_id) override {
-    std::unique_lock lock(s_.mu);
-    return std::make_unique<Group>(std::move(lock), s_.repo.lock_flows(ids, spool_id));
-  }
-
- private:
-  class Group final : public FlowGroupTransaction {
-   public:
-    Group(std::unique_lock<std::mutex> lock, std::unique_ptr<FlowGroupTransaction> tx)
-        : lock_(std::move(lock)), tx_(std::move(tx)) {}
-    LockedFlow* flow(std::size_t i) override { return tx_->flow(i); }
-    void commit() override { tx_->commit(); }
-
-   private:
-    std::unique_lock<std::mutex> lock_;  // released after tx_ is gone (declared first)
-    std::unique_ptr<FlowGroupTransaction> tx_;
-  };
-
-  class Tx final : public FlowTransaction {
-   public:
-    Tx(std::unique_lock<std::mutex> lock, std::unique_ptr<FlowTransaction> tx)
-        : lock_(std::move(lock)), tx_(std::move(tx)) {}
-    const Flow& flow() const override { return tx_->flow(); }
-    std::uint64_t committed_seq() const override { return tx_->committed_seq(); }
-    void insert_records(std::span<const DataRecord> rows) override { tx_->insert_records(rows); }
-    void insert_rejected(std::span<const RejectedMessage> rows) override {
-      tx_->insert_rejected(rows);
-    }
-    void insert_deliveries(std::span<const OutboxEntry> rows) override {
-      tx_->insert_deliveries(rows);
-    }
-    std::optional<std::uint64_t> retained_payload(std::string_view topic) override {
-      return tx_->retained_payload(topic);
-    }
-    void remember_retained(std::string_view topic, std::uint64_t hash,
-                           std::int64_t msg_id) override {
-      tx_->remember_retained(topic, hash, msg_id);
-    }
-    void advance(std::int64_t last_msg_id, std::uint64_t last_seq) override {
-      tx_->advance(last_msg_id, last_seq);
-    }
-    void commit() override { tx_->commit(); }
-
-   private:
-    std::unique_lock<std::mutex> lock_;  // released after tx_ is gone (declared first)
-    std::unique_ptr<FlowTransaction> tx_;
-  };
-
-  Shared& s_;
-};
 
 // What Galera says when another node committed a write to the same row first.
 [[noreturn]] void certification_failure() {
@@ -178,7 +95,7 @@ class ConflictRetryTest : public ::testing::Test {
     pipeline_ = std::make_unique<Pipeline>(
         *spool_, flows_,
         [this]() -> std::unique_ptr<FlowRepository> {
-          return std::make_unique<SharedRepository>(shared_);
+          return std::make_unique<SharedFakeConnection>(shared_);
         },
         [] { return std::make_unique<FakeHttpPoster>(); }, std::move(o), metrics_, log_);
     pipeline_->start();
@@ -215,7 +132,7 @@ class ConflictRetryTest : public ::testing::Test {
 
   fs::path dir_;
   std::unique_ptr<Spool> spool_;
-  Shared shared_;
+  SharedFakeDatabase shared_;
   FlowTable flows_;
   Metrics metrics_;
   std::shared_ptr<spdlog::logger> log_ =

@@ -22,30 +22,8 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::FakeFlowRepository;
+using testing::FakeFlowRepositoryView;
 using testing::FakeMqttConnection;
-
-// The client's repository: a view of the test's fake (one thread at a time uses it).
-class RepositoryView final : public FlowRepository {
- public:
-  explicit RepositoryView(FakeFlowRepository& r) : r_(r) {}
-  std::optional<MqttServer> load_mqtt_server() override { return r_.load_mqtt_server(); }
-  std::vector<Flow> load_flows() override { return r_.load_flows(); }
-  std::unique_ptr<FlowTransaction> lock_flow(std::int64_t id, std::string_view s) override {
-    return r_.lock_flow(id, s);
-  }
-  std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view s) override {
-    return r_.begin_unrouted(s);
-  }
-  std::unique_ptr<FlowGroupTransaction> lock_flows(std::span<const std::int64_t> ids,
-                                                   std::string_view s) override {
-    return r_.lock_flows(ids, s);
-  }
-  bool ping() override { return true; }
-  std::uint64_t last_committed_seq(std::string_view s) override { return r_.last_committed_seq(s); }
-
- private:
-  FakeFlowRepository& r_;
-};
 
 class GatewayMqttClientTest : public ::testing::Test {
  protected:
@@ -88,8 +66,8 @@ class GatewayMqttClientTest : public ::testing::Test {
     client_.reset();
     flows_ = std::make_unique<FlowTable>();
     client_ = std::make_unique<GatewayMqttClient>(
-        settings_, [this] { return std::make_unique<RepositoryView>(repo_); }, *flows_, *spool_,
-        metrics_,
+        settings_, [this] { return std::make_unique<FakeFlowRepositoryView>(repo_); }, *flows_,
+        *spool_, metrics_,
         [this, session_present](const MqttConnectOptions& o, MqttHandlers h) {
           auto c = std::make_unique<FakeMqttConnection>(std::move(h));
           if (o.client_id.find("-probe-") != std::string::npos) {

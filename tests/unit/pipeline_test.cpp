@@ -17,6 +17,7 @@
 
 #include "fakes/fake_flow_repository.h"
 #include "fakes/fake_http_poster.h"
+#include "fakes/shared_fake_database.h"
 #include "gateway/errors.h"
 
 namespace gateway {
@@ -26,88 +27,12 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::FakeFlowRepository;
 using testing::FakeHttpPoster;
+using testing::SharedFakeConnection;
 
-// One FakeFlowRepository shared by every worker's connection, behind one mutex.
-struct SharedDatabase {
-  std::mutex mu;
-  FakeFlowRepository repo;         // guarded by mu
-  std::deque<int> connect_errors;  // guarded by mu; the next connections fail with these codes
+// The workers' database: connect_errors makes the next connections fail with these codes.
+struct SharedDatabase : testing::SharedFakeDatabase {
+  std::deque<int> connect_errors;  // guarded by mu
   int connects = 0;                // guarded by mu
-};
-
-// A worker's connection: every call, and each transaction's whole life, holds the shared mutex.
-class LockedRepository final : public FlowRepository {
- public:
-  explicit LockedRepository(SharedDatabase& db) : db_(db) {}
-  std::optional<MqttServer> load_mqtt_server() override { return locked().load_mqtt_server(); }
-  std::vector<Flow> load_flows() override { return locked().load_flows(); }
-  bool ping() override { return true; }
-  std::uint64_t last_committed_seq(std::string_view spool_id) override {
-    std::lock_guard lock(db_.mu);
-    return db_.repo.last_committed_seq(spool_id);
-  }
-  std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view spool_id) override {
-    std::unique_lock lock(db_.mu);
-    return std::make_unique<Tx>(std::move(lock), db_.repo.begin_unrouted(spool_id));
-  }
-  std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
-                                             std::string_view spool_id) override {
-    std::unique_lock lock(db_.mu);
-    auto tx = db_.repo.lock_flow(flow_id, spool_id);
-    if (!tx) return nullptr;
-    return std::make_unique<Tx>(std::move(lock), std::move(tx));
-  }
-  std::unique_ptr<FlowGroupTransaction> lock_flows(std::span<const std::int64_t> ids,
-                                                   std::string_view spool_id) override {
-    std::unique_lock lock(db_.mu);
-    return std::make_unique<Group>(std::move(lock), db_.repo.lock_flows(ids, spool_id));
-  }
-
- private:
-  class Group final : public FlowGroupTransaction {
-   public:
-    Group(std::unique_lock<std::mutex> lock, std::unique_ptr<FlowGroupTransaction> tx)
-        : lock_(std::move(lock)), tx_(std::move(tx)) {}
-    LockedFlow* flow(std::size_t i) override { return tx_->flow(i); }
-    void commit() override { tx_->commit(); }
-
-   private:
-    std::unique_lock<std::mutex> lock_;  // released after tx_ is gone (declared first)
-    std::unique_ptr<FlowGroupTransaction> tx_;
-  };
-
-  class Tx final : public FlowTransaction {
-   public:
-    Tx(std::unique_lock<std::mutex> lock, std::unique_ptr<FlowTransaction> tx)
-        : lock_(std::move(lock)), tx_(std::move(tx)) {}
-    const Flow& flow() const override { return tx_->flow(); }
-    std::uint64_t committed_seq() const override { return tx_->committed_seq(); }
-    void insert_records(std::span<const DataRecord> rows) override { tx_->insert_records(rows); }
-    void insert_rejected(std::span<const RejectedMessage> rows) override {
-      tx_->insert_rejected(rows);
-    }
-    void insert_deliveries(std::span<const OutboxEntry> rows) override {
-      tx_->insert_deliveries(rows);
-    }
-    std::optional<std::uint64_t> retained_payload(std::string_view topic) override {
-      return tx_->retained_payload(topic);
-    }
-    void remember_retained(std::string_view topic, std::uint64_t hash,
-                           std::int64_t msg_id) override {
-      tx_->remember_retained(topic, hash, msg_id);
-    }
-    void advance(std::int64_t last_msg_id, std::uint64_t last_seq) override {
-      tx_->advance(last_msg_id, last_seq);
-    }
-    void commit() override { tx_->commit(); }
-
-   private:
-    std::unique_lock<std::mutex> lock_;  // released after tx_ is gone (declared first)
-    std::unique_ptr<FlowTransaction> tx_;
-  };
-
-  FakeFlowRepository& locked() { return db_.repo; }
-  SharedDatabase& db_;
 };
 
 class PipelineTest : public ::testing::Test {
@@ -155,7 +80,7 @@ class PipelineTest : public ::testing::Test {
             db_.connect_errors.pop_front();
             throw DbRefused("connect refused (MySQL error " + std::to_string(code) + ")", code);
           }
-          return std::make_unique<LockedRepository>(db_);
+          return std::make_unique<SharedFakeConnection>(db_);
         },
         [] { return std::make_unique<FakeHttpPoster>(); }, std::move(o), metrics_, log_);
     pipeline_->start();
@@ -586,7 +511,7 @@ TEST_F(PipelineGroupTest, FlowRowGoneInAGroupDeadLettersOnlyItsMessages) {
   o.retry_initial = 5ms;
   o.retry_max = 20ms;
   pipeline_ = std::make_unique<Pipeline>(
-      *spool_, flows_, [this] { return std::make_unique<LockedRepository>(db_); },
+      *spool_, flows_, [this] { return std::make_unique<SharedFakeConnection>(db_); },
       [] { return std::make_unique<FakeHttpPoster>(); }, std::move(o), metrics_, log_);
   pipeline_->start();
   ASSERT_TRUE(eventually([&] {
@@ -630,7 +555,7 @@ TEST_F(PipelineGroupTest, ConnectionLostDuringTheFallbackHoldsTheRestAtOnce) {
           ++failed_connects;
           throw DbUnavailable("Can't connect to server (MySQL error 2003)", 2003);
         }
-        return std::make_unique<LockedRepository>(db_);
+        return std::make_unique<SharedFakeConnection>(db_);
       },
       [] { return std::make_unique<FakeHttpPoster>(); }, std::move(o), metrics_, log_);
   pipeline_->start();
