@@ -18,15 +18,18 @@ constexpr const char* kLoadServerSql =
     "SELECT id, host, port, username, password, use_tls, ca_file, client_cert_file, "
     "client_key_file, client_key_password_file FROM mqtt_servers "
     "WHERE enabled = 1 ORDER BY is_default DESC, id ASC LIMIT 1";
+// The flows columns read_flow() reads, in its order: one list for every statement that reads
+// flows (a macro, so that the statements stay compile-time constants).
+#define GW_FLOW_COLUMNS \
+  "id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled"
 constexpr const char* kLoadFlowsSql =
-    "SELECT id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled "
-    "FROM flows WHERE enabled = 1 ORDER BY id";
+    "SELECT " GW_FLOW_COLUMNS " FROM flows WHERE enabled = 1 ORDER BY id";
 // The flow row and its spool offset in one round trip (the offset row, when there is one, is
 // locked too: only the holder of the flow row writes it anyway).
 constexpr const char* kLockFlowSql =
-    "SELECT f.id, f.code, f.topic, f.action, f.endpoint_url, f.payload_schema, f.last_msg_id, "
-    "f.enabled, o.last_seq FROM flows f LEFT JOIN spool_offsets o ON o.spool_id = ? AND "
-    "o.flow_id = f.id WHERE f.id = ? FOR UPDATE";
+    "SELECT " GW_FLOW_COLUMNS
+    ", o.last_seq FROM flows f LEFT JOIN spool_offsets o ON "
+    "o.spool_id = ? AND o.flow_id = f.id WHERE f.id = ? FOR UPDATE";
 // The spool offset alone, a plain read: for the dead letters of no flow (begin_unrouted), whose
 // offset only the pipeline's one kNoFlow batch at a time writes.
 constexpr const char* kOffsetSql =
@@ -40,8 +43,7 @@ constexpr const char* kAdvanceBothSql =
 // another session holds fails the group at once (1205), and its flows run alone, where only the
 // busy flow waits; the group would otherwise hold the other rows while it waits.
 constexpr const char* kLockFlowsPrefix =
-    "SELECT id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled "
-    "FROM flows FORCE INDEX (PRIMARY) WHERE id IN (";
+    "SELECT " GW_FLOW_COLUMNS " FROM flows FORCE INDEX (PRIMARY) WHERE id IN (";
 constexpr const char* kLockFlowsSuffix = ") ORDER BY id FOR UPDATE NOWAIT";
 // The group's offsets, read after their flow rows are locked (which serialises their writers).
 constexpr const char* kOffsetsPrefix =
@@ -77,6 +79,7 @@ constexpr std::size_t kRowOverheadBytes = 64;
 // rejected_messages.reason holds up to 1024 characters: this many bytes at most, and then some.
 constexpr std::size_t kReasonBytes = 2048;
 
+// A row of GW_FLOW_COLUMNS.
 Flow read_flow(sql::ResultSet& rs) {
   Flow f;
   f.id = rs.getInt64(1);
