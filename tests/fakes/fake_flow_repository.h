@@ -57,6 +57,7 @@ class FakeFlowRepository final : public FlowRepository {
   std::function<void(std::int64_t flow_id)> on_lock;
   std::function<void(const DataRecord&)> on_insert_record;
   std::function<void(const RejectedMessage&)> on_insert_rejected;
+  std::function<void()> on_commit;  // every commit, before it takes effect (may throw)
 
   std::optional<MqttServer> load_mqtt_server() override { return server; }
   std::vector<Flow> load_flows() override {
@@ -186,6 +187,7 @@ class FakeFlowRepository final : public FlowRepository {
       rereject_.emplace_back(rejected_id, std::string(reason));
     }
     void commit() override {
+      if (repo_.on_commit) repo_.on_commit();
       fire(repo_.fail_next_commit);
       ++repo_.commits;
       apply();
@@ -242,6 +244,7 @@ class FakeFlowRepository final : public FlowRepository {
           }
         }
       }
+      if (repo_.on_commit) repo_.on_commit();
       fire(repo_.fail_next_commit);
       committed_ = true;
       ++repo_.commits;
