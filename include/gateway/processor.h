@@ -68,17 +68,17 @@ struct ProcessResult {
   FlowAction action = FlowAction::kStoreDb;
 };
 
-// What one batch transaction did. accepted + rejected + skipped + retained_resends + expired is
-// the batch size.
+// What one batch transaction did. accepted + rejected + skipped + retained_resends is the batch
+// size.
 struct BatchResult {
   std::string flow_code;
   std::size_t accepted = 0;          // stored or posted, numbered first_msg_id..last_msg_id
   std::size_t rejected = 0;          // written to rejected_messages
   std::size_t skipped = 0;           // committed by an earlier run (replay after a crash)
   std::size_t retained_resends = 0;  // retained re-sends equal to the last one stored (skipped)
-  std::size_t expired = 0;           // MQTT 5 messages past their expiry when processed: not stored
-  std::size_t posted = 0;            // of the accepted ones, delivered by POST (inline)
-  std::size_t queued = 0;            // of the accepted ones, recorded in the outbox for delivery
+  std::size_t expired = 0;  // of the rejected: MQTT 5 messages past their expiry when processed
+  std::size_t posted = 0;   // of the accepted ones, delivered by POST (inline)
+  std::size_t queued = 0;   // of the accepted ones, recorded in the outbox for delivery
   std::int64_t first_msg_id = 0;
   std::int64_t last_msg_id = 0;
   bool flow_missing = false;            // the flow row is gone: nothing was done

@@ -86,7 +86,7 @@ std::string Metrics::prometheus_text() const {
   counter(o, "gateway_messages_posted_total", "Messages delivered to endpoints.", posted);
   counter(o, "gateway_messages_rejected_total", "Messages written to rejected_messages.", rejected);
   counter(o, "gateway_messages_expired_total",
-          "MQTT 5 messages past their expiry when processed (not stored).", expired);
+          "MQTT 5 messages past their expiry when processed (dead letters, not data).", expired);
   counter(o, "gateway_transactions_total", "Committed flow transactions.", transactions);
   counter(o, "gateway_db_errors_total", "Failed database attempts (retried).", db_errors);
   counter(o, "gateway_db_conflicts_total",

@@ -499,8 +499,8 @@ void Pipeline::account(const BatchResult& r, std::size_t batch_size) {
   metrics_.rejected.fetch_add(r.rejected, std::memory_order_relaxed);
   metrics_.expired.fetch_add(r.expired, std::memory_order_relaxed);
   if (r.expired) {
-    log_->info("flow {}: {} message(s) past their MQTT 5 expiry not stored", r.flow_code,
-               r.expired);
+    log_->info("flow {}: {} message(s) past their MQTT 5 expiry: dead letters, not data",
+               r.flow_code, r.expired);
   }
   metrics_.add_flow(r.flow_code,
                     FlowCounters{batch_size - r.skipped, stored, r.posted, r.rejected});

@@ -140,14 +140,18 @@ BatchResult Processor::process_locked(LockedFlow& tx, std::span<const InboundMes
       continue;
     }
     last_seq = std::max(last_seq, m->seq);
+    std::string why;
     if (m->expiry_deadline_us != 0 && now_us >= m->expiry_deadline_us) {
-      // MQTT 5 message expiry: it waited in the spool past it (a database outage). Not stored,
-      // not a dead letter; counted, and released with the others (the offset covers it).
+      // MQTT 5 message expiry passed while it waited in the spool (a database outage): not
+      // stored as data, but kept as a dead letter, so that nothing leaves the spool unrecorded
+      // and the operator can still replay it.
       ++result.expired;
-      if (outcomes) outcomes->emplace_back();
-      continue;
+      why = "MQTT 5 message expiry passed " +
+            std::to_string((now_us - m->expiry_deadline_us) / 1000000) +
+            " s before it could be stored";
+    } else {
+      why = check(flow, *m);
     }
-    std::string why = check(flow, *m);
     std::uint64_t retained_hash = 0;
     if (why.empty() && m->retained) {
       retained_hash = fnv1a64(m->payload);

@@ -110,18 +110,23 @@ TEST_F(ProcessorTest, ReplayedMessagesAtOrBelowTheCommittedSeqAreSkipped) {
   EXPECT_EQ(repo_.records.size(), 2u);
 }
 
-// MQTT 5 message expiry: a message that waited in the spool past it is not stored and not a
-// dead letter, but counted and released (the offset covers it); msg_ids stay consecutive.
-TEST_F(ProcessorTest, ExpiredMessagesAreNotStoredButReleased) {
+// MQTT 5 message expiry: a message that waited in the spool past it (a database outage) is not
+// stored as data but kept as a dead letter (nothing leaves the spool unrecorded); msg_ids stay
+// consecutive and the offset covers it.
+TEST_F(ProcessorTest, ExpiredMessagesBecomeDeadLettersNotData) {
   auto expired = message(2, R"({"temperature": 2, "unit": "C"})");
   expired.expiry_deadline_us = unix_now_us() - 1000;
   auto fresh = message(3, R"({"temperature": 3, "unit": "C"})");
   fresh.expiry_deadline_us = unix_now_us() + 60000000;
   auto r = run(1, {message(1, R"({"temperature": 1, "unit": "C"})"), expired, fresh});
   EXPECT_EQ(r.expired, 1u);
+  EXPECT_EQ(r.rejected, 1u);
   EXPECT_EQ(r.accepted, 2u);
   EXPECT_EQ(r.last_msg_id, 2);
-  EXPECT_TRUE(repo_.rejections.empty());
+  ASSERT_EQ(repo_.rejections.size(), 1u);
+  EXPECT_EQ(repo_.rejections[0].spool_seq, 2u);
+  EXPECT_NE(repo_.rejections[0].reason.find("MQTT 5 message expiry passed"), std::string::npos)
+      << repo_.rejections[0].reason;
   std::set<std::string> temperatures;
   for (const auto& rec : repo_.records) {
     if (rec.field_name == "temperature") temperatures.insert(rec.field_value);
