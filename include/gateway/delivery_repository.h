@@ -58,7 +58,8 @@ class DeliveryRepository {
                          std::int64_t last_msg_id) = 0;
   // Records a failed attempt and when to try again.
   virtual void retry_later(const PendingDelivery& d, int status, std::string_view error) = 0;
-  // Moves the delivery to rejected_messages with the reason, in one transaction.
+  // Moves the delivery to rejected_messages with the reason, in one transaction; nothing when its
+  // row is gone (another owner delivered or gave it up meanwhile).
   virtual void give_up(const PendingDelivery& d, int status, std::string_view reason) = 0;
 };
 

@@ -149,6 +149,15 @@ void MySqlDeliveryRepository::retry_later(const PendingDelivery& d, int status,
 void MySqlDeliveryRepository::give_up(const PendingDelivery& d, int status,
                                       std::string_view reason) {
   try {
+    // The row first: gone means another owner delivered or gave it up after our lease ran out,
+    // and a dead letter now would stand beside a delivered message.
+    auto& del = db_->prepare("DELETE FROM deliveries WHERE flow_id = ? AND msg_id = ?");
+    del.setInt64(1, d.flow_id);
+    del.setInt64(2, d.msg_id);
+    if (del.executeUpdate() == 0) {
+      db_->conn().rollback();
+      return;
+    }
     auto& ins = db_->prepare(
         "INSERT INTO rejected_messages (flow_id, topic, payload, payload_truncated, reason, "
         "msg_id, attempts, last_status) VALUES (?, ?, ?, 0, ?, ?, ?, ?)");
@@ -160,10 +169,6 @@ void MySqlDeliveryRepository::give_up(const PendingDelivery& d, int status,
     ins.setInt(6, d.attempts);
     ins.setInt(7, status);
     ins.executeUpdate();
-    auto& del = db_->prepare("DELETE FROM deliveries WHERE flow_id = ? AND msg_id = ?");
-    del.setInt64(1, d.flow_id);
-    del.setInt64(2, d.msg_id);
-    del.executeUpdate();
     db_->conn().commit();
   } catch (const sql::SQLException& e) {
     db_->rollback_quietly();

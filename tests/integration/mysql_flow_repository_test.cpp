@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include "gateway/adapters/mysql_delivery_repository.h"
 #include "gateway/adapters/mysql_schema.h"
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
@@ -215,6 +216,32 @@ TEST_F(MySqlFlowRepositoryTest, GroupLockFailsAtOnceWhenARowIsBusy) {
       << "waited for the lock instead of failing at once";
   other.execute("ROLLBACK");
   EXPECT_TRUE(repo_.lock_flows(ids, "s")) << "the session is usable afterwards";
+}
+
+// A delivery given up after its row is gone (another owner delivered it after our lease ran out)
+// writes no dead letter beside the delivered message; one still there moves to the dead letters.
+TEST_F(MySqlFlowRepositoryTest, GiveUpOnAGoneDeliveryWritesNoDeadLetter) {
+  const auto flow =
+      db_.insert_flow("p", "p/#", "POST_ENDPOINT", std::nullopt, "http://127.0.0.1:1/");
+  db_.execute(
+      "INSERT INTO deliveries (flow_id, msg_id, topic, payload, created_ms, "
+      "next_attempt_ms) VALUES (" +
+      std::to_string(flow) + ", 1, 'p/x', '{}', 0, 0), (" + std::to_string(flow) +
+      ", 2, 'p/x', '{}', 0, 0)");
+  MySqlDeliveryRepository deliveries(settings_);
+  deliveries.delivered(flow, 1, 1);  // delivered by the other owner
+  PendingDelivery gone;
+  gone.flow_id = flow;
+  gone.msg_id = 1;
+  gone.topic = "p/x";
+  gone.payload = "{}";
+  deliveries.give_up(gone, 404, "permanent");
+  EXPECT_EQ(db_.query_int("SELECT COUNT(*) FROM rejected_messages"), 0);
+  PendingDelivery there = gone;
+  there.msg_id = 2;
+  deliveries.give_up(there, 404, "permanent");
+  EXPECT_EQ(db_.query_int("SELECT COUNT(*) FROM rejected_messages WHERE msg_id = 2"), 1);
+  EXPECT_EQ(db_.query_int("SELECT COUNT(*) FROM deliveries"), 0);
 }
 
 }  // namespace
