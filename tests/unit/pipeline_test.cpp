@@ -482,6 +482,11 @@ TEST_F(PipelineGroupTest, RefusedRowFailsTheGroupAndOnlyItsMessageIsDeadLettered
     EXPECT_EQ(r.rejections[0].payload, R"({"seq": )" + std::to_string(bad) + "}");
   });
   EXPECT_EQ(msg_ids(20), (std::vector<std::int64_t>{1, 2, 3, 4}));
+  EXPECT_TRUE(with_db([](FakeFlowRepository& r) {
+    return std::any_of(r.groups.begin(), r.groups.end(), [](const auto& ids) {
+      return std::find(ids.begin(), ids.end(), 20) != ids.end();
+    });
+  })) << "flow 20 went through a group transaction";
 }
 
 // A lost connection while a group is locked: every flow of it waits and is stored once later.
@@ -539,8 +544,9 @@ TEST_F(PipelineGroupTest, ConnectionLostDuringTheFallbackHoldsTheRestAtOnce) {
   std::atomic<bool> group_failed{false};
   db_.repo.on_lock = [&](std::int64_t) {
     if (!group_failed.exchange(true)) {
-      down = true;  // the database goes away right after refusing the group
-      throw DbRefused("Lock wait timeout exceeded (MySQL error 1205)", 1205);
+      // An error nobody listed (the session is dropped), and the database goes away with it.
+      down = true;
+      throw std::runtime_error("something nobody expected");
     }
   };
   publish_round_robin();
@@ -567,6 +573,24 @@ TEST_F(PipelineGroupTest, ConnectionLostDuringTheFallbackHoldsTheRestAtOnce) {
   ASSERT_TRUE(eventually([&] { return all_stored(); }));
   for (int i = 3; i < 3 + kFlows; ++i) EXPECT_EQ(stored(i), expected(i)) << "flow " << i;
   EXPECT_EQ(rejected(), 0u);
+}
+
+// A busy row (the group locks with NOWAIT; another gateway holds one flow's row) sends the flows
+// to run alone on the same connection: no reconnect for an answer the server gave.
+TEST_F(PipelineGroupTest, BusyRowInAGroupKeepsTheConnection) {
+  std::atomic<bool> busy_once{false};
+  db_.repo.on_lock = [&](std::int64_t) {
+    if (!busy_once.exchange(true)) {
+      throw DbRefused("Lock wait timeout exceeded; try restarting transaction (MySQL error 1205)",
+                      1205);
+    }
+  };
+  publish_round_robin();
+  start(one_worker());
+  ASSERT_TRUE(eventually([&] { return all_stored(); }));
+  for (int i = 3; i < 3 + kFlows; ++i) EXPECT_EQ(stored(i), expected(i)) << "flow " << i;
+  EXPECT_EQ(with_db([this](FakeFlowRepository&) { return db_.connects; }), 1);
+  EXPECT_EQ(metrics_.flows_held.load(), 0u);
 }
 
 }  // namespace
