@@ -1,6 +1,5 @@
 #include "gateway/admin_cli.h"
 
-#include <signal.h>
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
@@ -33,14 +32,6 @@ class NoHttpPoster final : public HttpPoster {
 
 int run_admin(const AdminRequest& request, const Settings& settings, std::ostream& out,
               std::ostream& err) {
-  // main() blocked these for the daemon's sigwait; a subcommand keeps the default actions, so
-  // Ctrl-C stops it.
-  sigset_t interrupt;
-  sigemptyset(&interrupt);
-  sigaddset(&interrupt, SIGINT);
-  sigaddset(&interrupt, SIGTERM);
-  pthread_sigmask(SIG_UNBLOCK, &interrupt, nullptr);
-
   MySqlFlowAdmin admin(settings);
   // Replays run the flow transaction on a connection of their own, as a worker would.
   MySqlFlowRepository repo(settings);

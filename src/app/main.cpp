@@ -276,9 +276,6 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
 
 int main(int argc, char** argv) {
   using namespace gateway;
-  // Before any thread exists, so that every thread inherits the mask and only sigwait sees them.
-  SignalMask signals{SIGTERM, SIGINT, SIGHUP};
-
   auto parsed = parse_command_line(argc, argv, std::cout, std::cerr);
   if (auto* code = std::get_if<int>(&parsed)) return *code;
   const CommandLine& cl = std::get<CommandLine>(parsed);
@@ -304,7 +301,11 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (cl.check) return check(settings);
+    // --init-db, --check and the subcommands keep the default signal actions (Ctrl-C stops them).
     if (cl.admin) return run_admin(*cl.admin, settings, std::cout, std::cerr);
+    // The daemon: before any thread exists, so that every thread inherits the mask and only
+    // sigwait sees these signals.
+    SignalMask signals{SIGTERM, SIGINT, SIGHUP};
     require_paho_c_version();  // at-least-once rests on when Paho C sends the PUBACK
 
     Logging logging(settings);
