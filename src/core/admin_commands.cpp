@@ -499,6 +499,23 @@ int AdminCommands::flows_enable(const AdminRequest& r, bool enable) {
 
 // ---- rejected ---------------------------------------------------------------------------------
 
+namespace {
+
+// --since into the filter, or a problem line.
+void apply_since(const AdminRequest& r, RejectedFilter& filter, std::vector<std::string>& lines) {
+  if (!r.since) return;
+  if (auto since = parse_since(*r.since)) {
+    filter.since = since->utc;
+    filter.since_seconds_ago = since->seconds_ago;
+  } else {
+    lines.push_back(
+        "--since: expected YYYY-MM-DD[ HH:MM[:SS]] (UTC) or an age like 30m, 2h, 7d; got " +
+        in_quotes(*r.since));
+  }
+}
+
+}  // namespace
+
 int AdminCommands::rejected_list(const AdminRequest& r) {
   RejectedFilter filter;
   std::vector<std::string> lines;
@@ -509,17 +526,7 @@ int AdminCommands::rejected_list(const AdminRequest& r) {
       lines.push_back("--flow: no flow " + in_quotes(r.code));
     }
   }
-  if (r.since) {
-    if (auto since = parse_since(*r.since)) {
-      filter.since = since->utc;
-      filter.since_seconds_ago = since->seconds_ago;
-    } else {
-      lines.push_back(
-          "--since: expected YYYY-MM-DD[ HH:MM[:SS]] (UTC) or an age like 30m, 2h, "
-          "7d; got " +
-          in_quotes(*r.since));
-    }
-  }
+  apply_since(r, filter, lines);
   if (r.limit < 1 || r.limit > 10000) lines.emplace_back("--limit: expected 1..10000");
   if (!lines.empty()) return problems(r, lines);
   filter.reason_contains = r.reason;
@@ -647,17 +654,7 @@ int AdminCommands::rejected_replay(const AdminRequest& r) {
       }
     }
   }
-  if (r.since) {
-    if (auto since = parse_since(*r.since)) {
-      filter.since = since->utc;
-      filter.since_seconds_ago = since->seconds_ago;
-    } else {
-      lines.push_back(
-          "--since: expected YYYY-MM-DD[ HH:MM[:SS]] (UTC) or an age like 30m, 2h, "
-          "7d; got " +
-          in_quotes(*r.since));
-    }
-  }
+  apply_since(r, filter, lines);
   if (r.batch < 1 || r.batch > 10000) lines.emplace_back("--batch: expected 1..10000");
   std::size_t already = 0;
   json letters = json::array();
