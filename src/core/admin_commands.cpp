@@ -616,7 +616,16 @@ void AdminCommands::replay_batch(std::int64_t flow_id, std::vector<ReplayItem>& 
       // The database refuses this one message's rows: it stays a dead letter, with that reason.
       ReplayOutcome o;
       o.rejected_id = items.front().rejected_id;
-      if (processor_.replay_refused(flow_id, o.rejected_id, e.what(), commit)) {
+      bool refused = false;
+      for (int retry = 0;; ++retry) {  // a deadlock here is retried like the replay itself
+        try {
+          refused = processor_.replay_refused(flow_id, o.rejected_id, e.what(), commit);
+          break;
+        } catch (const DbRetryable&) {
+          if (retry >= kDeadlockRetries) throw;
+        }
+      }
+      if (refused) {
         o.reason = e.what();
       } else {
         o.already_replayed = true;
@@ -721,6 +730,34 @@ int AdminCommands::rejected_replay(const AdminRequest& r) {
     if (replayed > 0) os << ", msg_id " << first_msg_id << ".." << last_msg_id;
     os << ")" << (r.dry_run ? "; nothing written" : "") << "\n";
   };
+  // What the page's replay committed so far, counted as it comes: also when an error stops it
+  // midway (the items split off and committed one by one before it are in the summary).
+  std::vector<std::pair<std::int64_t, std::string>> topic_of;
+  std::vector<ReplayOutcome> outcomes;
+  std::size_t counted = 0;
+  const auto account = [&] {
+    for (; counted < outcomes.size(); ++counted) {
+      const ReplayOutcome& o = outcomes[counted];
+      const auto t = std::find_if(topic_of.begin(), topic_of.end(),
+                                  [&](const auto& p) { return p.first == o.rejected_id; });
+      const std::string topic = t == topic_of.end() ? std::string() : t->second;
+      if (o.msg_id > 0) {
+        if (dry_base < 0) dry_base = o.msg_id - 1;
+        ++replayed;
+        const std::int64_t msg_id =
+            commit ? o.msg_id : dry_base + static_cast<std::int64_t>(replayed);
+        if (first_msg_id == 0) first_msg_id = msg_id;
+        last_msg_id = msg_id;
+        report(o.rejected_id, topic, "replayed", msg_id, {});
+      } else if (!o.reason.empty()) {
+        ++rejected;
+        report(o.rejected_id, topic, "rejected", 0, o.reason);
+      } else if (o.already_replayed) {
+        ++already;
+        report(o.rejected_id, topic, "already", 0, {});
+      }
+    }
+  };
   try {
     for (;;) {
       const std::vector<DeadLetter> page = admin_.list_rejected(filter);
@@ -740,33 +777,15 @@ int AdminCommands::rejected_replay(const AdminRequest& r) {
         item.message.parsed = parse_payload(item.message.payload, options_.limits);
         items.push_back(std::move(item));
       }
-      std::vector<std::pair<std::int64_t, std::string>> topic_of;
-      topic_of.reserve(items.size());
+      topic_of.clear();
       for (const auto& item : items) topic_of.emplace_back(item.rejected_id, item.message.topic);
-      std::vector<ReplayOutcome> outcomes;
+      outcomes.clear();
+      counted = 0;
       if (!items.empty()) replay_batch(flow->flow.id, items, commit, outcomes);
-      for (const ReplayOutcome& o : outcomes) {
-        const auto t = std::find_if(topic_of.begin(), topic_of.end(),
-                                    [&](const auto& p) { return p.first == o.rejected_id; });
-        const std::string topic = t == topic_of.end() ? std::string() : t->second;
-        if (o.msg_id > 0) {
-          if (dry_base < 0) dry_base = o.msg_id - 1;
-          ++replayed;
-          const std::int64_t msg_id =
-              commit ? o.msg_id : dry_base + static_cast<std::int64_t>(replayed);
-          if (first_msg_id == 0) first_msg_id = msg_id;
-          last_msg_id = msg_id;
-          report(o.rejected_id, topic, "replayed", msg_id, {});
-        } else if (!o.reason.empty()) {
-          ++rejected;
-          report(o.rejected_id, topic, "rejected", 0, o.reason);
-        } else if (o.already_replayed) {
-          ++already;
-          report(o.rejected_id, topic, "already", 0, {});
-        }
-      }
+      account();
     }
   } catch (const std::exception&) {
+    account();
     out_ << "stopped by an error after: ";
     summary(out_);
     out_.flush();

@@ -293,6 +293,25 @@ TEST_F(ReplayTest, ARowTheDatabaseRefusesStaysRejectedAloneWithItsReason) {
   EXPECT_EQ(n.at(3), "4");
 }
 
+// A batch split one by one (a refused row) and then stopped by a lost connection: the summary
+// counts what the split committed before the error.
+TEST_F(ReplayTest, TheSummaryAfterAnErrorCountsWhatWasCommittedBeforeIt) {
+  reject_many(4);
+  fix_schema();
+  repo_.on_insert_record = [](const DataRecord& r) {
+    if (r.field_name != "n") return;
+    if (r.field_value == "2") throw DbDataError("Data too long (MySQL error 1406)", 1406);
+    if (r.field_value == "3") throw DbUnavailable("lost connection (MySQL error 2013)", 2013);
+  };
+  AdminRequest r;
+  EXPECT_THROW(replay(r), DbUnavailable);
+  EXPECT_NE(out_.str().find("stopped by an error after: replayed 1, still rejected 1 (flow temps, "
+                            "msg_id 1..1)"),
+            std::string::npos)
+      << out_.str();
+  EXPECT_EQ(stored_n().size(), 1u);
+}
+
 TEST_F(ReplayTest, RefusesADisabledFlowAndIdsOfOtherFlows) {
   reject_many(2);
   fix_schema();
