@@ -384,6 +384,7 @@ struct CollectArgs {
   std::string name = "gateway", kind = "gateway", mode = "burst";
   int flows = 0;         // recorded in the result (the many-flows table); 0 = not recorded
   int metrics_port = 0;  // the gateway's METRICS_ADDRESS port on 127.0.0.1: transactions
+  std::string table;     // STORE_TABLE: the rows are in this table (seq, sent_us, created_at)
 };
 
 // A counter of the gateway's /metrics (Prometheus text), or nullopt if it cannot be read.
@@ -481,9 +482,11 @@ int collect(const CollectArgs& a) {
   // created_at is the time of the INSERT, inside the transaction: it precedes the COMMIT by the
   // commit's own duration (one redo-log flush).
   std::unique_ptr<sql::ResultSet> rs(st->executeQuery(
-      "SELECT s.field_value, t.field_value, UNIX_TIMESTAMP(s.created_at) "
-      "FROM data_records s JOIN data_records t ON t.flow_id = s.flow_id AND t.msg_id = s.msg_id "
-      "AND t.field_name = 'sent_us' WHERE s.field_name = 'seq'"));
+      a.table.empty()
+          ? "SELECT s.field_value, t.field_value, UNIX_TIMESTAMP(s.created_at) "
+            "FROM data_records s JOIN data_records t ON t.flow_id = s.flow_id AND t.msg_id = "
+            "s.msg_id AND t.field_name = 'sent_us' WHERE s.field_name = 'seq'"
+          : "SELECT seq, sent_us, UNIX_TIMESTAMP(created_at) FROM " + a.table));
   std::vector<Delivery> deliveries;
   deliveries.reserve(static_cast<std::size_t>(a.count));
   while (rs->next()) {
@@ -1334,11 +1337,12 @@ int main(int argc, char** argv) {
   col->add_option("--stall-seconds", ca.stall_seconds);
   col->add_option("--ready-file", ca.ready_file, "written once the CPU baseline is taken");
   col->add_option("--case", ca.name);
-  col->add_option("--kind", ca.kind, "gateway | baseline");
+  col->add_option("--kind", ca.kind, "gateway | baseline | table");
   col->add_option("--mode", ca.mode, "burst | backlog | paced");
   col->add_option("--flows", ca.flows, "recorded in the result (many-flows table)");
   col->add_option("--metrics-port", ca.metrics_port,
                   "the gateway's metrics port on 127.0.0.1: transactions per second");
+  col->add_option("--table", ca.table, "STORE_TABLE: read seq, sent_us, created_at from it");
 
   SinkArgs ka;
   auto* snk = app.add_subcommand("sink", "count POSTs of POST_ENDPOINT flows (answers 200)");

@@ -13,6 +13,9 @@
 #                       `gw-bench dbceiling`, a plain client (1 connection, BENCH_DB_BATCH
 #                       messages per transaction, 4,096-row INSERTs); the backlog drain's bound
 #                       is min(ceiling-backlog, dbceiling)
+#   table               STORE_TABLE (issue 13): the gateway's burst of N into one 6-column table
+#   table-backlog       (one row per message, columns mapped from the payload, the topic and
+#                       $msg_id), and its drain of N queued by the broker
 #   5 gateway-1k/s      the gateway at a fixed 1,000 msg/s for BENCH_PACED_SECONDS: latency
 #   steady-*            1,000 and 5,000 msg/s, batch linger off and default (issue 16)
 #   flows-*             a burst over 1, 100 and 1,000 flows (issue 17; BENCH_CASES=manyflows),
@@ -31,10 +34,10 @@
 # topic prefix and client id. Runs as root (services.sh needs it); bounded in time; stops what it
 # started on exit.
 #
-#   BENCH_CASES="all"   which cases, any of: ceiling baseline gateway backlog dbceiling paced
-#                       steady manyflows startup post1 post4; "store" = ceiling ... steady
-#                       (STORE_DB), "post" = post1 post4, "all" = both; backlog brings dbceiling,
-#                       manyflows brings startup
+#   BENCH_CASES="all"   which cases, any of: ceiling baseline gateway backlog dbceiling table
+#                       paced steady manyflows startup post1 post4; "store" = ceiling ... steady
+#                       (STORE_DB and STORE_TABLE), "post" = post1 post4, "all" = both; backlog
+#                       brings dbceiling, manyflows brings startup
 #   BENCH_STEADY_SECONDS=20  (steady: 1k and 5k msg/s, linger off and default; DB us/msg column)
 #   BENCH_MANY_COUNT=20000   (manyflows: one burst over 1, 100 and 1,000 flows; not in "all")
 #   BENCH_DB_BATCH=5000      (dbceiling: messages per transaction)
@@ -63,7 +66,7 @@ SINK_PORT="${BENCH_SINK_PORT:-18347}"
 CASES=" ${BENCH_CASES:-all} "
 CASES="${CASES//,/ }"
 CASES="${CASES// all / store post }"
-CASES="${CASES// store / ceiling baseline gateway backlog paced steady }"
+CASES="${CASES// store / ceiling baseline gateway backlog table paced steady }"
 CASES="${CASES// post / post1 post4 }"
 CASES="${CASES// backlog / backlog dbceiling }"
 CASES="${CASES// manyflows / manyflows startup }"
@@ -86,8 +89,8 @@ die() {
 
 for c in $CASES; do
   case $c in
-    ceiling | baseline | gateway | backlog | dbceiling | paced | steady | manyflows | startup | post1 | post4) ;;
-    *) die "BENCH_CASES: unknown case '$c' (ceiling baseline gateway backlog dbceiling paced steady manyflows startup post1 post4 store post all)" ;;
+    ceiling | baseline | gateway | backlog | dbceiling | table | paced | steady | manyflows | startup | post1 | post4) ;;
+    *) die "BENCH_CASES: unknown case '$c' (ceiling baseline gateway backlog dbceiling table paced steady manyflows startup post1 post4 store post all)" ;;
   esac
 done
 want() { [[ $CASES == *" $1 "* ]]; }
@@ -130,9 +133,16 @@ wait_file() {
 # new_case NAME [KEY=VALUE...]: a fresh database gw_bench_NAME with the schema, the broker and
 # K flows on bench/ID/NAME/1..K (on many/1..K/+ if FLOW_TOPICS=many), and the gateway's env file.
 # K is POST_FLOWS if set (POST_ENDPOINT flows, flow k posting to the sink's /flow/k), else
-# BENCH_FLOWS STORE_DB flows. Sets CASE_DIR, CASE_DB, CASE_PREFIX, CASE_FLOWS.
+# BENCH_FLOWS STORE_DB flows, or STORE_TABLE flows into table bench_rows if TABLE_FLOWS=1. Sets
+# CASE_DIR, CASE_DB, CASE_PREFIX, CASE_FLOWS.
 POST_FLOWS=""
 FLOW_TOPICS=""
+TABLE_FLOWS=""
+# STORE_TABLE's table: 6 mapped columns (BENCH_TABLE_MAP), the id and created_at by default.
+BENCH_TABLE_SQL="CREATE TABLE bench_rows (id BIGINT AUTO_INCREMENT PRIMARY KEY, seq BIGINT NOT NULL,
+  sent_us BIGINT NOT NULL, temperature DOUBLE NULL, humidity DOUBLE NULL, topic VARCHAR(255) NOT NULL,
+  msg_id BIGINT NOT NULL, created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
+BENCH_TABLE_MAP='{"seq": "/seq", "sent_us": "/sent_us", "temperature": "/temperature", "humidity": "/humidity", "topic": "$topic", "msg_id": "$msg_id"}'
 new_case() {
   local name="$1"
   shift
@@ -154,15 +164,18 @@ new_case() {
     topic="$CASE_PREFIX/$k"
     [[ $FLOW_TOPICS == many ]] && topic="many/$k/+"
     if [[ -n $POST_FLOWS ]]; then
-      values+="${values:+,}('f$k', '$topic', 'POST_ENDPOINT', 'http://127.0.0.1:$SINK_PORT/flow/$k', "
+      values+="${values:+,}('f$k', '$topic', 'POST_ENDPOINT', 'http://127.0.0.1:$SINK_PORT/flow/$k', NULL, NULL, "
+    elif [[ -n $TABLE_FLOWS ]]; then
+      values+="${values:+,}('f$k', '$topic', 'STORE_TABLE', NULL, 'bench_rows', '$BENCH_TABLE_MAP', "
     else
-      values+="${values:+,}('f$k', '$topic', 'STORE_DB', NULL, "
+      values+="${values:+,}('f$k', '$topic', 'STORE_DB', NULL, NULL, NULL, "
     fi
     values+="'{\"seq\": \"int\", \"sent_us\": \"int\", \"temperature\": \"number\", \"humidity\": \"number\"}')"
   done
   # On stdin: with thousands of flows the statement is longer than one argument may be.
   sql "$CASE_DB" <<<"INSERT INTO mqtt_servers (name, host, port, is_default) VALUES ('bench', '127.0.0.1', $MQTT_PORT, 1);
-    INSERT INTO flows (code, topic, action, endpoint_url, payload_schema) VALUES $values;"
+    ${TABLE_FLOWS:+$BENCH_TABLE_SQL;}
+    INSERT INTO flows (code, topic, action, endpoint_url, target_table, column_map, payload_schema) VALUES $values;"
 }
 
 # Starts the gateway of the current case in the background (GW_PID, its output in GW_OUT) and
@@ -297,6 +310,27 @@ if want dbceiling; then
   timeout 600 "$BENCH" dbceiling --db-port "$DB_PORT" --db "$CASE_DB" --count "$N" \
     --batch "$DB_BATCH" --topic "bench/$ID/gateway-backlog/1" \
     --db-pid "$(<"$RUN/mariadb/server.pid")" --case dbceiling --mode backlog >>"$RESULTS"
+fi
+
+# STORE_TABLE (issue 13): the gateway's burst and backlog drain of N into one 6-column table.
+if want table; then
+  say "STORE_TABLE: the gateway's burst of $N into one 6-column table, then a backlog of $N"
+  TABLE_FLOWS=1
+  foreign_load table
+  new_case table
+  start_gateway
+  gateway_burst table table "$N" --table bench_rows
+  stop_gateway
+  foreign_load table-backlog
+  new_case table-backlog
+  start_gateway # creates the persistent session and its subscription
+  stop_gateway
+  publish "$N"
+  T0=$(date +%s%6N)
+  start_gateway
+  collect table-backlog table backlog "$N" --t0-us "$T0" --cpu-from-start --table bench_rows
+  stop_gateway
+  TABLE_FLOWS=""
 fi
 
 if want paced; then

@@ -32,6 +32,14 @@ CREATE TABLE IF NOT EXISTS flows (
   payload_schema  JSON NULL,
   last_msg_id     BIGINT NOT NULL DEFAULT 0,
   enabled         TINYINT(1) NOT NULL DEFAULT 1,
+  -- STORE_TABLE: one row per message into target_table (a table of this database), its columns
+  -- filled as column_map says: {"column": "source", ...}; a source is a JSON Pointer into the
+  -- payload ("/temp", "/meta/site"), $topic, $topic[N], $msg_id, $flow_code, $received_at,
+  -- $payload or $user_property:NAME. write_mode: insert, or upsert (ON DUPLICATE KEY UPDATE of
+  -- the mapped columns). NULL / ignored for the other actions.
+  target_table    VARCHAR(64) NULL,
+  column_map      JSON NULL,
+  write_mode      VARCHAR(16) NOT NULL DEFAULT 'insert',
   updated_at      TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
   UNIQUE KEY uq_flows_code (code)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

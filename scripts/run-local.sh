@@ -48,16 +48,6 @@ bash "$SERVICES" start
 # shellcheck source=/dev/null
 source "$GW_RUN_DIR/services.env"
 
-# Schema and demo data are idempotent; applied as root over the socket (no password needed).
-db_root() { timeout 60 mariadb --no-defaults --socket="$GW_TEST_DB_SOCKET" -uroot "$@"; }
-db_root gw <config/schema.sql
-db_root gw <config/demo.sql
-# demo.sql names the broker at the default port; follow GW_MQTT_PORT if it was moved.
-if [[ $GW_MQTT_PORT != 1884 ]]; then
-  db_root gw -e "UPDATE mqtt_servers SET port=$GW_MQTT_PORT WHERE host='127.0.0.1' AND port=1884"
-fi
-say "schema and demo flows applied to database gw"
-
 mkdir -p "$GW_RUN_DIR/log" "$GW_RUN_DIR/spool"
 (
   umask 077
@@ -73,9 +63,21 @@ SPOOL_DIR=$GW_RUN_DIR/spool
 EOF
 )
 
+# Schema (with the upgrades of a database an older version made) and demo data are idempotent;
+# the demo data is applied as root over the socket (no password needed).
+"$GATEWAY" --env-file "$ENV_FILE" --init-db
+db_root() { timeout 60 mariadb --no-defaults --socket="$GW_TEST_DB_SOCKET" -uroot "$@"; }
+db_root gw <config/demo.sql
+# demo.sql names the broker at the default port; follow GW_MQTT_PORT if it was moved.
+if [[ $GW_MQTT_PORT != 1884 ]]; then
+  db_root gw -e "UPDATE mqtt_servers SET port=$GW_MQTT_PORT WHERE host='127.0.0.1' AND port=1884"
+fi
+say "schema and demo flows applied to database gw"
+
 echo
 echo "Publish: mosquitto_pub -h 127.0.0.1 -p $GW_MQTT_PORT -q 1 -t demo/kitchen/temperature -m '{\"temperature\": 21.5, \"unit\": \"C\"}'"
 echo "Rows:    mariadb --no-defaults -h127.0.0.1 -P$GW_DB_PORT -ugw -p$GW_TEST_DB_PASSWORD gw -e 'SELECT * FROM data_records ORDER BY id DESC LIMIT 10'"
+echo "Table:   mariadb --no-defaults -h127.0.0.1 -P$GW_DB_PORT -ugw -p$GW_TEST_DB_PASSWORD gw -e 'SELECT * FROM demo_room_latest'  (STORE_TABLE flow demo-room-latest: one row per room)"
 echo "Stop:    Ctrl-C (stops the gateway, then MariaDB and mosquitto; their data stays in .run/local)"
 echo
 

@@ -162,6 +162,12 @@ skip-name-resolve
 log-error=$DB_LOG
 character-set-server=utf8mb4
 collation-server=utf8mb4_unicode_ci
+# TLS with the test CA's server certificate (SANs 127.0.0.1 and localhost), so that tests can use
+# DB_SSL_MODE=verify-identity and require_secure_transport; plain TCP stays allowed unless a test
+# turns that on.
+ssl-ca=$CA_FILE
+ssl-cert=$TLS_DIR/server.pem
+ssl-key=$TLS_DIR/server.key
 EOF
 }
 
@@ -178,6 +184,7 @@ start_db() {
     DB_RESULT="mariadb already running (pid $(<"$DB_PIDFILE"), 127.0.0.1:$DB_PORT)"
     return 0
   fi
+  ensure_tls
   write_db_cnf
   local fresh=""
   if [[ ! -d $DB_DATA/mysql ]]; then
@@ -220,7 +227,7 @@ SQL
   MYSQL_PWD="$DB_PASSWORD" timeout 15 mariadb --no-defaults --protocol=tcp -h127.0.0.1 -P"$DB_PORT" \
     -u"$DB_USER" --connect-timeout=5 -e 'SELECT 1' "$DB_NAME" >/dev/null ||
     die "mariadb is up but $DB_USER cannot log in over 127.0.0.1:$DB_PORT"
-  DB_RESULT="mariadb started (pid $(<"$DB_PIDFILE"), 127.0.0.1:$DB_PORT$fresh)"
+  DB_RESULT="mariadb started (pid $(<"$DB_PIDFILE"), 127.0.0.1:$DB_PORT, TLS$fresh)"
 }
 
 stop_db() {
@@ -230,8 +237,8 @@ stop_db() {
 
 # -------------------------------------------------------------------------------------------- mosquitto
 
-# A test CA with a server certificate for 127.0.0.1, and an unrelated "wrong" CA for negative tests.
-# Generated once per run dir.
+# A test CA with a server certificate for 127.0.0.1 and localhost (used by mosquitto and MariaDB),
+# and an unrelated "wrong" CA for negative tests. Generated once per run dir.
 ensure_tls() {
   if [[ -s $CA_FILE && -s $WRONG_CA_FILE && -s $TLS_DIR/server.pem && -s $TLS_DIR/server.key ]]; then
     return 0
@@ -405,6 +412,7 @@ write_env() {
       "GW_TEST_DB_PASSWORD=$DB_PASSWORD" \
       "GW_TEST_DB_NAME=$DB_NAME" \
       "GW_TEST_DB_SOCKET=$DB_SOCK" \
+      "GW_TEST_DB_SSL_CA=$CA_FILE" \
       "GW_TEST_MQTT_HOST=127.0.0.1" \
       "GW_TEST_MQTT_PORT=$MQTT_PORT" \
       "GW_TEST_MQTT_TLS_PORT=$MQTT_TLS_PORT" \

@@ -18,6 +18,7 @@ BUILD_DIR="${GW_PKG_BUILD_DIR:-$REPO_DIR/build-package}"
 PACKAGE=mqtt-gateway
 USER_NAME=mqtt-gateway
 CONFFILE=/etc/mqtt-gateway/mqtt-gateway.env
+PASSWORD_FILE=/etc/mqtt-gateway/db_password
 
 say() { printf 'test-package: %s\n' "$*"; }
 die() {
@@ -47,9 +48,11 @@ sql() {
     -u "$GW_TEST_DB_USER" --batch --skip-column-names "$@"
 }
 installed=0
+CREDENTIALS=""
 cleanup() {
   local rc=$?
   trap - EXIT
+  if [[ -n $CREDENTIALS ]]; then rm -rf "$CREDENTIALS"; fi
   if ((installed)); then dpkg -P "$PACKAGE" >/dev/null 2>&1 || true; fi
   sql -e "DROP DATABASE IF EXISTS \`$DB_NAME\`" >/dev/null 2>&1 || true
   exit "$rc"
@@ -87,7 +90,8 @@ for d in /var/lib/mqtt-gateway /var/lib/mqtt-gateway/spool /var/log/mqtt-gateway
   [[ "$(stat -c '%U:%G %a' "$d")" == "$USER_NAME:$USER_NAME 750" ]] || die "$d: $(stat -c '%U:%G %a' "$d")"
 done
 [[ "$(stat -c '%U:%G %a' "$CONFFILE")" == "root:$USER_NAME 640" ]] || die "$CONFFILE: $(stat -c '%U:%G %a' "$CONFFILE")"
-say "installed: user, directories and $CONFFILE (root:$USER_NAME 0640) in place"
+[[ "$(stat -c '%U:%G %a %s' "$PASSWORD_FILE")" == "root:root 600 0" ]] || die "$PASSWORD_FILE: $(stat -c '%U:%G %a %s' "$PASSWORD_FILE" 2>&1)"
+say "installed: user, directories, $CONFFILE (root:$USER_NAME 0640) and an empty $PASSWORD_FILE (root:root 0600) in place"
 
 out="$(/usr/bin/mqtt-gateway --version)"
 [[ $out == "mqtt-gateway $version" ]] || die "--version said '$out', the package is $version"
@@ -112,15 +116,29 @@ printf '%s\n' "$out"
 [[ $out == *"pkg_flow  pkg/+/data  STORE_DB"* ]] || die "--check did not list the flow"
 say "--init-db and --check from the installed binary: ok"
 
+# The password as systemd passes it (LoadCredential=): no DB_PASSWORD anywhere, the file in
+# $CREDENTIALS_DIRECTORY (systemd makes a private copy readable by the service user; this
+# machine may have no systemd, so the copy is made here).
+printf '%s\n' "$GW_TEST_DB_PASSWORD" >"$PASSWORD_FILE"
+CREDENTIALS="$(mktemp -d)"
+install -o "$USER_NAME" -m 0400 "$PASSWORD_FILE" "$CREDENTIALS/db_password"
+chown "$USER_NAME" "$CREDENTIALS"
+out="$(runuser -u "$USER_NAME" -- env -C /var/lib/mqtt-gateway DB_HOST="$GW_TEST_DB_HOST" \
+  DB_PORT="$GW_TEST_DB_PORT" DB_NAME="$DB_NAME" DB_USER="$GW_TEST_DB_USER" \
+  CREDENTIALS_DIRECTORY="$CREDENTIALS" /usr/bin/mqtt-gateway --env-file "$CONFFILE" --check 2>&1)" ||
+  die "--check with the password from \$CREDENTIALS_DIRECTORY/db_password: $out"
+say "--check with the password as a systemd credential: ok"
+
 unit=/usr/lib/systemd/system/mqtt-gateway.service
 # The gateway alone reads the settings file (--env-file): systemd must not (its parser differs on
 # quoting, and the password would be in /proc/PID/environ); no core dumps with the password.
 grep -q "^ExecStart=/usr/bin/mqtt-gateway --env-file $CONFFILE\$" "$unit" || die "the unit does not pass --env-file $CONFFILE"
 ! grep -q '^EnvironmentFile=' "$unit" || die "the unit has EnvironmentFile="
 grep -q '^LimitCORE=0$' "$unit" || die "the unit has no LimitCORE=0"
+grep -q "^LoadCredential=db_password:$PASSWORD_FILE\$" "$unit" || die "the unit does not load $PASSWORD_FILE as the credential db_password"
 workdir="$(sed -n 's/^WorkingDirectory=//p' "$unit")"
 [[ -n $workdir && "$(stat -c %U "$workdir")" == "$USER_NAME" ]] || die "WorkingDirectory '$workdir' is not the service user's"
-say "unit: --env-file only, LimitCORE=0, WorkingDirectory=$workdir"
+say "unit: --env-file only, LimitCORE=0, LoadCredential=db_password, WorkingDirectory=$workdir"
 
 if command -v systemd-analyze >/dev/null; then
   verify="$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify "$unit" 2>&1)" || die "systemd-analyze verify: $verify"
@@ -132,9 +150,10 @@ fi
 dpkg -r "$PACKAGE" || die "dpkg -r"
 [[ ! -e /usr/bin/mqtt-gateway ]] || die "/usr/bin/mqtt-gateway left after dpkg -r"
 [[ -f $CONFFILE ]] || die "dpkg -r deleted the conffile (only purge may)"
+[[ -s $PASSWORD_FILE ]] || die "dpkg -r deleted or emptied $PASSWORD_FILE (only purge may)"
 dpkg -P "$PACKAGE" || die "dpkg -P"
 installed=0
-for f in "$CONFFILE" /etc/mqtt-gateway /var/lib/mqtt-gateway /var/log/mqtt-gateway \
+for f in "$CONFFILE" "$PASSWORD_FILE" /etc/mqtt-gateway /var/lib/mqtt-gateway /var/log/mqtt-gateway \
   /usr/lib/systemd/system/mqtt-gateway.service /usr/share/mqtt-gateway; do
   [[ ! -e $f ]] || die "$f left after dpkg -P"
 done

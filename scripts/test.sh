@@ -255,9 +255,11 @@ fi
 rm -rf "$unit_dir"
 
 banner "no passwords in logs"
-# Every password the tests use: the fixed one and any *PASSWORD* value in services.env.
+# Every password the tests use: the fixed one, the prefix of the endpoint URL passwords
+# (secure_connections_e2e_test.cpp) and any *PASSWORD* value in services.env.
 mapfile -t secrets < <({
   echo gwpass
+  echo hookpw-
   sed -n 's/^[A-Z_]*PASSWORD[A-Z_]*=//p' "$GW_RUN_DIR/services.env"
 } | sort -u | grep -v '^$')
 log_files=()

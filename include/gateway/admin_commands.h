@@ -45,7 +45,8 @@ enum class AdminCommand {
 std::string_view to_string(AdminCommand command);
 
 // The options of `flows add` / `flows set` as given; std::nullopt: not given. For set, an empty
-// --name, --endpoint or --schema (or --schema null) clears the column.
+// --name, --endpoint, --schema or --table, or --column-map (or "null" for --schema and
+// --column-map) clears the column; --write-mode insert puts write_mode back to its default.
 struct FlowEdit {
   std::optional<std::string> code;
   std::optional<std::string> name;
@@ -53,10 +54,10 @@ struct FlowEdit {
   std::optional<std::string> action;
   std::optional<std::string> endpoint;
   std::optional<std::string> schema;
-  bool disabled = false;  // add --disabled
-  // Options of STORE_TABLE (issue 13, not there yet) that were given: "--table", ...; each is
-  // refused with "not available yet".
-  std::vector<std::string> unavailable;
+  std::optional<std::string> table;       // STORE_TABLE: flows.target_table
+  std::optional<std::string> column_map;  // STORE_TABLE: JSON object, column -> source
+  std::optional<std::string> write_mode;  // STORE_TABLE: insert or upsert
+  bool disabled = false;                  // add --disabled
 };
 
 struct AdminRequest {
@@ -117,6 +118,14 @@ class AdminCommands {
   int after_change(const AdminRequest& r, const FlowStatus& flow, std::string_view what,
                    const std::vector<std::string>& changes);
   int problems(const AdminRequest& r, const std::vector<std::string>& lines);
+  // flow_table_problems() of a STORE_TABLE definition against FlowAdmin::describe_table() of its
+  // target_table; empty for other actions.
+  std::vector<std::string> table_problems(const FlowDefinition& f);
+  // `lines` with "; " and `hint` appended to the one saying that the table does not exist.
+  static std::vector<std::string> with_hint(std::vector<std::string> lines,
+                                            const std::string& hint);
+  // The table problems of a disabled flow that was saved anyway, as warnings on `err`.
+  void warn(const AdminRequest& r, const FlowDefinition& f, const std::vector<std::string>& lines);
 
   FlowAdmin& admin_;
   Processor& processor_;
@@ -127,10 +136,22 @@ class AdminCommands {
 
 // Problems of a flow definition, one line each (empty when valid): code (1..100 of letters,
 // digits, '_', '-', '.'), name (up to 255), topic (an MQTT filter, validate_topic_filter()),
-// action (STORE_DB or POST_ENDPOINT; STORE_TABLE "not available yet"), endpoint (an http:// or
-// https:// URL with a host, required by POST_ENDPOINT), payload_schema (a JSON object of known
-// types: one line per bad field).
+// action (STORE_DB, POST_ENDPOINT or STORE_TABLE), endpoint (an http:// or https:// URL with a
+// host, required by POST_ENDPOINT), payload_schema (a JSON object of known types: one line per
+// bad field); for STORE_TABLE a target_table (1..64 letters, digits and '_', not only digits, not
+// one of the gateway's own tables), a column_map (a JSON object of column -> source that
+// parse_column_source() accepts: one line per bad entry) and a write_mode (insert or upsert);
+// target_table, column_map or a write_mode other than insert on another action is a problem too.
+// Needs no database: flow_table_problems() checks the mapping against the table.
 std::vector<std::string> validate_flow_definition(const FlowDefinition& flow);
+
+// Problems of a STORE_TABLE definition that validate_flow_definition() accepts, against its
+// table as the database describes it now (FlowAdmin::describe_table()), one line each as the
+// gateway would report them at a reload (compile_flow_mapping()): the table does not exist, a
+// mapped column does not exist, is generated or has a type STORE_TABLE cannot write. Empty for
+// other actions. An enabled flow with such problems is refused (the gateway would not activate
+// it); a disabled one is saved with them as warnings.
+std::vector<std::string> flow_table_problems(const FlowDefinition& flow, const TableInfo& table);
 
 // --since: "YYYY-MM-DD", "YYYY-MM-DD HH:MM", "YYYY-MM-DD HH:MM:SS" ('T' also separates, a
 // trailing 'Z' is allowed; UTC), or an age: a positive integer with s, m, h or d ("90m", "7d").

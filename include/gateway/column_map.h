@@ -39,7 +39,9 @@ struct ColumnInfo {
   std::string data_type;     // DATA_TYPE, lower case: int, varchar, datetime, json, ...
   std::string column_type;   // COLUMN_TYPE: "int(10) unsigned", "tinyint(1)", "decimal(8,2)"
   bool nullable = true;      // IS_NULLABLE = 'YES'
-  bool has_default = false;  // COLUMN_DEFAULT set, or AUTO_INCREMENT / generated
+  bool has_default = false;  // COLUMN_DEFAULT set, or AUTO_INCREMENT
+  bool generated = false;    // a generated (computed) column: it cannot be written
+  bool auto_increment = false;  // has_default too: its "default" is the next value
   std::optional<std::uint64_t> max_chars;  // CHARACTER_MAXIMUM_LENGTH (characters or bytes)
   int numeric_precision = 0;               // NUMERIC_PRECISION (decimal)
   int numeric_scale = 0;                   // NUMERIC_SCALE (decimal)
@@ -81,8 +83,9 @@ struct MappedColumn {
 
 struct CompiledColumnMap {
   std::vector<MappedColumn> columns;  // in the map's (sorted) key order
-  std::string error;                  // one line per problem, "; "-joined; empty when usable
-  bool ok() const { return error.empty(); }
+  std::vector<std::string> problems;  // one line each; empty when usable
+  std::string error;                  // the problems "; "-joined
+  bool ok() const { return problems.empty(); }
 };
 
 // Parses a source string ("/a/b", "$topic[2]", ...). Returns the reason it is not one.
@@ -90,8 +93,21 @@ std::variant<ColumnSource, std::string> parse_column_source(std::string_view tex
 
 // Checks `column_map` (the flows.column_map JSON) against `table`. Every problem is named: an
 // empty or non-object map, a source that does not parse, a column the table does not have, a
-// column type not supported, a table that does not exist.
+// generated column, a column type not supported, a table that does not exist.
 CompiledColumnMap compile_column_map(const nlohmann::json& column_map, const TableInfo& table);
+
+// A STORE_TABLE flow's mapping as its row stores it (flows.target_table, column_map as JSON text,
+// write_mode), compiled against `table` (the target table as described; pass an empty TableInfo
+// when target_table is unset). Problems of the row itself come first in map.error: no
+// target_table, no or invalid column_map JSON, an unknown write_mode.
+struct FlowMapping {
+  CompiledColumnMap map;
+  WriteMode mode = WriteMode::kInsert;
+  bool ok() const { return map.ok(); }
+};
+FlowMapping compile_flow_mapping(const std::optional<std::string>& target_table,
+                                 const std::optional<std::string>& column_map,
+                                 std::string_view write_mode, const TableInfo& table);
 
 // A cell of the row: NULL, the column's default, or a value bound as integer, unsigned, double
 // or text (numbers in range, date-times normalised to "YYYY-MM-DD HH:MM:SS.ffffff", JSON as its
@@ -121,5 +137,8 @@ MappedRow map_row(const CompiledColumnMap& map, const RowContext& message);
 
 // Unix microseconds as "YYYY-MM-DD HH:MM:SS.ffffff" (UTC).
 std::string format_datetime_us(std::int64_t unix_us);
+// The reverse, for any ISO 8601 date-time a DATETIME column takes ('T' or ' ', optional
+// fraction and zone; UTC when none); std::nullopt when it does not parse.
+std::optional<std::int64_t> parse_datetime_us(std::string_view text);
 
 }  // namespace gateway

@@ -28,7 +28,8 @@ struct MqttServer {
   std::string client_key_password_file;
 };
 
-// A row of flows, as loaded (or as locked by a transaction).
+// A row of flows, as loaded (or as locked by a transaction). A new field also goes into
+// to_json/from_json in src/core/flow_cache.cpp (the copy a start during a database outage uses).
 struct Flow {
   std::int64_t id = 0;
   std::string code;
@@ -39,12 +40,18 @@ struct Flow {
       payload_schema;  // the JSON text of the column; NULL accepts any object
   std::int64_t last_msg_id = 0;
   bool enabled = true;
+  // STORE_TABLE (column_map.h): the table the rows go to, the column_map JSON text and "insert"
+  // or "upsert" as stored (parse_write_mode() tells whether it is known). NULL for other actions.
+  std::optional<std::string> target_table;
+  std::optional<std::string> column_map;
+  std::string write_mode = "insert";
 
   // True when the settings that decide routing and processing are the same (ignores last_msg_id).
   bool same_definition(const Flow& other) const {
     return code == other.code && topic == other.topic && action == other.action &&
            endpoint_url == other.endpoint_url && payload_schema == other.payload_schema &&
-           enabled == other.enabled;
+           enabled == other.enabled && target_table == other.target_table &&
+           column_map == other.column_map && write_mode == other.write_mode;
   }
 };
 

@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "gateway/column_map.h"
 #include "gateway/flow.h"
 
 namespace gateway {
@@ -28,6 +29,11 @@ struct FlowDefinition {
   std::optional<std::string> endpoint_url;
   std::optional<std::string> payload_schema;  // JSON text as given; NULL accepts any object
   bool enabled = true;
+  // STORE_TABLE (column_map.h): the table its rows go to, the column_map JSON text as given, and
+  // "insert" or "upsert". NULL / "insert" for the other actions.
+  std::optional<std::string> target_table;
+  std::optional<std::string> column_map;
+  std::string write_mode = "insert";
 };
 
 // A flows row with what `flows list` / `flows show` report about it.
@@ -88,6 +94,10 @@ class FlowAdmin {
   virtual std::int64_t count_rejected(const RejectedFilter& filter) = 0;
   // With its payload.
   virtual std::optional<DeadLetter> find_rejected(std::int64_t id) = 0;
+  // A table of the gateway's database as information_schema describes it now (what the gateway
+  // checks a STORE_TABLE flow's column_map against at every reload): its columns in ordinal
+  // order; no columns when the table does not exist.
+  virtual TableInfo describe_table(std::string_view table) = 0;
 };
 
 }  // namespace gateway

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "gateway/column_map.h"
 #include "gateway/errors.h"
 #include "gateway/flow.h"
 
@@ -49,6 +50,15 @@ struct OutboxEntry {
   std::int64_t created_ms = 0;  // Unix ms; also the first attempt's due time
 };
 
+// STORE_TABLE rows of one flow for its target table: each row holds one cell per column of
+// `map`, in that order (map_row()). With kUpsert a row whose key exists updates the mapped columns.
+struct TableRows {
+  std::string_view table;
+  const CompiledColumnMap* map = nullptr;
+  WriteMode mode = WriteMode::kInsert;
+  std::span<const std::vector<CellValue>> rows;
+};
+
 // One flow row, locked in an open transaction: what the flow transaction reads and writes.
 class LockedFlow {
  public:
@@ -61,6 +71,10 @@ class LockedFlow {
   virtual void insert_records(std::span<const DataRecord> rows) = 0;
   virtual void insert_rejected(std::span<const RejectedMessage> rows) = 0;
   virtual void insert_deliveries(std::span<const OutboxEntry> rows) = 0;
+  // STORE_TABLE. A row the table refuses for its data (a duplicate key with kInsert, a foreign key
+  // or CHECK it fails) is DbDataError, as for data_records; a table or column that is gone is
+  // DbRefused (the operator's to fix: the messages wait).
+  virtual void insert_table_rows(const TableRows& rows) = 0;
   // The payload hash of the last retained message this flow stored for `topic`, if any.
   virtual std::optional<std::uint64_t> retained_payload(std::string_view topic) = 0;
   // Records the retained message just stored for `topic` (committed with the rest).
@@ -121,8 +135,20 @@ class FlowRepository {
   // SELECT * FROM mqtt_servers WHERE enabled = 1 ORDER BY is_default DESC, id ASC LIMIT 1.
   // std::nullopt when there is none.
   virtual std::optional<MqttServer> load_mqtt_server() = 0;
+  // Every enabled broker, in the same order (is_default first, then by id): the failover
+  // candidates. Empty when there is none. The default serves repositories that know one broker.
+  virtual std::vector<MqttServer> load_mqtt_servers() {
+    std::vector<MqttServer> out;
+    if (auto s = load_mqtt_server()) out.push_back(std::move(*s));
+    return out;
+  }
   // SELECT * FROM flows WHERE enabled = 1, by id.
   virtual std::vector<Flow> load_flows() = 0;
+  // A table of the gateway's database as information_schema describes it (STORE_TABLE): its
+  // columns in ordinal order, JSON columns (MariaDB: LONGTEXT with a json_valid CHECK) with
+  // data_type "json". No columns when the table does not exist. Neither starts nor ends a
+  // transaction of its own: callable inside an open flow transaction.
+  virtual TableInfo describe_table(std::string_view table) = 0;
   // Begins a transaction with SELECT ... FOR UPDATE on the flow. std::nullptr when the row is gone.
   // The caller owns the result and must destroy it before the next lock_flow().
   virtual std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,

@@ -19,6 +19,22 @@
 // the session is present (a gateway restart, a broker restart with persistence), only new filters
 // are subscribed. What is re-sent anyway is recognised by the flow transaction (processor.h).
 //
+// Broker failover (MQTT_FAILOVER_SECONDS > 0, issue 15): every enabled mqtt_servers row is a
+// candidate, is_default first, then by id. start() connects to the first that answers. When the
+// current broker has been unreachable for MQTT_FAILOVER_SECONDS, the MQTT thread moves to the next
+// candidate (one warning line per move; /metrics gateway_broker_info); while it is not on the
+// first, it probes the first every MQTT_FAILOVER_SECONDS with a short clean-session connection
+// under another client id, and moves back as soon as that connects. Each broker keeps its own
+// persistent session: what it queued for us while we were elsewhere comes when we connect to it
+// again (moving back drains the first broker's queue); the spool recognises each broker's
+// redeliveries on their own (Spool::new_broker_connection). Subscriptions are restored on every
+// move (all filters, unless the broker has the session and the subscriptions file is its own).
+//
+// Start during a database outage: every successful reload saves the broker rows and the flows
+// in SPOOL_DIR/flow-cache.json (flow_cache.h); main hands that copy to use_cached() when the
+// database cannot be reached at start-up. The first ping that reaches the database reloads the
+// flows from it (and saves a new copy).
+//
 // Threads: on_message() runs on Paho's thread; on_reconnected() on the connection's reconnect
 // thread; reload_flows() and ping_database() on the Supervisor's timer thread or the caller's
 // (SIGHUP, start-up); sync_subscriptions(), the heartbeat and the presence on the MQTT thread.
@@ -37,6 +53,7 @@
 #include <thread>
 #include <vector>
 
+#include "gateway/flow_cache.h"
 #include "gateway/flow_repository.h"
 #include "gateway/flow_table.h"
 #include "gateway/metrics.h"
@@ -78,12 +95,24 @@ class GatewayMqttClient {
 
   // The first enabled broker, default first. Throws Error("no enabled MQTT server ...").
   MqttServer load_mqtt_server();
+  // Every enabled broker, the failover candidates in order. Throws Error("no enabled MQTT server
+  // ...") when there is none.
+  std::vector<MqttServer> load_mqtt_servers();
   // The enabled flows.
   std::vector<Flow> load_flows();
   // Loads the flows, installs them, logs what changed and asks the MQTT thread to subscribe and
-  // unsubscribe accordingly; never calls the broker itself. Throws what the repository throws
-  // (the old flows stay).
+  // unsubscribe accordingly; never calls the broker itself. A new STORE_TABLE flow whose mapping
+  // does not fit its table as information_schema shows it now is not activated (one error line
+  // naming the flow and the problem, on every reload until it is fixed). One that is active
+  // stays active with an error line: unsubscribing would let the broker drop its messages,
+  // while the processor holds them in the spool until the table is fixed. Throws what the repository throws
+  // (the old flows stay). Also reloads the broker candidates and, when all of it worked, saves
+  // the copy for a start during a database outage (a failure to write it is a warning).
   FlowDiff reload_flows();
+
+  // Installs flows and broker candidates from the cached copy instead of the database (which is
+  // down at start-up); start() then connects without the database. Logs one warning.
+  void use_cached(const FlowCacheContents& copy);
 
   // Loads broker and flows, checks that no other live gateway uses MQTT_CLIENT_ID (waiting up to
   // ClientIdCheck::wait for it to go; ConfigError if it stays), connects, subscribes (waiting for
@@ -93,8 +122,9 @@ class GatewayMqttClient {
   void stop();
 
   // Pings the database on the control connection (SELECT 1): false when it is unreachable. A
-  // failed ping drops the connection, so that the next load reconnects. Never throws. (The
-  // Supervisor's health probe.)
+  // failed ping drops the connection, so that the next load reconnects. After a start from the
+  // cached copy, the first ping that answers reloads the flows from the database. Never throws.
+  // (The Supervisor's health probe.)
   bool ping_database();
 
   // Subscribes to the filters the flows need and the broker does not have for this session, and
@@ -107,6 +137,9 @@ class GatewayMqttClient {
   void on_message(const MqttMessage& message);
 
  private:
+  // Checks the STORE_TABLE flows' mappings against their tables: takes the new ones that do not
+  // fit out of `flows`, logs every one that does not fit.
+  void check_store_tables(std::vector<Flow>& flows);
   std::string subscription(const std::string& filter) const;
   // What the broker should have: the flows' filters (as subscriptions) and the heartbeat topic.
   std::set<std::string> wanted_subscriptions() const;
@@ -126,6 +159,25 @@ class GatewayMqttClient {
   void heartbeat();
   void request_sync();
 
+  // Failover (MQTT thread, and start()).
+  std::vector<MqttServer> candidates() const;
+  // The connect options for a broker row. Throws ConfigError for a row that cannot work.
+  MqttConnectOptions options_for(const MqttServer& server) const;
+  MqttHandlers handlers();
+  // Makes `server` (candidate `index`) the current broker: a new connection, connected, presence,
+  // subscriptions restored. Throws Error when it cannot connect (connection_ is then the new,
+  // unconnected connection) or subscribe.
+  void attach(std::size_t index, const MqttServer& server, bool check_client_id);
+  // What start() and a failover do once connected.
+  void on_connected(bool session_present);
+  // Moves when the current broker has been down long enough, or back to the first when it answers.
+  void maybe_fail_over();
+  void move_to(std::size_t index, const std::string& why);
+  // A short clean-session connection under another client id: true if the broker accepts it.
+  bool probe_reachable(const MqttServer& server);
+  // Saves the copy (flow_cache.h); logs instead of throwing.
+  void save_cache(const std::vector<Flow>& flows, std::uint64_t committed_seq);
+
   const Settings& settings_;
   // The control connection, opened on first use and dropped after a connection error.
   FlowRepository& repo();
@@ -137,8 +189,19 @@ class GatewayMqttClient {
   Metrics& metrics_;
   ConnectionFactory connect_;
   std::shared_ptr<spdlog::logger> log_;
+  // Replaced only on the MQTT thread (failover) or by start()/stop() while it does not run.
   std::unique_ptr<MqttConnection> connection_;
-  MqttConnectOptions connect_options_;  // set by start()
+  MqttConnectOptions connect_options_;  // set by attach()
+  FlowCache cache_;
+  std::atomic<bool> from_cache_{false};  // flows from the copy; the database not reached since
+
+  mutable std::mutex servers_mu_;
+  std::vector<MqttServer> candidates_;  // guarded by servers_mu_; replaced by reloads
+  std::int64_t current_id_ = 0;         // guarded by servers_mu_; the broker we are on
+  std::string current_uri_;             // guarded by servers_mu_; its URI (spool window key)
+  // Steady ms since when the current broker has not answered; 0 while connected.
+  std::atomic<std::int64_t> down_since_ms_{0};
+  std::int64_t next_probe_ms_ = 0;  // MQTT thread only: when to probe the first broker again
 
   std::recursive_mutex reload_mu_;  // serialises reload_flows() and the repository
   std::atomic<std::int64_t> last_heartbeat_ms_{0};

@@ -37,6 +37,8 @@ class Metrics {
   std::atomic<std::int64_t> broker_down_since_ms{0};  // steady clock, 0 while up
   std::atomic<std::int64_t> db_down_since_ms{0};      // steady clock, 0 while up
   std::atomic<std::int64_t> last_reload_unix{0};
+  // Successful flow reloads; a change tells STORE_TABLE mappings to read their tables again.
+  std::atomic<std::uint64_t> flow_reloads{0};
   std::atomic<std::int64_t> last_progress_ms{0};  // steady clock of the last dispatcher/worker step
   std::atomic<std::uint64_t> flows_held{0};       // flows waiting for the database to take writes
   std::atomic<std::uint64_t> held_messages{0};    // messages that arrived for them while held
@@ -45,6 +47,10 @@ class Metrics {
   // Transactions rolled back by the server and retried whole (DbRetryable: a deadlock, or a
   // Galera certification conflict at COMMIT when two nodes wrote the same flow row).
   std::atomic<std::uint64_t> db_conflicts{0};
+  // Broker failover (issue 15): moves from one mqtt_servers row to another, and whether the flows
+  // came from the cached copy (the database was down at start-up and has not answered since).
+  std::atomic<std::uint64_t> broker_failovers{0};
+  std::atomic<bool> flows_from_cache{false};
 
   // Transaction latency histogram (seconds), Prometheus-style cumulative buckets.
   static constexpr double kLatencyBuckets[] = {0.001, 0.002, 0.005, 0.01, 0.02,
@@ -60,6 +66,10 @@ class Metrics {
   void clear_held(const std::string& code);
   std::map<std::string, std::string> held() const;
 
+  // The broker the gateway is on: its URI (tcp://host:port, never credentials), its mqtt_servers
+  // id and its place among the candidates (0: the first).
+  void set_broker(const std::string& uri, std::int64_t server_id, std::size_t candidate);
+
   // The Prometheus text exposition of everything above.
   std::string prometheus_text() const;
 
@@ -69,6 +79,9 @@ class Metrics {
   mutable std::mutex mu_;
   std::map<std::string, FlowCounters> flows_;  // guarded by mu_
   std::map<std::string, std::string> held_;    // guarded by mu_
+  std::string broker_uri_;                     // guarded by mu_; "" before the first connect
+  std::int64_t broker_server_id_ = 0;          // guarded by mu_
+  std::size_t broker_candidate_ = 0;           // guarded by mu_
 };
 
 // Which database node this process's connections reach (DB_HOST may list several; issue 15).
@@ -87,17 +100,22 @@ class DatabaseNode {
   }
 
   // A connection reached the node at `address` ("host:port"), called `name` there
-  // (wsrep_node_name or hostname; may be empty). Returns true when that is a change.
-  bool reached(const std::string& address, const std::string& name) {
+  // (wsrep_node_name or hostname; may be empty), over `tls` (e.g. "TLSv1.3
+  // TLS_AES_256_GCM_SHA384"; "" in clear text). Returns true when that is a change.
+  bool reached(const std::string& address, const std::string& name, const std::string& tls = {}) {
     OnChange notify;
     {
       std::lock_guard lock(mu_);
-      if (address == address_ && name == name_) return false;
+      if (address == address_ && name == name_ && tls == tls_) return false;
       address_ = address;
       name_ = name;
+      tls_ = tls;
       notify = on_change_;
     }
-    if (notify) notify("database node " + address + (name.empty() ? "" : " (" + name + ")"));
+    if (notify) {
+      notify("database node " + address + (name.empty() ? "" : " (" + name + ")") + ", " +
+             (tls.empty() ? std::string("not encrypted") : "TLS " + tls));
+    }
     return true;
   }
 
@@ -110,17 +128,24 @@ class DatabaseNode {
     std::lock_guard lock(mu_);
     return name_;
   }
+  // The last connection's TLS protocol and cipher; "" when it was not encrypted.
+  std::string tls() const {
+    std::lock_guard lock(mu_);
+    return tls_;
+  }
   // Forgets the node (tests that start over with another DB_HOST in one process).
   void forget() {
     std::lock_guard lock(mu_);
     address_.clear();
     name_.clear();
+    tls_.clear();
   }
 
  private:
   mutable std::mutex mu_;
   std::string address_;  // guarded by mu_
   std::string name_;     // guarded by mu_
+  std::string tls_;      // guarded by mu_
   OnChange on_change_;   // guarded by mu_
 };
 

@@ -1,12 +1,14 @@
 // The flow transaction: what happens to messages once a worker has them (reference:
 // src/processor.py). Lock the flow row, skip what an earlier run already committed, validate,
-// number the valid messages consecutively, store one data_records row per field (STORE_DB) or
-// POST the payload (POST_ENDPOINT), record rejects as dead letters, advance last_msg_id and the
-// spool offset, commit; all in one transaction.
+// number the valid messages consecutively, store one data_records row per field (STORE_DB), one
+// row of the flow's own table (STORE_TABLE, column_map.h) or POST the payload (POST_ENDPOINT),
+// record rejects as dead letters, advance last_msg_id and the spool offset, commit; all in one
+// transaction.
 //
 // Not thread-safe: one Processor per worker, over that worker's own repository and HTTP poster.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -18,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "gateway/column_map.h"
 #include "gateway/constants.h"
 #include "gateway/flow_repository.h"
 #include "gateway/http_poster.h"
@@ -38,6 +41,9 @@ struct ProcessorOptions {
   // POST_ENDPOINT: false records the message in the outbox (deliveries) for the delivery workers;
   // true POSTs while the flow row is locked, one try (the reference; HTTP_DELIVERY=inline).
   bool post_inline = false;
+  // Counts flow reloads (Metrics::flow_reloads); when it moves, STORE_TABLE mappings read their
+  // tables again (an ALTER that widened a column then takes effect). nullptr: never re-read.
+  const std::atomic<std::uint64_t>* reloads = nullptr;
 };
 
 // A spooled message, parsed once and shared by every flow it matches.
@@ -175,6 +181,19 @@ class Processor {
                              std::vector<MessageOutcome>* outcomes = nullptr);
   // The compiled payload_schema of a flow, recompiled only when the column text changes.
   const SchemaResult& schema_for(const Flow& flow);
+  // A STORE_TABLE flow's column map, compiled against its table as it is now (described within
+  // the open transaction), again only when the flow's mapping changes: a table altered meanwhile
+  // shows as a refused INSERT, which drops this Processor with its session. Throws Error when
+  // the mapping is unusable (no table, a missing column): the operator's to fix, so the flow's
+  // messages wait; the next reload deactivates the flow.
+  struct TableMap {
+    std::optional<std::string> table, map;
+    std::string mode;
+    std::uint64_t reloads = 0;  // options_.reloads when compiled
+    CompiledColumnMap compiled;
+    WriteMode write_mode = WriteMode::kInsert;
+  };
+  const TableMap& table_map_for(const Flow& flow);
   // Why `message` cannot go to `flow`, or empty.
   std::string check(const Flow& flow, const InboundMessage& message);
   HttpResult post(const Flow& flow, const InboundMessage& message, std::int64_t msg_id);
@@ -189,6 +208,7 @@ class Processor {
   ProcessorOptions options_;
   std::shared_ptr<spdlog::logger> log_;
   std::unordered_map<std::int64_t, std::pair<std::optional<std::string>, SchemaResult>> schemas_;
+  std::unordered_map<std::int64_t, TableMap> tables_;
 };
 
 }  // namespace gateway

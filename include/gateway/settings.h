@@ -1,6 +1,8 @@
 // The daemon's settings, read once at start-up from the environment and an optional .env file
 // (reference: src/config.py). Settings is a plain value: copy it freely; a const Settings may be
-// read from any thread. load_settings() is pure apart from the overload that reads the .env file.
+// read from any thread. load_settings(EnvMap) reads no environment, only the files secrets come
+// from (DB_PASSWORD_FILE, systemd credentials) and the DB_SSL_* files' readability; the other
+// overload also reads the .env file.
 #pragma once
 
 #include <fmt/format.h>
@@ -53,6 +55,18 @@ enum class HttpDelivery { kOutbox, kInline };
 std::string_view to_string(HttpDelivery delivery);
 std::optional<HttpDelivery> parse_http_delivery(std::string_view text);
 
+// How the database connections use TLS (DB_SSL_MODE), as MySQL's --ssl-mode names them:
+// disabled: never; preferred: when the server offers it, no certificate check (falls back to
+// clear text); required: always, no certificate check; verify-ca: always, the server's certificate
+// must chain to DB_SSL_CA; verify-identity: as verify-ca (DB_SSL_CA, else the system's trust
+// store), and the certificate must also name the host of DB_HOST.
+enum class DbSslMode { kDisabled, kPreferred, kRequired, kVerifyCa, kVerifyIdentity };
+
+// "disabled", "preferred", "required", "verify-ca", "verify-identity"; parse_db_ssl_mode() is
+// case-insensitive and also takes '_' for '-', and returns std::nullopt for anything else.
+std::string_view to_string(DbSslMode mode);
+std::optional<DbSslMode> parse_db_ssl_mode(std::string_view text);
+
 // A host and port, as METRICS_ADDRESS holds them.
 struct HostPort {
   std::string host;  // without brackets for an IPv6 literal ("[::1]:9100" -> "::1")
@@ -88,15 +102,28 @@ struct Settings {
   // goes to the first node that takes writes, trying the one the last connection reached first
   // (src/adapters/mysql_session.h: the safe Galera mode).
   std::string db_host;
-  int db_port = 3306;                  // DB_PORT, 1..65535
-  std::string db_name;                 // DB_NAME, required
-  std::string db_user;                 // DB_USER, required
-  Secret db_password;                  // DB_PASSWORD, required but may be empty
+  int db_port = 3306;   // DB_PORT, 1..65535
+  std::string db_name;  // DB_NAME, required
+  std::string db_user;  // DB_USER, required
+  // DB_PASSWORD, required but may be empty; or read from the file DB_PASSWORD_FILE names, or
+  // from $CREDENTIALS_DIRECTORY/db_password (systemd's LoadCredential=): see load_settings().
+  Secret db_password;
+  // Where db_password came from, for the start-up log: "" (DB_PASSWORD itself),
+  // "DB_PASSWORD_FILE <path>" or "systemd credential <path>". Never the password.
+  std::string db_password_from;
   int db_pool_size = 4;                // DB_POOL_SIZE: connections used for writing, 1..64
   int max_batch = 500;                 // MAX_BATCH: messages per DB transaction, 1..10000
   int batch_linger_ms = 10;            // BATCH_LINGER_MS a worker waits for a fuller batch, 0..1000
   int db_retry_max_seconds = 30;       // DB_RETRY_MAX_SECONDS: cap of the reconnect backoff
   int db_connect_timeout_seconds = 5;  // DB_CONNECT_TIMEOUT_SECONDS, 1..300
+  DbSslMode db_ssl_mode = DbSslMode::kPreferred;  // DB_SSL_MODE
+  // DB_SSL_CA: PEM file of the CA(s) the server's certificate must chain to; required by
+  // verify-ca, optional for verify-identity, refused with the other modes (they check nothing).
+  std::string db_ssl_ca;
+  // DB_SSL_CERT, DB_SSL_KEY: the gateway's client certificate (PEM; the key may be in the
+  // certificate file) for a server that asks for one (REQUIRE X509); not with disabled.
+  std::string db_ssl_cert;
+  std::string db_ssl_key;
 
   // MQTT.
   std::string mqtt_client_id = "mqtt-gateway";  // MQTT_CLIENT_ID, no '/', '+', '#'
@@ -104,6 +131,10 @@ struct Settings {
   std::string mqtt_shared_group;                // MQTT_SHARED_GROUP: $share group, "" = off
   int mqtt_reconnect_max_seconds = 30;          // MQTT_RECONNECT_MAX_SECONDS, 1..30
   int mqtt_heartbeat_seconds = 15;              // MQTT_HEARTBEAT_SECONDS, 0 = off, ..3600
+  // MQTT_FAILOVER_SECONDS: how long the current broker may stay unreachable before the gateway
+  // moves to the next enabled mqtt_servers row (and how often it probes the first one to move
+  // back); 0 = stay on one broker. 0..3600.
+  int mqtt_failover_seconds = 30;
   int mqtt_version = 4;  // MQTT_VERSION: 3.1.1 (also "4", the protocol level; stored as 4) or 5
   // MQTT_SESSION_EXPIRY_SECONDS (MQTT 5 only): how long the broker keeps the session (and queues
   // messages) after the connection ends; 1..4294967295 (that one: never expires).
@@ -156,9 +187,14 @@ struct Settings {
   std::string database_url_redacted() const;
 };
 
-// Builds Settings from a variable map; does not read the environment itself. An empty value
-// counts as unset: an optional variable takes its default, a required one is missing (except
-// DB_PASSWORD, which must be present but may be empty). Integers are strict: the whole value
+// Builds Settings from a variable map; does not read the environment itself, but reads the files
+// that secrets come from and checks that the DB_SSL_* files are readable. An empty value counts
+// as unset: an optional variable takes its default, a required one is missing (except
+// DB_PASSWORD, which must be present but may be empty). A secret (DB_PASSWORD) comes from, in
+// this order: NAME (non-empty), the file NAME_FILE names, the file <lower-case name> in the
+// directory CREDENTIALS_DIRECTORY (systemd credentials) if it exists there, NAME present but
+// empty. A file's content is the secret, less one trailing newline. NAME and NAME_FILE both set
+// is an error. Integers are strict: the whole value
 // must be digits in range ("10s", " 10", "+10" and overflow are errors). LOG_LEVEL and
 // SPOOL_FSYNC are case-insensitive (LOG_LEVEL also takes "warning"); HTTP_DELIVERY is not.
 // Throws ConfigError with a one-line message naming the variable, e.g.

@@ -142,8 +142,9 @@ class Spool {
   // its packet ids start again, so the window is emptied: an old record could only make a new
   // message look like one already spooled, and it would be dropped. With the session the window
   // stays (what any earlier connection of the session left unacknowledged may come again).
-  // Thread-safe.
-  void new_broker_connection(bool session_present);
+  // `broker` names the broker (failover, issue 15): each has its own window, so a move to
+  // another broker and back still recognises what the first one redelivers. Thread-safe.
+  void new_broker_connection(bool session_present, const std::string& broker = {});
 
   // Wakes every blocked append()/read_next(); they (and later calls) return std::nullopt.
   // Idempotent.

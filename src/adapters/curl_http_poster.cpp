@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "gateway/errors.h"
+#include "gateway/redact.h"
 
 namespace gateway {
 
@@ -160,7 +161,8 @@ HttpResult CurlHttpPoster::post(const HttpRequest& request) {
   if (code != CURLE_OK) {
     // Even if a status line arrived, the answer is incomplete: report it as a transport failure
     // so the caller retries (at-least-once) rather than treating it as delivered.
-    result.error = curl_error_text(code, handle_->error_buffer);
+    // curl's detail may quote the URL, credentials and all.
+    result.error = redact_url_credentials(curl_error_text(code, handle_->error_buffer));
     return result;
   }
   long status = 0;

@@ -7,6 +7,7 @@
 
 #include "gateway/errors.h"
 #include "mysql_session.h"
+#include "mysql_table_rows.h"
 
 namespace gateway {
 namespace {
@@ -16,7 +17,7 @@ constexpr const char* kFlowColumns =
     "f.enabled, f.name, DATE_FORMAT(f.updated_at, '%Y-%m-%d %H:%i:%s'), "
     "(SELECT COUNT(*) FROM deliveries d WHERE d.flow_id = f.id), "
     "(SELECT COUNT(*) FROM rejected_messages r WHERE r.flow_id = f.id AND r.created_at >= "
-    "NOW(6) - INTERVAL 1 DAY) ";
+    "NOW(6) - INTERVAL 1 DAY), f.target_table, f.column_map, f.write_mode ";
 // Counted for one flow only (`flows show`): it reads every dead letter the flow ever had.
 constexpr const char* kWaitingCount =
     ", (SELECT COUNT(*) FROM rejected_messages r WHERE r.flow_id = f.id AND r.replayed_at IS "
@@ -49,7 +50,10 @@ FlowStatus read_status(sql::ResultSet& rs, bool waiting) {
   s.updated_at = rs.getString(10);
   s.pending_deliveries = rs.getInt64(11);
   s.rejected_last_24h = rs.getInt64(12);
-  if (waiting) s.dead_letters_waiting = rs.getInt64(13);
+  s.flow.target_table = nullable_string(rs, 13);
+  s.flow.column_map = nullable_string(rs, 14);
+  s.flow.write_mode = rs.getString(15);
+  if (waiting) s.dead_letters_waiting = rs.getInt64(16);
   return s;
 }
 
@@ -126,13 +130,15 @@ MySqlFlowAdmin::MySqlFlowAdmin(const Settings& settings)
     st->execute("SET time_zone = '+00:00'");
     std::unique_ptr<sql::ResultSet> rs(st->executeQuery(
         "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND "
-        "TABLE_NAME = 'rejected_messages' AND COLUMN_NAME = 'replayed_msg_id'"));
-    const bool upgraded = rs->next() && rs->getInt(1) > 0;
+        "((TABLE_NAME = 'rejected_messages' AND COLUMN_NAME = 'replayed_msg_id') OR "
+        "(TABLE_NAME = 'flows' AND COLUMN_NAME = 'write_mode'))"));
+    const int found = rs->next() ? rs->getInt(1) : 0;
     rs.reset();
     db_->conn().commit();
-    if (!upgraded) {
+    if (found < 2) {
       throw Error(
-          "table rejected_messages has no replay columns (replayed_at, replayed_msg_id): run "
+          "the schema is older than this version (rejected_messages without replayed_at and "
+          "replayed_msg_id, or flows without target_table, column_map and write_mode): run "
           "mqtt-gateway --init-db to upgrade the schema");
     }
   } catch (const sql::SQLException& e) {
@@ -174,27 +180,27 @@ std::optional<FlowStatus> MySqlFlowAdmin::find_flow(std::string_view code) {
 
 namespace {
 
-// code, name, topic, action, endpoint_url, payload_schema, enabled: parameters 1..7.
+void set_nullable(sql::PreparedStatement& stmt, int i, const std::optional<std::string>& value) {
+  if (value) {
+    stmt.setString(i, *value);
+  } else {
+    stmt.setNull(i, sql::DataType::VARCHAR);
+  }
+}
+
+// code, name, topic, action, endpoint_url, payload_schema, enabled, target_table, column_map,
+// write_mode: parameters 1..10.
 void bind_definition(sql::PreparedStatement& stmt, const FlowDefinition& f) {
   stmt.setString(1, f.code);
-  if (f.name) {
-    stmt.setString(2, *f.name);
-  } else {
-    stmt.setNull(2, sql::DataType::VARCHAR);
-  }
+  set_nullable(stmt, 2, f.name);
   stmt.setString(3, f.topic);
   stmt.setString(4, f.action);
-  if (f.endpoint_url) {
-    stmt.setString(5, *f.endpoint_url);
-  } else {
-    stmt.setNull(5, sql::DataType::VARCHAR);
-  }
-  if (f.payload_schema) {
-    stmt.setString(6, *f.payload_schema);
-  } else {
-    stmt.setNull(6, sql::DataType::VARCHAR);
-  }
+  set_nullable(stmt, 5, f.endpoint_url);
+  set_nullable(stmt, 6, f.payload_schema);
   stmt.setInt(7, f.enabled ? 1 : 0);
+  set_nullable(stmt, 8, f.target_table);
+  set_nullable(stmt, 9, f.column_map);
+  stmt.setString(10, f.write_mode);
 }
 
 }  // namespace
@@ -202,8 +208,8 @@ void bind_definition(sql::PreparedStatement& stmt, const FlowDefinition& f) {
 std::int64_t MySqlFlowAdmin::insert_flow(const FlowDefinition& flow) {
   try {
     auto& stmt = db_->prepare(
-        "INSERT INTO flows (code, name, topic, action, endpoint_url, payload_schema, enabled) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)");
+        "INSERT INTO flows (code, name, topic, action, endpoint_url, payload_schema, enabled, "
+        "target_table, column_map, write_mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     bind_definition(stmt, flow);
     stmt.executeUpdate();
     std::unique_ptr<sql::Statement> st(db_->conn().createStatement());
@@ -223,9 +229,10 @@ bool MySqlFlowAdmin::update_flow(std::int64_t id, const FlowDefinition& flow) {
     // Waits for a flow transaction holding the row; last_msg_id is never written here.
     auto& stmt = db_->prepare(
         "UPDATE flows SET code = ?, name = ?, topic = ?, action = ?, endpoint_url = ?, "
-        "payload_schema = ?, enabled = ? WHERE id = ?");
+        "payload_schema = ?, enabled = ?, target_table = ?, column_map = ?, write_mode = ? "
+        "WHERE id = ?");
     bind_definition(stmt, flow);
-    stmt.setInt64(8, id);
+    stmt.setInt64(11, id);
     stmt.executeUpdate();
     // Matched rather than changed rows: an update to the same values still found the row.
     std::unique_ptr<sql::Statement> st(db_->conn().createStatement());
@@ -238,6 +245,16 @@ bool MySqlFlowAdmin::update_flow(std::int64_t id, const FlowDefinition& flow) {
   } catch (const sql::SQLException& e) {
     db_->rollback_quietly();
     rethrow(e, "update flow " + flow.code);
+  }
+}
+
+TableInfo MySqlFlowAdmin::describe_table(std::string_view table) {
+  try {
+    TableInfo info = gateway::describe_table(*db_, table);
+    db_->conn().commit();
+    return info;
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "describe table " + std::string(table));
   }
 }
 

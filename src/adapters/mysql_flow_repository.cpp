@@ -10,6 +10,7 @@
 #include "gateway/errors.h"
 #include "gateway/hash.h"
 #include "mysql_session.h"
+#include "mysql_table_rows.h"
 
 namespace gateway {
 namespace {
@@ -18,10 +19,18 @@ constexpr const char* kLoadServerSql =
     "SELECT id, host, port, username, password, use_tls, ca_file, client_cert_file, "
     "client_key_file, client_key_password_file FROM mqtt_servers "
     "WHERE enabled = 1 ORDER BY is_default DESC, id ASC LIMIT 1";
+// Every broker candidate (issue 15, failover), in the same order and columns.
+constexpr const char* kLoadServersSql =
+    "SELECT id, host, port, username, password, use_tls, ca_file, client_cert_file, "
+    "client_key_file, client_key_password_file FROM mqtt_servers "
+    "WHERE enabled = 1 ORDER BY is_default DESC, id ASC";
 // The flows columns read_flow() reads, in its order: one list for every statement that reads
 // flows (a macro, so that the statements stay compile-time constants).
-#define GW_FLOW_COLUMNS \
-  "id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled"
+#define GW_FLOW_COLUMNS                                                                    \
+  "id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled, target_table, " \
+  "column_map, write_mode"
+// The column after GW_FLOW_COLUMNS (1-based).
+constexpr int kAfterFlowColumns = 12;
 constexpr const char* kLoadFlowsSql =
     "SELECT " GW_FLOW_COLUMNS " FROM flows WHERE enabled = 1 ORDER BY id";
 // The flow row and its spool offset in one round trip (the offset row, when there is one, is
@@ -70,12 +79,6 @@ constexpr const char* kLockRejectedPrefix =
     "SELECT id FROM rejected_messages WHERE replayed_at IS NULL AND id IN (";
 constexpr const char* kLockRejectedSuffix = ") ORDER BY id FOR UPDATE";
 
-// Multi-row INSERTs go out in chunks of these sizes so that a handful of prepared statements
-// serve every batch size.
-constexpr std::array<std::size_t, 7> kChunkSizes = {1024, 256, 64, 16, 4, 2, 1};
-// What a bound row costs in an execute packet besides its values (types, length prefixes), with
-// room to spare.
-constexpr std::size_t kRowOverheadBytes = 64;
 // rejected_messages.reason holds up to 1024 characters: this many bytes at most, and then some.
 constexpr std::size_t kReasonBytes = 2048;
 
@@ -90,6 +93,9 @@ Flow read_flow(sql::ResultSet& rs) {
   f.payload_schema = nullable_string(rs, 6);
   f.last_msg_id = rs.getInt64(7);
   f.enabled = rs.getInt(8) != 0;
+  f.target_table = nullable_string(rs, 9);
+  f.column_map = nullable_string(rs, 10);
+  f.write_mode = rs.getString(11);
   return f;
 }
 
@@ -103,41 +109,11 @@ std::uint64_t committed_seq(MySqlSession& db, std::int64_t flow_id, std::string_
   return o->next() ? static_cast<std::uint64_t>(o->getInt64(1)) : 0;
 }
 
-// Multi-row INSERTs: runs of rows that fit one packet (db.packet_budget()), each run sent as
-// statements of the kChunkSizes row counts, each statement prepared once. A single row larger
-// than a packet is its message's fault: DbDataError.
-template <typename Row, typename Bind, typename Size>
-void insert_in_chunks(MySqlSession& db, std::span<const Row> rows, const char* prefix,
-                      const char* row_sql, std::string_view what, Bind bind, Size size) {
-  try {
-    std::size_t done = 0;
-    while (done < rows.size()) {
-      std::size_t n = 0, bytes = 0;
-      while (done + n < rows.size() && n < kChunkSizes.front()) {
-        const std::size_t b = size(rows[done + n]) + kRowOverheadBytes;
-        if (n == 0 && b > db.packet_budget()) {
-          throw DbDataError(std::string(what) + ": a row of " + std::to_string(b) +
-                                " bytes does not fit the server's max_allowed_packet",
-                            1153);
-        }
-        if (bytes + b > db.packet_budget()) break;
-        bytes += b;
-        ++n;
-      }
-      for (std::size_t chunk : kChunkSizes) {
-        while (n >= chunk) {
-          auto& stmt = db.prepare_rows(prefix, row_sql, chunk);
-          int p = 1;
-          for (std::size_t i = done; i < done + chunk; ++i) bind(stmt, p, rows[i]);
-          stmt.executeUpdate();
-          done += chunk;
-          n -= chunk;
-        }
-      }
-    }
-  } catch (const sql::SQLException& e) {
-    rethrow(e, what);
-  }
+// The statement for n rows of a constant INSERT (insert_in_chunks()' prepare).
+auto rows_of(MySqlSession& db, const char* prefix, const char* row) {
+  return [&db, prefix, row](std::size_t n) -> sql::PreparedStatement& {
+    return db.prepare_rows(prefix, row, n);
+  };
 }
 
 void bind_record(sql::PreparedStatement& stmt, int& p, std::int64_t flow_id, const DataRecord& r) {
@@ -190,7 +166,7 @@ class MySqlFlowTransaction final : public FlowTransaction {
       return;
     }
     insert_in_chunks(
-        db_, rows, kInsertRecordsPrefix, kInsertRecordRow, "insert data_records",
+        db_, rows, rows_of(db_, kInsertRecordsPrefix, kInsertRecordRow), "insert data_records",
         [this](sql::PreparedStatement& stmt, int& p, const DataRecord& r) {
           bind_record(stmt, p, flow_.id, r);
         },
@@ -199,7 +175,7 @@ class MySqlFlowTransaction final : public FlowTransaction {
 
   void insert_deliveries(std::span<const OutboxEntry> rows) override {
     insert_in_chunks(
-        db_, rows, kInsertDeliveriesPrefix, kInsertDeliveryRow, "insert deliveries",
+        db_, rows, rows_of(db_, kInsertDeliveriesPrefix, kInsertDeliveryRow), "insert deliveries",
         [this](sql::PreparedStatement& stmt, int& p, const OutboxEntry& r) {
           stmt.setInt64(p++, flow_.id);
           stmt.setInt64(p++, r.msg_id);
@@ -209,6 +185,10 @@ class MySqlFlowTransaction final : public FlowTransaction {
           stmt.setInt64(p++, r.created_ms);
         },
         [](const OutboxEntry& r) { return r.topic.size() + r.payload.size(); });
+  }
+
+  void insert_table_rows(const TableRows& rows) override {
+    gateway::insert_table_rows(db_, rows);
   }
 
   void insert_rejected(std::span<const RejectedMessage> rows) override {
@@ -411,8 +391,8 @@ class MySqlFlowGroup final : public FlowGroupTransaction {
   void commit() override {
     try {
       insert_in_chunks(
-          db_, std::span<const GroupWrites::Record>(writes_.records), kInsertRecordsPrefix,
-          kInsertRecordRow, "insert data_records",
+          db_, std::span<const GroupWrites::Record>(writes_.records),
+          rows_of(db_, kInsertRecordsPrefix, kInsertRecordRow), "insert data_records",
           [](sql::PreparedStatement& stmt, int& p, const GroupWrites::Record& r) {
             bind_record(stmt, p, r.flow_id, r.row);
           },
@@ -463,12 +443,12 @@ MySqlFlowRepository::MySqlFlowRepository(const Settings& settings)
 
 MySqlFlowRepository::~MySqlFlowRepository() = default;
 
-std::optional<MqttServer> MySqlFlowRepository::load_mqtt_server() {
+std::vector<MqttServer> MySqlFlowRepository::read_servers(const char* sql, std::size_t limit) {
   try {
-    auto& stmt = db_->prepare(kLoadServerSql);
+    auto& stmt = db_->prepare(sql);
     std::unique_ptr<sql::ResultSet> rs(stmt.executeQuery());
-    std::optional<MqttServer> server;
-    if (rs->next()) {
+    std::vector<MqttServer> servers;
+    while (servers.size() < limit && rs->next()) {
       MqttServer s;
       s.id = rs->getInt64(1);
       s.host = rs->getString(2);
@@ -480,14 +460,24 @@ std::optional<MqttServer> MySqlFlowRepository::load_mqtt_server() {
       s.client_cert_file = nullable_string(*rs, 8).value_or("");
       s.client_key_file = nullable_string(*rs, 9).value_or("");
       s.client_key_password_file = nullable_string(*rs, 10).value_or("");
-      server = std::move(s);
+      servers.push_back(std::move(s));
     }
     rs.reset();
     db_->conn().commit();  // end the read transaction: the next reload must see fresh rows
-    return server;
+    return servers;
   } catch (const sql::SQLException& e) {
     rethrow(e, "load mqtt_servers");
   }
+}
+
+std::optional<MqttServer> MySqlFlowRepository::load_mqtt_server() {
+  auto servers = read_servers(kLoadServerSql, 1);
+  if (servers.empty()) return std::nullopt;
+  return std::move(servers.front());
+}
+
+std::vector<MqttServer> MySqlFlowRepository::load_mqtt_servers() {
+  return read_servers(kLoadServersSql, static_cast<std::size_t>(-1));
 }
 
 std::vector<Flow> MySqlFlowRepository::load_flows() {
@@ -501,6 +491,17 @@ std::vector<Flow> MySqlFlowRepository::load_flows() {
     return flows;
   } catch (const sql::SQLException& e) {
     rethrow(e, "load flows");
+  }
+}
+
+TableInfo MySqlFlowRepository::describe_table(std::string_view table) {
+  try {
+    // No commit: the processor describes inside its open flow transaction, whose locks and
+    // uncommitted rows must stay as they are. (information_schema reads take no locks that
+    // outlive the statement.)
+    return gateway::describe_table(*db_, table);
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "describe table " + std::string(table));
   }
 }
 
@@ -519,7 +520,9 @@ std::unique_ptr<FlowTransaction> MySqlFlowRepository::lock_flow(std::int64_t flo
     Flow flow = read_flow(*rs);
     // No spool (the reference API): no offset; a spool with no row yet: 0.
     const std::uint64_t committed =
-        spool_id.empty() || rs->isNull(9) ? 0 : static_cast<std::uint64_t>(rs->getInt64(9));
+        spool_id.empty() || rs->isNull(kAfterFlowColumns)
+            ? 0
+            : static_cast<std::uint64_t>(rs->getInt64(kAfterFlowColumns));
     rs.reset();
     return std::make_unique<MySqlFlowTransaction>(*db_, std::move(flow), committed,
                                                   std::string(spool_id));

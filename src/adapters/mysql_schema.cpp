@@ -56,9 +56,8 @@ std::vector<std::string> MySqlSchema::upgrade_schema() {
           "utf8mb4_nopad_bin NOT NULL");
       done.emplace_back("data_records.field_name now compares as bytes (utf8mb4_nopad_bin)");
     }
-    // Dead-letter replay (issue 14): nullable columns, added in place.
-    // Nullable columns of newer versions, added in place: dead-letter replay (issue 14) and the
-    // broker's client certificate (issue 12).
+    // Columns of newer versions, added in place (nullable or with a default): dead-letter replay
+    // (issue 14), the broker's client certificate (issue 12) and STORE_TABLE (issue 13).
     auto& column = db_->prepare(
         "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND "
         "TABLE_NAME = ? AND COLUMN_NAME = ?");
@@ -77,6 +76,10 @@ std::vector<std::string> MySqlSchema::upgrade_schema() {
                    "client certificates"},
              Added{"mqtt_servers", "client_key_password_file",
                    "VARCHAR(1024) NULL AFTER client_key_file", "client certificates"},
+             Added{"flows", "target_table", "VARCHAR(64) NULL AFTER enabled", "STORE_TABLE"},
+             Added{"flows", "column_map", "JSON NULL AFTER target_table", "STORE_TABLE"},
+             Added{"flows", "write_mode", "VARCHAR(16) NOT NULL DEFAULT 'insert' AFTER column_map",
+                   "STORE_TABLE"},
          }) {
       column.setString(1, a.table);
       column.setString(2, a.name);

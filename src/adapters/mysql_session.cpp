@@ -76,6 +76,31 @@ NodeFacts inspect(sql::Statement& st) {
   return facts;
 }
 
+// DB_SSL_MODE as Connector/C++ 1.1.12 options. Debian builds it on MariaDB Connector/C 3.3, where
+// "OPT_SSL_MODE" is accepted and silently does nothing (measured: OPT_SSL_MODE=SSL_MODE_REQUIRED
+// connects in clear text). What works there: "sslEnforce" asks for TLS but falls back to clear
+// text when the server does not offer it; "sslCA" makes the library check the certificate chain
+// (also falling back to clear text without TLS); "sslVerify" checks the chain (against sslCA,
+// else the system's trust store) and the host name, and refuses a server without TLS. So
+// required and verify-ca are completed by tls_of() after the connect.
+void set_tls_options(sql::ConnectOptionsMap& o, const Settings& s) {
+  if (s.db_ssl_mode == DbSslMode::kDisabled) return;
+  o["sslEnforce"] = true;
+  if (!s.db_ssl_ca.empty()) o["sslCA"] = sql::SQLString(s.db_ssl_ca);
+  if (!s.db_ssl_cert.empty()) o["sslCert"] = sql::SQLString(s.db_ssl_cert);
+  if (!s.db_ssl_key.empty()) o["sslKey"] = sql::SQLString(s.db_ssl_key);
+  if (s.db_ssl_mode == DbSslMode::kVerifyIdentity) o["sslVerify"] = true;
+}
+
+// "TLSv1.3 TLS_AES_256_GCM_SHA384" for an encrypted connection, "" for clear text: what the
+// server says of this session.
+std::string tls_of(sql::Statement& st) {
+  auto status =
+      name_values(st, "SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')");
+  if (status["Ssl_cipher"].empty()) return {};
+  return status["Ssl_version"] + " " + status["Ssl_cipher"];
+}
+
 // Connector/C++ 1.1.12's Connection::commit() drops the server's answer to COMMIT: a transaction
 // the server rolled back at COMMIT (a Galera certification failure, 1213) or whose connection was
 // lost before it reports success, and its messages would be released from the spool as stored.
@@ -247,6 +272,12 @@ MySqlSession::MySqlSession(const Settings& settings) {
         std::ostringstream where;
         where << "database " << settings.db_name << " at " << node.address() << " as "
               << settings.db_user;
+        // MariaDB refuses a clear-text login under require_secure_transport=ON with the same
+        // 1045 as a wrong password.
+        if (settings.db_ssl_mode == DbSslMode::kDisabled && e.getErrorCode() == 1045) {
+          where << " in clear text (DB_SSL_MODE=disabled; a server with "
+                   "require_secure_transport=ON refuses that as access denied)";
+        }
         rethrow(e, where.str());
       }
       last_code = e.getErrorCode();
@@ -278,21 +309,36 @@ std::string MySqlSession::connect(const Settings& settings, const DbNode& node, 
   o["OPT_WRITE_TIMEOUT"] = 60;
   o["OPT_RECONNECT"] = false;  // a silent reconnect would continue a transaction in autocommit
   o["OPT_CHARSET_NAME"] = sql::SQLString("utf8mb4");
+  set_tls_options(o, settings);
   conn_ = std::make_unique<CheckedCommitConnection>(get_driver_instance()->connect(o));
   std::unique_ptr<sql::Statement> st(conn_->createStatement());
+  const std::string tls = tls_of(*st);
+  if (tls.empty() && settings.db_ssl_mode != DbSslMode::kDisabled &&
+      settings.db_ssl_mode != DbSslMode::kPreferred) {
+    st.reset();
+    conn_.reset();
+    // 2026 (CR_SSL_CONNECTION_ERROR), the code the library gives its own TLS failures.
+    throw sql::SQLException(
+        "TLS/SSL error: DB_SSL_MODE=" + std::string(to_string(settings.db_ssl_mode)) +
+            " but the server does not offer TLS (the connection would be clear text)",
+        "HY000", 2026);
+  }
   const NodeFacts facts = inspect(*st);
   if (choose && !facts.not_ready.empty()) {
     conn_.reset();
     return facts.not_ready;
   }
   st->execute("SET SESSION innodb_lock_wait_timeout = 20");
+  // Date-times the gateway writes (STORE_TABLE's $received_at and ISO 8601 values) are UTC;
+  // TIMESTAMP columns read them in the session's zone.
+  st->execute("SET SESSION time_zone = '+00:00'");
   // READ COMMITTED: no gap locks between workers inserting rows of different flows.
   st->execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
   if (const std::size_t max = facts.max_allowed_packet; max > 0) {
     packet_budget_ = max > 2 * kPacketHeadroomBytes ? max - kPacketHeadroomBytes : max / 2;
   }
   conn_->setAutoCommit(false);
-  database_node().reached(node.address(), facts.name);
+  database_node().reached(node.address(), facts.name, tls);
   return {};
 }
 

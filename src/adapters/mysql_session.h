@@ -9,13 +9,16 @@
 #include <cppconn/prepared_statement.h>
 #include <cppconn/resultset.h>
 
+#include <array>
 #include <cstddef>
 #include <map>
+#include <span>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
+#include "gateway/errors.h"
 #include "gateway/settings.h"
 
 namespace gateway {
@@ -37,7 +40,9 @@ class MySqlSession {
   // node as it is (a read-only server refuses the writes itself). Throws DbUnavailable when no
   // node can be reached, DbRefused when one answered but none takes writes or for a refused
   // login or missing database (the message names every node tried and why, the database and
-  // the user, never the password).
+  // the user, never the password). TLS as DB_SSL_MODE says: a connection that mode does not
+  // allow (no TLS, a certificate that does not verify) fails like an unreachable node (2026);
+  // database_node() records its TLS protocol and cipher.
   explicit MySqlSession(const Settings& settings);
   MySqlSession(const MySqlSession&) = delete;
   MySqlSession& operator=(const MySqlSession&) = delete;
@@ -65,6 +70,14 @@ class MySqlSession {
     return *slot;
   }
 
+  // The statement for n items, known by `key` (a statement head built at run time) and n.
+  template <typename Build>
+  sql::PreparedStatement& prepare_keyed(const std::string& key, std::size_t n, Build build) {
+    auto& slot = keyed_[{key, n}];
+    if (!slot) slot.reset(conn_->prepareStatement(build()));
+    return *slot;
+  }
+
   // Ends the transaction; a broken connection is left for the server to roll back.
   void rollback_quietly() noexcept;
 
@@ -77,6 +90,7 @@ class MySqlSession {
   std::size_t packet_budget_ = 1u << 20;
   std::map<std::string, std::unique_ptr<sql::PreparedStatement>, std::less<>> statements_;
   std::map<std::pair<const char*, std::size_t>, std::unique_ptr<sql::PreparedStatement>> sized_;
+  std::map<std::pair<std::string, std::size_t>, std::unique_ptr<sql::PreparedStatement>> keyed_;
 };
 
 // Turns a driver error into the exception that tells the caller whose fault it is
@@ -91,5 +105,56 @@ std::string_view utf8_prefix(std::string_view s, std::size_t max);
 
 std::string repeated_rows(const char* prefix, const char* row, std::size_t n,
                           const char* suffix = "");
+
+// Multi-row INSERTs go out in chunks of these sizes so that a handful of prepared statements
+// serve every batch size.
+inline constexpr std::array<std::size_t, 7> kChunkSizes = {1024, 256, 64, 16, 4, 2, 1};
+// What a bound row costs in an execute packet besides its values (types, length prefixes), with
+// room to spare.
+inline constexpr std::size_t kRowOverheadBytes = 64;
+
+// The most placeholders one prepared statement may have.
+inline constexpr std::size_t kMaxPlaceholders = 65535;
+
+// Multi-row INSERTs: runs of rows that fit one packet (db.packet_budget()) and the placeholder
+// limit (`params_per_row` each), each run sent as statements of the kChunkSizes row counts,
+// `prepare(n)` giving the statement for n rows (each prepared once). bind(stmt, p, row) binds a
+// row from parameter p on; size(row) is its bytes of values. A single row larger than a packet
+// is its message's fault: DbDataError. Throws what rethrow() throws, with `what` in the message.
+template <typename Row, typename Prepare, typename Bind, typename Size>
+void insert_in_chunks(MySqlSession& db, std::span<const Row> rows, Prepare prepare,
+                      std::string_view what, Bind bind, Size size, std::size_t params_per_row = 8) {
+  const std::size_t max_rows =
+      std::min(kChunkSizes.front(), kMaxPlaceholders / std::max<std::size_t>(1, params_per_row));
+  try {
+    std::size_t done = 0;
+    while (done < rows.size()) {
+      std::size_t n = 0, bytes = 0;
+      while (done + n < rows.size() && n < max_rows) {
+        const std::size_t b = size(rows[done + n]) + kRowOverheadBytes;
+        if (n == 0 && b > db.packet_budget()) {
+          throw DbDataError(std::string(what) + ": a row of " + std::to_string(b) +
+                                " bytes does not fit the server's max_allowed_packet",
+                            1153);
+        }
+        if (bytes + b > db.packet_budget()) break;
+        bytes += b;
+        ++n;
+      }
+      for (std::size_t chunk : kChunkSizes) {
+        while (n >= chunk) {
+          sql::PreparedStatement& stmt = prepare(chunk);
+          int p = 1;
+          for (std::size_t i = done; i < done + chunk; ++i) bind(stmt, p, rows[i]);
+          stmt.executeUpdate();
+          done += chunk;
+          n -= chunk;
+        }
+      }
+    }
+  } catch (const sql::SQLException& e) {
+    rethrow(e, what);
+  }
+}
 
 }  // namespace gateway

@@ -62,7 +62,7 @@ void add_definition(CLI::App* sub, AdminOptionsParsed& p, bool add) {
   FlowEdit& e = p.request.edit;
   add_text(sub, p, "--name", p.name, e.name, add ? "Display name" : "Display name; \"\" clears it");
   add_text(sub, p, "--topic", p.topic, e.topic, "MQTT topic filter (+ and # wildcards)");
-  add_text(sub, p, "--action", p.action, e.action, "STORE_DB or POST_ENDPOINT");
+  add_text(sub, p, "--action", p.action, e.action, "STORE_DB, POST_ENDPOINT or STORE_TABLE");
   add_text(
       sub, p, "--endpoint", p.endpoint, e.endpoint,
       add ? "http(s) URL to POST to (POST_ENDPOINT)" : "http(s) URL to POST to; \"\" clears it");
@@ -70,14 +70,17 @@ void add_definition(CLI::App* sub, AdminOptionsParsed& p, bool add) {
            std::string("payload_schema: a JSON object of field: type (string, number, int, bool, "
                        "object, array)") +
                (add ? "" : "; \"\" or null clears it (any object)"));
-  const char* later = "STORE_TABLE (issue 13): not available yet";
-  for (auto* value : {&p.table, &p.column_map, &p.write_mode}) {
-    const std::string name = value == &p.table        ? "--table"
-                             : value == &p.column_map ? "--column-map"
-                                                      : "--write-mode";
-    auto* opt = sub->add_option(name, *value, later)->group("Not available yet");
-    p.when_given(opt, [&e, name] { e.unavailable.push_back(name); });
-  }
+  add_text(sub, p, "--table", p.table, e.table,
+           std::string("STORE_TABLE: the table of the gateway's database its rows go to") +
+               (add ? "" : "; \"\" clears it"));
+  add_text(sub, p, "--column-map", p.column_map, e.column_map,
+           std::string("STORE_TABLE: a JSON object of column -> source: a JSON Pointer into the "
+                       "payload (\"/temp\"), $topic, $topic[N], $msg_id, $flow_code, "
+                       "$received_at, $payload or $user_property:NAME") +
+               (add ? "" : "; \"\" clears it"));
+  add_text(sub, p, "--write-mode", p.write_mode, e.write_mode,
+           "STORE_TABLE: insert (default) or upsert (ON DUPLICATE KEY UPDATE of the mapped "
+           "columns)");
 }
 
 }  // namespace
@@ -141,7 +144,13 @@ std::variant<CommandLine, int> parse_command_line(int argc, const char* const* a
   add_json(flows_add, p);
   flows_add->footer(
       "Example:\n  mqtt-gateway flows add --code temps --topic 'sensors/+/temp' --action STORE_DB "
-      "\\\n      --schema '{\"temperature\": \"number\", \"unit\": \"string\"}' --reload\n");
+      "\\\n      --schema '{\"temperature\": \"number\", \"unit\": \"string\"}' --reload\n"
+      "  mqtt-gateway flows add --code latest --topic 'plant/+/temp' --action STORE_TABLE \\\n"
+      "      --table device_state --write-mode upsert \\\n"
+      "      --column-map '{\"device\": \"$topic[1]\", \"temp\": \"/temperature\", \"at\": "
+      "\"$received_at\"}'\n"
+      "An enabled STORE_TABLE flow must fit its table as it is now (each missing table or column "
+      "is a problem line); with --disabled it is saved anyway, with warnings.\n");
   on(flows_add, AdminCommand::kFlowsAdd);
 
   auto* flows_set = flows->add_subcommand(
@@ -152,7 +161,8 @@ std::variant<CommandLine, int> parse_command_line(int argc, const char* const* a
   add_json(flows_set, p);
   flows_set->footer(
       "Example:\n  mqtt-gateway flows set temps --schema '{\"temperature\": \"number\"}' "
-      "--reload\n");
+      "--reload\n  mqtt-gateway flows set latest --column-map '{\"device\": \"$topic[1]\", "
+      "\"temp\": \"/t\"}'\n");
   on(flows_set, AdminCommand::kFlowsSet);
 
   auto* flows_enable = flows->add_subcommand("enable", "Enable a flow (it must be valid)");

@@ -17,15 +17,18 @@
 #include "gateway/adapters/paho_mqtt_connection.h"
 #include "gateway/adapters/systemd_notifier.h"
 #include "gateway/admin_cli.h"
+#include "gateway/column_map.h"
 #include "gateway/command_line.h"
 #include "gateway/constants.h"
 #include "gateway/delivery_service.h"
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
+#include "gateway/flow_cache.h"
 #include "gateway/gateway_mqtt_client.h"
 #include "gateway/logging.h"
 #include "gateway/pid_file.h"
 #include "gateway/pipeline.h"
+#include "gateway/redact.h"
 #include "gateway/settings.h"
 #include "gateway/shutdown_deadline.h"
 #include "gateway/signal_mask.h"
@@ -63,7 +66,9 @@ int check(const Settings& settings) {
   // With several nodes in DB_HOST, the one the connection took (the first that takes writes).
   const std::string name = database_node().name();
   std::cout << "database: " << settings.database_url_redacted() << " ok, node "
-            << database_node().address() << (name.empty() ? "" : " (" + name + ")") << "\n";
+            << database_node().address() << (name.empty() ? "" : " (" + name + ")") << ", "
+            << (database_node().tls().empty() ? "not encrypted" : "TLS " + database_node().tls())
+            << "\n";
   if (auto missing = MySqlSchema(settings).missing_tables(); !missing.empty()) {
     std::cout << "schema: missing tables:";
     for (const auto& t : missing) std::cout << ' ' << t;
@@ -83,7 +88,8 @@ int check(const Settings& settings) {
   int problems = 0;
   for (const Flow& f : flows) {
     std::cout << "  " << f.code << "  " << f.topic << "  " << f.action
-              << (f.endpoint_url ? "  " + *f.endpoint_url : "") << "\n";
+              << (f.endpoint_url ? "  " + redact_url_credentials(*f.endpoint_url) : "")
+              << (f.target_table ? "  table " + *f.target_table : "") << "\n";
     // The same faults that disable a flow or reject all its messages at run time.
     std::string problem;
     const auto action = parse_flow_action(f.action);
@@ -93,6 +99,17 @@ int check(const Settings& settings) {
       problem = "unknown action '" + f.action + "'";
     } else if (*action == FlowAction::kPostEndpoint && !f.endpoint_url) {
       problem = "POST_ENDPOINT without endpoint_url";
+    } else if (*action == FlowAction::kStoreTable) {
+      // What keeps the flow from being activated at a reload, one line per problem.
+      const TableInfo table = f.target_table && !f.target_table->empty()
+                                  ? repo.describe_table(*f.target_table)
+                                  : TableInfo{};
+      const FlowMapping m =
+          compile_flow_mapping(f.target_table, f.column_map, f.write_mode, table);
+      for (const std::string& p : m.map.problems) {
+        std::cout << "    problem: STORE_TABLE " << p << "\n";
+      }
+      if (!m.ok()) ++problems;
     }
     if (!problem.empty()) {
       std::cout << "    problem: " << problem << "\n";
@@ -104,6 +121,21 @@ int check(const Settings& settings) {
     return kExitFailure;
   }
   return 0;
+}
+
+// The database is unreachable at start-up: the copy of the last reload (flow_cache.h), or the
+// database's error when there is none, as before (one line, exit 1).
+FlowCacheContents start_copy(const Settings& settings, const DbError& db_error) {
+  std::optional<FlowCacheContents> copy;
+  try {
+    copy = FlowCache(settings.spool_dir).load();
+  } catch (const Error& e) {
+    throw Error(std::string(db_error.what()) + "; and no usable cached copy: " + e.what());
+  }
+  if (!copy) {
+    throw Error(std::string(db_error.what()) + " (no cached copy of the flows to start from)");
+  }
+  return std::move(*copy);
 }
 
 SpoolOptions spool_options(const Settings& s) {
@@ -189,8 +221,15 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
             spool.stats().segments, spool.stats().bytes, spool.stats().next_seq);
   FlowTable flows;
   auto repositories = [&settings] { return std::make_unique<MySqlFlowRepository>(settings); };
-  // Before anything is appended: never hand out a seq the database already committed.
-  spool.ensure_seq_above(repositories()->last_committed_seq(spool.id()));
+  // Before anything is appended: never hand out a seq the database already committed. With the
+  // database down, the copy of the last reload knows the offset as it was then (issue 15).
+  std::optional<FlowCacheContents> cached;
+  try {
+    spool.ensure_seq_above(repositories()->last_committed_seq(spool.id()));
+  } catch (const DbError& e) {
+    cached = start_copy(settings, e);
+    if (cached->spool_id == spool.id()) spool.ensure_seq_above(cached->committed_seq);
+  }
 
   GatewayMqttClient client(
       settings, repositories, flows, spool, metrics,
@@ -200,8 +239,13 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
       },
       logging.get("mqtt"));
   // Flows first: the pipeline replays what an earlier run left in the spool and must route it.
-  client.reload_flows();
-  metrics.db_connected = true;
+  if (cached) {
+    client.use_cached(*cached);
+    metrics.db_down_since_ms = steady_now_ms();
+  } else {
+    client.reload_flows();
+    metrics.db_connected = true;
+  }
   Pipeline pipeline(
       spool, flows, repositories, [] { return std::make_unique<CurlHttpPoster>(); },
       pipeline_options(settings), metrics, logging.get("pipeline"));

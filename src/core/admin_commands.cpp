@@ -6,9 +6,12 @@
 #include <ostream>
 #include <utility>
 
+#include "gateway/column_map.h"
 #include "gateway/constants.h"
 #include "gateway/errors.h"
+#include "gateway/metrics.h"
 #include "gateway/payload_schema.h"
+#include "gateway/redact.h"
 #include "gateway/topic_filter.h"
 
 namespace gateway {
@@ -20,6 +23,7 @@ constexpr std::size_t kMaxCode = 100;         // flows.code VARCHAR(100)
 constexpr std::size_t kMaxName = 255;         // flows.name VARCHAR(255)
 constexpr std::size_t kMaxTopic = 1024;       // flows.topic VARCHAR(1024)
 constexpr std::size_t kMaxEndpoint = 2048;    // flows.endpoint_url VARCHAR(2048)
+constexpr std::size_t kMaxIdentifier = 64;    // flows.target_table VARCHAR(64); MariaDB names
 constexpr std::size_t kListReasonChars = 72;  // reason column of `rejected list`
 constexpr int kDeadlockRetries = 3;
 
@@ -65,7 +69,13 @@ std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handl
 json opt(const std::optional<std::string>& s) { return s ? json(*s) : json(nullptr); }
 json opt(const std::optional<std::int64_t>& n) { return n ? json(*n) : json(nullptr); }
 
-// payload_schema as JSON when it parses, else as its text.
+// An endpoint URL as the subcommands show it: without the password it may carry.
+std::optional<std::string> redacted(const std::optional<std::string>& url) {
+  if (!url) return std::nullopt;
+  return redact_url_credentials(*url);
+}
+
+// payload_schema (or column_map) as JSON when it parses, else as its text.
 json schema_json(const std::optional<std::string>& schema) {
   if (!schema) return nullptr;
   json parsed = json::parse(*schema, nullptr, false);
@@ -79,9 +89,12 @@ json flow_json(const FlowStatus& s) {
               {"name", opt(s.name)},
               {"topic", f.topic},
               {"action", f.action},
-              {"endpoint_url", opt(f.endpoint_url)},
+              {"endpoint_url", opt(redacted(f.endpoint_url))},
               {"payload_schema", schema_json(f.payload_schema)},
               {"enabled", f.enabled},
+              {"target_table", opt(f.target_table)},
+              {"column_map", schema_json(f.column_map)},
+              {"write_mode", f.write_mode},
               {"last_msg_id", f.last_msg_id},
               {"updated_at", s.updated_at},
               {"pending_deliveries", s.pending_deliveries},
@@ -107,7 +120,7 @@ json dead_letter_json(const DeadLetter& d, bool with_payload) {
          {"flow", opt(d.flow_code)},
          {"topic", d.topic},
          {"created_at", d.created_at},
-         {"reason", d.reason},
+         {"reason", redact_url_credentials(d.reason)},  // rows older than the redaction
          {"payload_bytes", d.payload_bytes},
          {"payload_truncated", d.payload_truncated},
          {"msg_id", opt(d.msg_id)},
@@ -155,9 +168,92 @@ int to_int(std::string_view s) {
 
 // A FlowDefinition from a status row, for set / enable / disable.
 FlowDefinition definition_of(const FlowStatus& s) {
-  return FlowDefinition{
-      s.flow.code,           s.name,        s.flow.topic, s.flow.action, s.flow.endpoint_url,
-      s.flow.payload_schema, s.flow.enabled};
+  return FlowDefinition{s.flow.code,         s.name,
+                        s.flow.topic,        s.flow.action,
+                        s.flow.endpoint_url, s.flow.payload_schema,
+                        s.flow.enabled,      s.flow.target_table,
+                        s.flow.column_map,   s.flow.write_mode};
+}
+
+// The gateway's own tables (config/schema.sql): never a STORE_TABLE target.
+constexpr std::string_view kGatewayTables[] = {
+    "mqtt_servers",  "flows",      "data_records",    "rejected_messages",
+    "spool_offsets", "deliveries", "delivery_leases", "retained_messages"};
+
+bool equal_ignoring_case(std::string_view a, std::string_view b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
+    return std::tolower(static_cast<unsigned char>(x)) ==
+           std::tolower(static_cast<unsigned char>(y));
+  });
+}
+
+// The STORE_TABLE lines of validate_flow_definition(), appended to `problems`.
+void validate_store_table(const FlowDefinition& f, std::optional<FlowAction> action,
+                          std::vector<std::string>& problems) {
+  if (action != FlowAction::kStoreTable) {
+    if (!action) return;  // the action's own line says enough
+    if (f.target_table) {
+      problems.emplace_back("target_table: only STORE_TABLE flows have one (--table '' clears it)");
+    }
+    if (f.column_map) {
+      problems.emplace_back(
+          "column_map: only STORE_TABLE flows have one (--column-map '' clears it)");
+    }
+    if (f.write_mode != "insert") {
+      problems.emplace_back(
+          "write_mode: only STORE_TABLE flows have one (--write-mode insert resets it)");
+    }
+    return;
+  }
+  if (!f.target_table) {
+    problems.emplace_back(
+        "target_table: required for STORE_TABLE (--table NAME, a table of the gateway's "
+        "database)");
+  } else {
+    const std::string& t = *f.target_table;
+    const bool plain = std::all_of(t.begin(), t.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    });
+    if (t.size() > kMaxIdentifier) {
+      problems.push_back("target_table: longer than " + std::to_string(kMaxIdentifier) +
+                         " characters");
+    } else if (t.empty() || !plain || digits(t)) {
+      problems.push_back("target_table: " + in_quotes(t) +
+                         " is not a plain table name (letters, digits and '_', not only digits; "
+                         "a table of the gateway's database)");
+    } else if (std::any_of(std::begin(kGatewayTables), std::end(kGatewayTables),
+                           [&](std::string_view own) { return equal_ignoring_case(own, t); })) {
+      problems.push_back("target_table: " + in_quotes(t) + " is one of the gateway's own tables");
+    }
+  }
+  if (!f.column_map) {
+    problems.emplace_back(
+        "column_map: required for STORE_TABLE (--column-map '{\"column\": \"/pointer\", ...}')");
+  } else if (const json map = json::parse(*f.column_map, nullptr, false); map.is_discarded()) {
+    problems.emplace_back("column_map: not valid JSON");
+  } else if (!map.is_object() || map.empty()) {
+    problems.emplace_back(
+        "column_map: expected a JSON object of column name -> source, e.g. {\"temp\": "
+        "\"/temperature\", \"device\": \"$topic[1]\"}");
+  } else {
+    // One line per bad entry.
+    for (const auto& [column, source] : map.items()) {
+      const std::string head = "column_map: column " + in_quotes(column) + ": ";
+      if (column.empty() || width(column) > kMaxIdentifier) {  // characters, as MariaDB
+        problems.push_back(head + "a column name has 1.." + std::to_string(kMaxIdentifier) +
+                           " characters");
+      } else if (!source.is_string()) {
+        problems.push_back(head + "the source must be a string");
+      } else if (auto parsed = parse_column_source(source.get<std::string>());
+                 const auto* why = std::get_if<std::string>(&parsed)) {
+        problems.push_back(head + shown(*why));
+      }
+    }
+  }
+  if (!parse_write_mode(f.write_mode)) {
+    problems.push_back("write_mode: " + in_quotes(f.write_mode) +
+                       " is not insert or upsert (--write-mode)");
+  }
 }
 
 // An empty value (or, for the schema, "null") clears a nullable column.
@@ -214,15 +310,14 @@ std::vector<std::string> validate_flow_definition(const FlowDefinition& f) {
   }
   const auto action = parse_flow_action(f.action);
   if (f.action.empty()) {
-    problems.emplace_back("action: required (--action STORE_DB or POST_ENDPOINT)");
-  } else if (f.action == "STORE_TABLE") {
-    problems.emplace_back("action: STORE_TABLE is not available yet (issue 13)");
+    problems.emplace_back("action: required (--action STORE_DB, POST_ENDPOINT or STORE_TABLE)");
   } else if (!action) {
     problems.push_back("action: unknown action " + in_quotes(f.action) +
-                       " (expected STORE_DB or POST_ENDPOINT)");
+                       " (expected STORE_DB, POST_ENDPOINT or STORE_TABLE)");
   }
   if (f.endpoint_url) {
     const std::string& url = *f.endpoint_url;
+    const std::string url_shown = redact_url_credentials(url);
     const auto scheme_end = url.find("://");
     const std::string scheme = scheme_end == std::string::npos ? "" : url.substr(0, scheme_end);
     std::string lower = scheme;
@@ -232,14 +327,15 @@ std::vector<std::string> validate_flow_definition(const FlowDefinition& f) {
       problems.push_back("endpoint: longer than " + std::to_string(kMaxEndpoint) + " bytes");
     } else if (lower != "http" && lower != "https") {
       problems.push_back(
-          "endpoint: " + in_quotes(url) +
+          "endpoint: " + in_quotes(url_shown) +
           (scheme.empty() ? " is not a URL" : " has scheme '" + shown(scheme, 40) + "'") +
           " (expected http:// or https://)");
     } else if (url.size() == scheme_end + 3 || url[scheme_end + 3] == '/' ||
                url[scheme_end + 3] == ':' || url[scheme_end + 3] == '?') {
-      problems.push_back("endpoint: " + in_quotes(url) + " has no host");
+      problems.push_back("endpoint: " + in_quotes(url_shown) + " has no host");
     } else if (std::any_of(url.begin(), url.end(), [](unsigned char c) { return c <= ' '; })) {
-      problems.push_back("endpoint: " + in_quotes(url) + " contains spaces or control characters");
+      problems.push_back("endpoint: " + in_quotes(url_shown) +
+                         " contains spaces or control characters");
     }
   } else if (action == FlowAction::kPostEndpoint) {
     problems.emplace_back("endpoint: required for POST_ENDPOINT (--endpoint http://...)");
@@ -258,7 +354,22 @@ std::vector<std::string> validate_flow_definition(const FlowDefinition& f) {
       }
     }
   }
+  validate_store_table(f, action, problems);
   return problems;
+}
+
+std::vector<std::string> flow_table_problems(const FlowDefinition& f, const TableInfo& table) {
+  if (parse_flow_action(f.action) != FlowAction::kStoreTable) return {};
+  const FlowMapping m = compile_flow_mapping(f.target_table, f.column_map, f.write_mode, table);
+  std::vector<std::string> lines;
+  for (const std::string& p : m.map.problems) {
+    // "table 'x' does not exist", "column 'c' ...": named after the option that sets them.
+    const std::string_view option = p.starts_with("table ")    ? "target_table: "
+                                    : p.starts_with("column ") ? "column_map: "
+                                                               : "";
+    lines.push_back(std::string(option) + shown(p));
+  }
+  return lines;
 }
 
 std::optional<SinceTime> parse_since(std::string_view text) {
@@ -307,6 +418,30 @@ int AdminCommands::problems(const AdminRequest& r, const std::vector<std::string
   return 1;
 }
 
+std::vector<std::string> AdminCommands::table_problems(const FlowDefinition& f) {
+  if (parse_flow_action(f.action) != FlowAction::kStoreTable) return {};
+  const bool named = f.target_table && !f.target_table->empty();
+  return flow_table_problems(f, named ? admin_.describe_table(*f.target_table) : TableInfo{});
+}
+
+std::vector<std::string> AdminCommands::with_hint(std::vector<std::string> lines,
+                                                  const std::string& hint) {
+  for (auto& line : lines) {
+    if (line.starts_with("target_table: table ")) line += "; " + hint;
+  }
+  return lines;
+}
+
+void AdminCommands::warn(const AdminRequest& r, const FlowDefinition& f,
+                         const std::vector<std::string>& lines) {
+  if (lines.empty()) return;
+  for (const auto& line : lines) {
+    err_ << "mqtt-gateway " << to_string(r.command) << ": warning: " << line << "\n";
+  }
+  err_ << "mqtt-gateway " << to_string(r.command) << ": warning: saved disabled; flows enable "
+       << shown(f.code) << " refuses it until the table and its columns exist\n";
+}
+
 int AdminCommands::run(const AdminRequest& r) {
   switch (r.command) {
     case AdminCommand::kFlowsList:
@@ -344,12 +479,19 @@ int AdminCommands::flows_list(const AdminRequest& r) {
   std::vector<std::vector<std::string>> rows;
   rows.reserve(flows.size());
   for (const auto& s : flows) {
-    rows.push_back({shown(s.flow.code), shown(s.flow.topic), shown(s.flow.action),
+    // STORE_TABLE's target: "readings", or "readings (upsert)".
+    std::string table = or_dash(s.flow.target_table);
+    if (s.flow.target_table && s.flow.write_mode != "insert") {
+      table += " (" + shown(s.flow.write_mode, 16) + ")";
+    }
+    rows.push_back({shown(s.flow.code), shown(s.flow.topic), shown(s.flow.action), table,
                     yes_no(s.flow.enabled), std::to_string(s.flow.last_msg_id),
                     std::to_string(s.pending_deliveries), std::to_string(s.rejected_last_24h)});
   }
   print_table(
-      out_, {"CODE", "TOPIC", "ACTION", "ENABLED", "LAST_MSG_ID", "PENDING", "REJECTED_24H"}, rows);
+      out_,
+      {"CODE", "TOPIC", "ACTION", "TABLE", "ENABLED", "LAST_MSG_ID", "PENDING", "REJECTED_24H"},
+      rows);
   out_ << flows.size() << " flow(s)\n";
   return 0;
 }
@@ -357,8 +499,15 @@ int AdminCommands::flows_list(const AdminRequest& r) {
 int AdminCommands::flows_show(const AdminRequest& r) {
   const auto s = admin_.find_flow(r.code);
   if (!s) return problems(r, {"no flow " + in_quotes(r.code) + " (flows list shows them)"});
+  // A STORE_TABLE flow against its table as it is now: what keeps the gateway from activating it.
+  const FlowDefinition d = definition_of(*s);
+  const std::vector<std::string> table_lines =
+      validate_flow_definition(d).empty() ? table_problems(d) : std::vector<std::string>{};
+  const bool store_table = parse_flow_action(s->flow.action) == FlowAction::kStoreTable;
   if (r.json) {
-    out_ << dump(flow_json(*s)) << "\n";
+    json j = flow_json(*s);
+    if (store_table) j["table_problems"] = table_lines;
+    out_ << dump(j) << "\n";
     return 0;
   }
   const Flow& f = s->flow;
@@ -366,9 +515,15 @@ int AdminCommands::flows_show(const AdminRequest& r) {
        << "  name:                 " << or_dash(s->name) << "\n"
        << "  topic:                " << shown(f.topic) << "\n"
        << "  action:               " << shown(f.action) << "\n"
-       << "  endpoint_url:         " << or_dash(f.endpoint_url) << "\n"
-       << "  payload_schema:       " << or_dash(f.payload_schema) << "\n"
-       << "  enabled:              " << yes_no(f.enabled) << "\n"
+       << "  endpoint_url:         " << or_dash(redacted(f.endpoint_url)) << "\n"
+       << "  payload_schema:       " << or_dash(f.payload_schema) << "\n";
+  if (store_table || f.target_table || f.column_map) {
+    out_ << "  target_table:         " << or_dash(f.target_table) << "\n"
+         << "  column_map:           " << or_dash(f.column_map) << "\n"
+         << "  write_mode:           " << shown(f.write_mode) << "\n";
+  }
+  for (const auto& line : table_lines) out_ << "  table problem:        " << line << "\n";
+  out_ << "  enabled:              " << yes_no(f.enabled) << "\n"
        << "  last_msg_id:          " << f.last_msg_id << "\n"
        << "  updated_at:           " << s->updated_at << " UTC\n"
        << "  pending deliveries:   " << s->pending_deliveries << "\n"
@@ -421,25 +576,44 @@ int AdminCommands::flows_add(const AdminRequest& r) {
   f.action = e.action.value_or("");
   if (e.endpoint) f.endpoint_url = cleared_or(*e.endpoint);
   if (e.schema) f.payload_schema = cleared_or(*e.schema, true);
+  if (e.table) f.target_table = cleared_or(*e.table);
+  if (e.column_map) f.column_map = cleared_or(*e.column_map, true);
+  f.write_mode = e.write_mode.value_or("insert");
   f.enabled = !e.disabled;
-  std::vector<std::string> lines;
-  for (const auto& option : e.unavailable) {
-    lines.push_back(option + ": not available yet (STORE_TABLE, issue 13)");
+  std::vector<std::string> lines = validate_flow_definition(f);
+  const auto action = parse_flow_action(f.action);
+  if (e.write_mode && f.write_mode == "insert" && action && action != FlowAction::kStoreTable) {
+    lines.emplace_back("write_mode: only STORE_TABLE flows have one");
   }
-  for (auto& p : validate_flow_definition(f)) lines.push_back(std::move(p));
   if (lines.empty() && admin_.find_flow(f.code)) {
     lines.push_back("code: a flow " + in_quotes(f.code) + " exists already (flows set " +
                     shown(f.code) + " changes it)");
   }
   if (!lines.empty()) return problems(r, lines);
+  // Against the table as it is now: an enabled flow the gateway would not activate is refused;
+  // a disabled one may be saved before its table exists.
+  const std::vector<std::string> table_lines = table_problems(f);
+  if (!table_lines.empty() && f.enabled) {
+    return problems(r, with_hint(table_lines,
+                                 "create it first, or add the flow with --disabled and enable it "
+                                 "once the table exists"));
+  }
   admin_.insert_flow(f);
   const auto saved = admin_.find_flow(f.code);
   if (!saved) throw Error("flow " + f.code + " vanished right after it was added");
   std::vector<std::string> changes{"topic: " + shown(f.topic), "action: " + shown(f.action)};
-  if (f.endpoint_url) changes.push_back("endpoint_url: " + shown(*f.endpoint_url));
+  if (f.endpoint_url) {
+    changes.push_back("endpoint_url: " + shown(redact_url_credentials(*f.endpoint_url)));
+  }
   if (f.payload_schema) changes.push_back("payload_schema: " + shown(*f.payload_schema));
+  if (f.target_table) changes.push_back("target_table: " + shown(*f.target_table));
+  if (f.column_map) changes.push_back("column_map: " + shown(*f.column_map));
+  if (action == FlowAction::kStoreTable) changes.push_back("write_mode: " + shown(f.write_mode));
   if (!f.enabled) changes.emplace_back("enabled: no");
-  return after_change(r, *saved, "added (id " + std::to_string(saved->flow.id) + ")", changes);
+  const int status =
+      after_change(r, *saved, "added (id " + std::to_string(saved->flow.id) + ")", changes);
+  warn(r, f, table_lines);
+  return status;
 }
 
 int AdminCommands::flows_set(const AdminRequest& r) {
@@ -452,12 +626,10 @@ int AdminCommands::flows_set(const AdminRequest& r) {
   if (e.action) f.action = *e.action;
   if (e.endpoint) f.endpoint_url = cleared_or(*e.endpoint);
   if (e.schema) f.payload_schema = cleared_or(*e.schema, true);
-  std::vector<std::string> lines;
-  for (const auto& option : e.unavailable) {
-    lines.push_back(option + ": not available yet (STORE_TABLE, issue 13)");
-  }
-  for (auto& p : validate_flow_definition(f)) lines.push_back(std::move(p));
-  if (!lines.empty()) return problems(r, lines);
+  if (e.table) f.target_table = cleared_or(*e.table);
+  if (e.column_map) f.column_map = cleared_or(*e.column_map, true);
+  if (e.write_mode) f.write_mode = *e.write_mode;
+  if (auto lines = validate_flow_definition(f); !lines.empty()) return problems(r, lines);
   const FlowDefinition before = definition_of(*current);
   std::vector<std::string> changes;
   const auto change = [&](const char* column, const std::optional<std::string>& from,
@@ -468,13 +640,30 @@ int AdminCommands::flows_set(const AdminRequest& r) {
   change("name", before.name, f.name);
   change("topic", before.topic, f.topic);
   change("action", before.action, f.action);
-  change("endpoint_url", before.endpoint_url, f.endpoint_url);
+  // Compared as stored, shown without passwords (a changed password shows as *** -> ***).
+  if (before.endpoint_url != f.endpoint_url) {
+    changes.push_back("endpoint_url: " + or_dash(redacted(before.endpoint_url)) + " -> " +
+                      or_dash(redacted(f.endpoint_url)));
+  }
   change("payload_schema", before.payload_schema, f.payload_schema);
+  change("target_table", before.target_table, f.target_table);
+  change("column_map", before.column_map, f.column_map);
+  change("write_mode", before.write_mode, f.write_mode);
+  // As for add: an enabled flow must fit its table as it is now, a disabled one is warned about.
+  const std::vector<std::string> table_lines =
+      changes.empty() ? std::vector<std::string>{} : table_problems(f);
+  if (!table_lines.empty() && f.enabled) {
+    return problems(
+        r, with_hint(table_lines, "create it first, or disable the flow (flows disable " +
+                                      shown(f.code) + ") to save this before the table exists"));
+  }
   if (!changes.empty() && !admin_.update_flow(current->flow.id, f)) {
     return problems(r, {"flow " + in_quotes(r.code) + " was removed meanwhile"});
   }
   const auto saved = admin_.find_flow(r.code);
-  return after_change(r, saved.value_or(*current), "updated", changes);
+  const int status = after_change(r, saved.value_or(*current), "updated", changes);
+  warn(r, f, table_lines);
+  return status;
 }
 
 int AdminCommands::flows_enable(const AdminRequest& r, bool enable) {
@@ -487,6 +676,9 @@ int AdminCommands::flows_enable(const AdminRequest& r, bool enable) {
     if (enable) {
       // A flow is enabled only as a valid one: the gateway would disable it again at once.
       if (auto lines = validate_flow_definition(f); !lines.empty()) return problems(r, lines);
+      if (auto lines = table_problems(f); !lines.empty()) {
+        return problems(r, with_hint(lines, "create it first"));
+      }
     }
     if (!admin_.update_flow(current->flow.id, f)) {
       return problems(r, {"flow " + in_quotes(r.code) + " was removed meanwhile"});
@@ -548,7 +740,7 @@ int AdminCommands::rejected_list(const AdminRequest& r) {
                                  flow_of(d),
                                  shown(d.topic, 60),
                                  d.created_at,
-                                 shown(d.reason, kListReasonChars),
+                                 shown(redact_url_credentials(d.reason), kListReasonChars),
                                  yes_no(d.payload_truncated)};
     if (r.all) {
       row.push_back(d.replayed_msg_id ? "msg_id " + std::to_string(*d.replayed_msg_id) : "-");
@@ -577,7 +769,7 @@ int AdminCommands::rejected_show(const AdminRequest& r) {
        << "  flow:      " << flow_of(*d) << "\n"
        << "  topic:     " << shown(d->topic) << "\n"
        << "  time:      " << d->created_at << " UTC\n"
-       << "  reason:    " << shown(d->reason) << "\n"
+       << "  reason:    " << shown(redact_url_credentials(d->reason)) << "\n"
        << "  attempts:  " << d->attempts.value_or(1) << "\n";
   if (d->msg_id) {
     out_ << "  msg_id:    " << *d->msg_id << " (POST given up; last HTTP status "
@@ -661,6 +853,10 @@ int AdminCommands::rejected_replay(const AdminRequest& r) {
         lines.push_back("flow " + in_quotes(f.code) + ": " + error + " (fix it first: flows set " +
                         shown(f.code) + " --schema ...)");
       }
+    }
+    // A STORE_TABLE flow whose mapping does not fit its table would fail every batch.
+    for (const auto& line : table_problems(definition_of(*flow))) {
+      lines.push_back("flow " + in_quotes(f.code) + ": " + line + " (fix it first)");
     }
   }
   apply_since(r, filter, lines);
@@ -774,6 +970,8 @@ int AdminCommands::rejected_replay(const AdminRequest& r) {
         item.rejected_id = d.id;
         item.message.topic = d.topic;
         item.message.payload = d.payload;
+        // $received_at of a STORE_TABLE replay: when the message was first refused (UTC).
+        item.message.arrival_us = parse_datetime_us(d.created_at).value_or(unix_now_us());
         item.message.parsed = parse_payload(item.message.payload, options_.limits);
         items.push_back(std::move(item));
       }

@@ -73,6 +73,12 @@ std::pair<std::int64_t, std::uint64_t> integer_range(const ColumnInfo& c) {
 }
 
 // The values an enum column allows: COLUMN_TYPE "enum('a','b''c')".
+bool same_ascii_case(std::string_view a, std::string_view b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
+    return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+  });
+}
+
 std::vector<std::string> enum_values(const std::string& column_type) {
   std::vector<std::string> values;
   std::size_t i = column_type.find('(');
@@ -196,7 +202,32 @@ std::optional<std::int64_t> parse_iso8601(std::string_view s) {
 struct Found {
   nlohmann::json value;
   bool raw_payload = false;  // $payload: `text` is the payload as received
+  // $topic, $topic[N], $user_property: text by nature, so a numeric column takes it when it is
+  // a number written out ("plant/7/temp": level 1 into an INT column). A payload's "7" is not.
+  bool text_source = false;
 };
+
+// The number written out in `text` ("7", "007", "-3", "2.5", "1e3"), the whole of it; std::nullopt
+// for anything else (blanks and a leading '+' included).
+std::optional<nlohmann::json> number_in_text(const std::string& text) {
+  const char* first = text.data();
+  const char* last = first + text.size();
+  if (text.empty()) return std::nullopt;
+  std::int64_t i = 0;
+  if (auto [end, ec] = std::from_chars(first, last, i); ec == std::errc() && end == last) {
+    return nlohmann::json(i);
+  }
+  std::uint64_t u = 0;
+  if (auto [end, ec] = std::from_chars(first, last, u); ec == std::errc() && end == last) {
+    return nlohmann::json(u);
+  }
+  double d = 0;
+  if (auto [end, ec] = std::from_chars(first, last, d); ec == std::errc() && end == last &&
+                                                        std::isfinite(d)) {
+    return nlohmann::json(d);
+  }
+  return std::nullopt;
+}
 
 std::optional<Found> lookup(const MappedColumn& m, const RowContext& msg) {
   const ColumnSource& s = m.source;
@@ -205,14 +236,16 @@ std::optional<Found> lookup(const MappedColumn& m, const RowContext& msg) {
       if (msg.payload == nullptr || !msg.payload->contains(s.pointer)) return std::nullopt;
       return Found{msg.payload->at(s.pointer)};
     case SourceKind::kTopic:
-      return Found{std::string(msg.topic)};
+      return Found{std::string(msg.topic), false, true};
     case SourceKind::kTopicLevel: {
       std::size_t start = 0;
       for (int level = 0;; ++level) {
         const std::size_t end = msg.topic.find('/', start);
         if (level == s.level) {
           return Found{std::string(msg.topic.substr(
-              start, end == std::string_view::npos ? std::string_view::npos : end - start))};
+                           start, end == std::string_view::npos ? std::string_view::npos
+                                                                : end - start)),
+                       false, true};
         }
         if (end == std::string_view::npos) return std::nullopt;
         start = end + 1;
@@ -229,7 +262,7 @@ std::optional<Found> lookup(const MappedColumn& m, const RowContext& msg) {
     case SourceKind::kUserProperty:
       if (msg.user_properties == nullptr) return std::nullopt;
       for (const auto& [name, value] : *msg.user_properties) {
-        if (name == s.property) return Found{value};
+        if (name == s.property) return Found{value, false, true};
       }
       return std::nullopt;
   }
@@ -250,6 +283,14 @@ std::variant<CellValue, std::string> convert(const MappedColumn& m, const Found&
   if (v.is_null() && !found.raw_payload) {
     if (c.nullable) return CellValue{std::monostate{}};
     return std::string("is NOT NULL, got null");
+  }
+  const bool numeric = kind == Kind::kInteger || kind == Kind::kDecimal ||
+                       kind == Kind::kFloat || kind == Kind::kDouble;
+  if (found.text_source && numeric && v.is_string()) {
+    const auto& text = v.get_ref<const std::string&>();
+    std::optional<nlohmann::json> number = number_in_text(text);
+    if (!number) return "expected a number, got '" + text.substr(0, 64) + "'";
+    return convert(m, Found{std::move(*number)}, msg);
   }
   switch (kind) {
     case Kind::kInteger: {
@@ -272,7 +313,9 @@ std::variant<CellValue, std::string> convert(const MappedColumn& m, const Found&
       if (v.is_number_float()) {
         const double d = v.get<double>();
         if (std::trunc(d) != d) return "expected an integer, got " + v.dump();
-        if (d < static_cast<double>(lo) || d > static_cast<double>(hi)) {
+        // hi + 1 as a double is exact (2^63, 2^64 or a small number): the casts below stay
+        // defined for every d that passes.
+        if (d < static_cast<double>(lo) || d >= static_cast<double>(hi) + 1.0) {
           return "value " + v.dump() + " is out of range for " + c.column_type;
         }
         // Below 2^63 as a signed integer; the rest of an unsigned BIGINT as unsigned.
@@ -287,8 +330,10 @@ std::variant<CellValue, std::string> convert(const MappedColumn& m, const Found&
       if (!v.is_number()) return "expected a number, got " + type_name(v);
       const double d = v.get<double>();
       if (kind == Kind::kDecimal) {
+        // As the server stores it: rounded to the scale (999.995 is 1000.00 in DECIMAL(5,2)).
         const double limit = std::pow(10.0, c.numeric_precision - c.numeric_scale);
-        if (std::fabs(d) >= limit) {
+        const double unit = std::pow(10.0, c.numeric_scale);
+        if (std::fabs(std::round(d * unit) / unit) >= limit) {
           return "value " + v.dump() + " is out of range for " + c.column_type;
         }
         if (is_unsigned(c) && d < 0) {
@@ -310,11 +355,12 @@ std::variant<CellValue, std::string> convert(const MappedColumn& m, const Found&
         return "expected a scalar (the column is not JSON), got " + type_name(v);
       }
       std::string text = found.raw_payload ? std::string(msg.payload_text) : text_of(v);
-      const std::size_t length = kind == Kind::kText ? utf8_length(text) : text.size();
+      // CHAR/VARCHAR limits count characters; the TEXT types' (and binaries') count bytes.
+      const bool in_chars = kind == Kind::kText && !c.data_type.ends_with("text");
+      const std::size_t length = in_chars ? utf8_length(text) : text.size();
       if (c.max_chars && length > *c.max_chars) {
-        return "value of " + std::to_string(length) +
-               (kind == Kind::kText ? " characters" : " bytes") + " is longer than " +
-               c.column_type;
+        return "value of " + std::to_string(length) + (in_chars ? " characters" : " bytes") +
+               " is longer than " + c.column_type;
       }
       return CellValue{std::move(text)};
     }
@@ -332,8 +378,11 @@ std::variant<CellValue, std::string> convert(const MappedColumn& m, const Found&
       } else if (v.is_number() && !v.is_boolean()) {
         // Epoch seconds, or milliseconds when too large to be seconds (after 5138).
         const double n = v.get<double>();
-        if (!std::isfinite(n)) return "expected a date-time, got " + v.dump();
-        us = static_cast<std::int64_t>(std::fabs(n) < 1e11 ? n * 1e6 : n * 1e3);
+        // Beyond year 9999 in milliseconds is out of range below; the bound keeps the cast defined.
+        if (!std::isfinite(n) || std::fabs(n) > 1e15) {
+          return "expected a date-time, got " + v.dump();
+        }
+        us = std::llround(std::fabs(n) < 1e11 ? n * 1e6 : n * 1e3);
       } else {
         return "expected a date-time (ISO 8601 or epoch seconds/milliseconds), got " + type_name(v);
       }
@@ -350,10 +399,12 @@ std::variant<CellValue, std::string> convert(const MappedColumn& m, const Found&
       if (!v.is_string()) return "expected one of " + c.column_type + ", got " + type_name(v);
       const auto values = enum_values(c.column_type);
       const std::string s = v.get<std::string>();
-      if (std::find(values.begin(), values.end(), s) == values.end()) {
-        return "'" + s.substr(0, 64) + "' is not one of " + c.column_type;
-      }
-      return CellValue{s};
+      // The server compares with the column's collation, case-insensitive by default: "ON" is
+      // 'on'. The value is written as the column spells it.
+      const auto it = std::find_if(values.begin(), values.end(),
+                                   [&](const std::string& e) { return same_ascii_case(e, s); });
+      if (it == values.end()) return "'" + s.substr(0, 64) + "' is not one of " + c.column_type;
+      return CellValue{*it};
     }
     case Kind::kUnsupported:
       break;
@@ -362,6 +413,8 @@ std::variant<CellValue, std::string> convert(const MappedColumn& m, const Found&
 }
 
 }  // namespace
+
+std::optional<std::int64_t> parse_datetime_us(std::string_view text) { return parse_iso8601(text); }
 
 std::optional<WriteMode> parse_write_mode(std::string_view text) {
   if (text == "insert") return WriteMode::kInsert;
@@ -414,7 +467,9 @@ CompiledColumnMap compile_column_map(const nlohmann::json& column_map, const Tab
   CompiledColumnMap out;
   std::vector<std::string> problems;
   if (table.columns.empty()) {
-    problems.push_back("table '" + table.name + "' does not exist");
+    // information_schema also hides a table the gateway's user has no privilege on.
+    problems.push_back("table '" + table.name +
+                       "' does not exist (or the gateway's database user cannot see it)");
   }
   if (!column_map.is_object() || column_map.empty()) {
     problems.emplace_back("column_map must be a JSON object of column name -> source");
@@ -433,16 +488,19 @@ CompiledColumnMap compile_column_map(const nlohmann::json& column_map, const Tab
       // Column names compare case-insensitively in MariaDB. (A copy: a lambda may not capture a
       // structured binding before C++20 compilers all allow it.)
       const std::string& wanted = column;
-      const auto info =
-          std::find_if(table.columns.begin(), table.columns.end(), [&](const auto& c) {
-            return std::equal(c.name.begin(), c.name.end(), wanted.begin(), wanted.end(),
-                              [](char a, char b) {
-                                return std::tolower(static_cast<unsigned char>(a)) ==
-                                       std::tolower(static_cast<unsigned char>(b));
-                              });
-          });
+      const auto info = std::find_if(table.columns.begin(), table.columns.end(),
+                                     [&](const auto& c) { return same_ascii_case(c.name, wanted); });
       if (info == table.columns.end()) {
         problems.push_back("column '" + column + "' does not exist in table '" + table.name + "'");
+        continue;
+      }
+      if (info->generated) {
+        problems.push_back("column '" + column + "' is a generated column and cannot be written");
+        continue;
+      }
+      if (std::any_of(out.columns.begin(), out.columns.end(),
+                      [&](const MappedColumn& m) { return m.column.name == info->name; })) {
+        problems.push_back("column '" + column + "' is mapped twice (names ignore case)");
         continue;
       }
       if (kind_of(*info) == Kind::kUnsupported) {
@@ -453,11 +511,64 @@ CompiledColumnMap compile_column_map(const nlohmann::json& column_map, const Tab
       out.columns.push_back(
           MappedColumn{*info, std::get<ColumnSource>(parsed), source.get<std::string>()});
     }
+    // The INSERT names only the mapped columns: any other must be able to take its default.
+    for (const ColumnInfo& c : table.columns) {
+      const bool mapped = std::any_of(out.columns.begin(), out.columns.end(),
+                                      [&](const MappedColumn& m) { return m.column.name == c.name; });
+      if (!mapped && !c.nullable && !c.has_default && !c.generated) {
+        problems.push_back("column '" + c.name +
+                           "' is NOT NULL without a default and must be mapped");
+      }
+    }
   }
   for (const std::string& p : problems) {
     if (!out.error.empty()) out.error += "; ";
     out.error += p;
   }
+  out.problems = std::move(problems);
+  return out;
+}
+
+FlowMapping compile_flow_mapping(const std::optional<std::string>& target_table,
+                                 const std::optional<std::string>& column_map,
+                                 std::string_view write_mode, const TableInfo& table) {
+  FlowMapping out;
+  std::vector<std::string> problems;
+  // The gateway's own tables: an upsert into spool_offsets or flows would skip messages.
+  static constexpr std::array<std::string_view, 8> kOwnTables = {
+      "mqtt_servers",  "flows",      "data_records",    "rejected_messages",
+      "spool_offsets", "deliveries", "delivery_leases", "retained_messages"};
+  if (!target_table || target_table->empty()) {
+    problems.emplace_back("target_table is not set");
+  } else if (std::any_of(kOwnTables.begin(), kOwnTables.end(),
+                         [&](std::string_view t) { return same_ascii_case(t, *target_table); })) {
+    problems.push_back("target_table '" + *target_table + "' is one of the gateway's own tables");
+  }
+  const auto mode = parse_write_mode(write_mode);
+  if (mode) {
+    out.mode = *mode;
+  } else {
+    problems.push_back("write_mode '" + std::string(write_mode) +
+                       "' is not 'insert' or 'upsert'");
+  }
+  if (!column_map) {
+    problems.emplace_back("column_map is not set");
+  } else if (auto json = nlohmann::json::parse(*column_map, nullptr, false); json.is_discarded()) {
+    problems.emplace_back("column_map is not valid JSON");
+  } else if (problems.empty()) {
+    out.map = compile_column_map(json, table);
+    return out;
+  } else {
+    // Report the map's own problems too, so that one --check shows everything to fix.
+    if (target_table && !target_table->empty()) {
+      for (std::string& p : compile_column_map(json, table).problems) problems.push_back(p);
+    }
+  }
+  for (const std::string& p : problems) {
+    if (!out.map.error.empty()) out.map.error += "; ";
+    out.map.error += p;
+  }
+  out.map.problems = std::move(problems);
   return out;
 }
 

@@ -11,6 +11,7 @@
 
 #include "gateway/backoff.h"
 #include "gateway/errors.h"
+#include "gateway/redact.h"
 
 namespace gateway {
 namespace {
@@ -438,11 +439,12 @@ void DeliveryService::deliver_leased(std::int64_t flow_id, DeliveryRepository& r
       const bool too_old = unix_now_ms() - d.created_ms > 1000LL * options_.max_age.count();
       if (verdict == DeliveryVerdict::kPermanent || d.attempts >= options_.max_attempts ||
           too_old) {
-        const std::string why = "POST " + req.url + " failed: " + describe(r) +
-                                (verdict == DeliveryVerdict::kPermanent
-                                     ? " (permanent)"
-                                     : " after " + std::to_string(d.attempts) + " attempt(s)" +
-                                           (too_old ? " (message too old)" : ""));
+        const std::string why =
+            redact_url_credentials("POST " + req.url + " failed: " + describe(r) +
+                                   (verdict == DeliveryVerdict::kPermanent
+                                        ? " (permanent)"
+                                        : " after " + std::to_string(d.attempts) + " attempt(s)" +
+                                              (too_old ? " (message too old)" : "")));
         log_->error("delivery given up: flow {} msg_id {} attempt {}: {}", target->flow_code,
                     d.msg_id, d.attempts, why);
         repo.give_up(d, r.status, why);
@@ -453,9 +455,10 @@ void DeliveryService::deliver_leased(std::int64_t flow_id, DeliveryRepository& r
       const auto delay = retry_delay(d.attempts, r.retry_after, options_,
                                      std::uniform_real_distribution<double>(0, 1)(rng));
       d.next_attempt_ms = unix_now_ms() + delay.count();
+      const std::string error = redact_url_credentials(describe(r));
       log_->warn("delivery failed: flow {} msg_id {} attempt {}: {}; next try in {} ms",
-                 target->flow_code, d.msg_id, d.attempts, describe(r), delay.count());
-      repo.retry_later(d, r.status, r.error.empty() ? describe(r) : r.error);
+                 target->flow_code, d.msg_id, d.attempts, error, delay.count());
+      repo.retry_later(d, r.status, r.error.empty() ? error : redact_url_credentials(r.error));
       return;  // the flow waits: later messages must not overtake this one
     }
     flush();

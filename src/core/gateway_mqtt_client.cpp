@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "gateway/backoff.h"
+#include "gateway/column_map.h"
 #include "gateway/errors.h"
 
 namespace gateway {
@@ -19,6 +20,11 @@ std::string join_codes(const std::vector<Flow>& flows) {
   std::string out;
   for (const Flow& f : flows) out += (out.empty() ? "" : ", ") + f.code;
   return out.empty() ? "-" : out;
+}
+
+// How a broker is named in the log, /metrics and the spool's redelivery windows (no credentials).
+std::string broker_uri(const MqttServer& s) {
+  return (s.use_tls ? "ssl://" : "tcp://") + s.host + ":" + std::to_string(s.port);
 }
 
 }  // namespace
@@ -34,6 +40,7 @@ GatewayMqttClient::GatewayMqttClient(const Settings& settings, RepositoryFactory
       metrics_(metrics),
       connect_(std::move(connect)),
       log_(std::move(log)),
+      cache_(settings.spool_dir),
       client_id_check_(client_id_check) {}
 
 GatewayMqttClient::~GatewayMqttClient() { stop(); }
@@ -55,10 +62,56 @@ MqttServer GatewayMqttClient::load_mqtt_server() {
   }
 }
 
+std::vector<MqttServer> GatewayMqttClient::load_mqtt_servers() {
+  std::lock_guard lock(reload_mu_);
+  try {
+    auto servers = repo().load_mqtt_servers();
+    if (servers.empty()) throw Error("no enabled MQTT server in table mqtt_servers (enabled = 1)");
+    return servers;
+  } catch (const DbUnavailable&) {
+    repo_.reset();
+    throw;
+  }
+}
+
+std::vector<MqttServer> GatewayMqttClient::candidates() const {
+  std::lock_guard lock(servers_mu_);
+  return candidates_;
+}
+
 std::vector<Flow> GatewayMqttClient::load_flows() {
   std::lock_guard lock(reload_mu_);
   try {
     return repo().load_flows();
+  } catch (const DbUnavailable&) {
+    repo_.reset();
+    throw;
+  }
+}
+
+void GatewayMqttClient::check_store_tables(std::vector<Flow>& flows) {
+  std::lock_guard lock(reload_mu_);
+  const auto current = flows_.snapshot();
+  const auto active = [&](std::int64_t id) {
+    return std::any_of(current->flows().begin(), current->flows().end(),
+                       [id](const Flow& f) { return f.id == id; });
+  };
+  try {
+    std::erase_if(flows, [&](const Flow& f) {
+      if (parse_flow_action(f.action) != FlowAction::kStoreTable) return false;
+      const TableInfo table =
+          f.target_table && !f.target_table->empty() ? repo().describe_table(*f.target_table)
+                                                     : TableInfo{};
+      const FlowMapping m = compile_flow_mapping(f.target_table, f.column_map, f.write_mode, table);
+      if (m.ok()) return false;
+      if (active(f.id)) {
+        log_->error("flow {}: STORE_TABLE {}; its messages wait in the spool until it is fixed",
+                    f.code, m.map.error);
+        return false;
+      }
+      log_->error("flow {} not activated: STORE_TABLE {}", f.code, m.map.error);
+      return true;
+    });
   } catch (const DbUnavailable&) {
     repo_.reset();
     throw;
@@ -187,9 +240,31 @@ FlowDiff GatewayMqttClient::reload_flows() {
   FlowDiff diff;
   {
     std::lock_guard lock(reload_mu_);
-    diff = flows_.replace(load_flows());
+    std::vector<Flow> flows = load_flows();
+    check_store_tables(flows);
+    // The broker candidates and the spool offset for the copy (flow_cache.h).
+    std::vector<MqttServer> servers;
+    std::uint64_t committed_seq = 0;
+    try {
+      servers = repo().load_mqtt_servers();
+      committed_seq = repo().last_committed_seq(spool_.id());
+    } catch (const DbUnavailable&) {
+      repo_.reset();
+      throw;
+    }
+    if (!servers.empty()) {
+      std::lock_guard servers_lock(servers_mu_);
+      candidates_ = std::move(servers);
+    }
+    save_cache(flows, committed_seq);
+    diff = flows_.replace(std::move(flows));
+    if (from_cache_.exchange(false)) {
+      metrics_.flows_from_cache = false;
+      log_->info("flows loaded from the database again (the gateway started from the cached copy)");
+    }
   }
   metrics_.last_reload_unix.store(unix_now_us() / 1000000);
+  metrics_.flow_reloads.fetch_add(1, std::memory_order_relaxed);
   for (const auto& [flow, why] : diff.invalid) {
     log_->error("flow {} disabled: invalid topic filter '{}': {}", flow.code, flow.topic, why);
   }
@@ -205,6 +280,40 @@ FlowDiff GatewayMqttClient::reload_flows() {
   }
   if (!diff.subscribe.empty() || !diff.unsubscribe.empty()) request_sync();
   return diff;
+}
+
+void GatewayMqttClient::save_cache(const std::vector<Flow>& flows, std::uint64_t committed_seq) {
+  FlowCacheContents c;
+  c.servers = candidates();
+  c.flows = flows;
+  c.spool_id = spool_.id();
+  c.committed_seq = committed_seq;
+  c.written_unix_ms = unix_now_ms();
+  try {
+    cache_.save(c);
+  } catch (const std::exception& e) {
+    // Not fatal: only a start during a database outage needs it, and it would use the older copy.
+    log_->warn("{}; a start while the database is down would use an older copy", e.what());
+  }
+}
+
+void GatewayMqttClient::use_cached(const FlowCacheContents& copy) {
+  std::lock_guard lock(reload_mu_);
+  {
+    std::lock_guard servers_lock(servers_mu_);
+    candidates_ = copy.servers;
+  }
+  const FlowDiff diff = flows_.replace(copy.flows);
+  for (const auto& [flow, why] : diff.invalid) {
+    log_->error("flow {} disabled: invalid topic filter '{}': {}", flow.code, flow.topic, why);
+  }
+  from_cache_ = true;
+  metrics_.flows_from_cache = true;
+  const auto age_s = (unix_now_ms() - copy.written_unix_ms) / 1000;
+  log_->warn(
+      "starting from the cached copy {} ({} flow(s), {} broker(s), saved {} s ago): messages are "
+      "spooled, and stored when the database answers",
+      cache_.path().string(), flows_.snapshot()->flows().size(), copy.servers.size(), age_s);
 }
 
 void GatewayMqttClient::request_sync() {
@@ -271,7 +380,13 @@ void GatewayMqttClient::on_reconnected(bool session_present) {
   last_heartbeat_ms_ = steady_now_ms();
   metrics_.broker_connected = true;
   metrics_.broker_down_since_ms = 0;
-  spool_.new_broker_connection(session_present);
+  down_since_ms_ = 0;
+  std::string uri;
+  {
+    std::lock_guard lock(servers_mu_);
+    uri = current_uri_;
+  }
+  spool_.new_broker_connection(session_present, uri);
   if (!session_present) {
     // A broker without persistence (or a new one) has forgotten the session: subscribe again,
     // and forget the file at once, so that a restart before the SUBACK does not trust it.
@@ -356,10 +471,7 @@ void GatewayMqttClient::on_message(const MqttMessage& m) {
   metrics_.received.fetch_add(1, std::memory_order_relaxed);
 }
 
-void GatewayMqttClient::start() {
-  const MqttServer server = load_mqtt_server();
-  reload_flows();
-
+MqttConnectOptions GatewayMqttClient::options_for(const MqttServer& server) const {
   MqttConnectOptions o;
   o.host = server.host;
   o.port = server.port;
@@ -395,15 +507,31 @@ void GatewayMqttClient::start() {
   o.session_expiry_seconds = settings_.mqtt_session_expiry_seconds;
   o.clean_session = false;
   o.reconnect_max = std::chrono::seconds(settings_.mqtt_reconnect_max_seconds);
-  connect_options_ = o;
+  return o;
+}
+
+MqttHandlers GatewayMqttClient::handlers() {
   MqttHandlers h;
   h.reconnected = [this](bool session_present) { on_reconnected(session_present); };
   h.connection_lost = [this](const std::string& cause) {
     metrics_.broker_connected = false;
     metrics_.broker_down_since_ms = steady_now_ms();
+    std::int64_t up = 0;
+    down_since_ms_.compare_exchange_strong(up, steady_now_ms());
     log_->warn("lost the broker connection: {}", cause);
   };
   h.message = [this](const MqttMessage& m) { on_message(m); };
+  return h;
+}
+
+void GatewayMqttClient::attach(std::size_t index, const MqttServer& server, bool check_client_id) {
+  MqttConnectOptions o = options_for(server);
+  {
+    std::lock_guard lock(servers_mu_);
+    current_id_ = server.id;
+    current_uri_ = broker_uri(server);
+  }
+  metrics_.set_broker(broker_uri(server), server.id, index);
   log_->info(
       "connecting to broker {}:{} (server id {}, tls {}, user {}{})", server.host, server.port,
       server.id, server.use_tls ? "on" : "off", server.username.value_or("-"),
@@ -411,13 +539,34 @@ void GatewayMqttClient::start() {
           (o.client_cert_file.empty() ? std::string()
                                       : ", client certificate " + o.client_cert_file) +
           (o.tls_server_name.empty() ? std::string() : ", certificate name " + o.tls_server_name));
-  check_client_id_free(o);
-  connection_ = connect_(std::move(o), std::move(h));
-  const bool session_present = connection_->connect();
-  spool_.new_broker_connection(session_present);
+  if (check_client_id) check_client_id_free(o);
+  connect_options_ = o;
+  {
+    // What the broker has for our session is read from the file when it says it has one.
+    std::lock_guard lock(sync_mu_);
+    subscribed_.clear();
+    refused_.clear();
+  }
+  // Redeliveries may arrive right after the CONNACK, before connect() returns here: they must be
+  // looked up in this broker's window already (a new session's messages never carry DUP, so
+  // keeping the window until on_connected() knows is harmless).
+  spool_.new_broker_connection(true, broker_uri(server));
+  connection_ = connect_(std::move(o), handlers());
+  on_connected(connection_->connect());
+}
+
+void GatewayMqttClient::on_connected(bool session_present) {
+  std::string uri;
+  {
+    std::lock_guard lock(servers_mu_);
+    uri = current_uri_;
+  }
+  spool_.new_broker_connection(session_present, uri);
   connected_at_ms_ = steady_now_ms();
   last_heartbeat_ms_ = steady_now_ms();
   metrics_.broker_connected = true;
+  metrics_.broker_down_since_ms = 0;
+  down_since_ms_ = 0;
   connection_->publish(presence_topic(), presence(), 1, true);
   {
     std::lock_guard lock(sync_mu_);
@@ -427,8 +576,121 @@ void GatewayMqttClient::start() {
   log_->info("connected to the broker ({}; {} subscription(s) kept)",
              session_present ? "session present" : "new session", subscribed_.size());
   sync_subscriptions();
+}
 
+void GatewayMqttClient::start() {
+  if (!from_cache_) reload_flows();
+  const std::vector<MqttServer> servers = candidates();
+  if (servers.empty()) throw Error("no enabled MQTT server in table mqtt_servers (enabled = 1)");
+  // Without failover only the first row, as the reference; with it, the first that answers.
+  const std::size_t tries = settings_.mqtt_failover_seconds > 0 ? servers.size() : 1;
+  for (std::size_t i = 0;; ++i) {
+    try {
+      attach(i, servers[i], true);
+      break;
+    } catch (const ConfigError&) {
+      throw;  // a setting or a row to fix (or another live gateway): not a broker outage
+    } catch (const std::exception& e) {
+      if (i + 1 >= tries) throw;
+      log_->warn("broker {} unreachable at start-up ({}); trying the next mqtt_servers row",
+                 broker_uri(servers[i]), e.what());
+      connection_.reset();
+    }
+  }
+  next_probe_ms_ = steady_now_ms() + 1000LL * settings_.mqtt_failover_seconds;
   mqtt_thread_ = std::thread([this] { mqtt_loop(); });
+}
+
+bool GatewayMqttClient::probe_reachable(const MqttServer& server) {
+  try {
+    MqttConnectOptions p = options_for(server);
+    p.client_id = settings_.mqtt_client_id + "-probe-" + spool_.id().substr(0, 8);
+    p.clean_session = true;  // leaves nothing behind on the broker
+    p.connect_timeout = std::chrono::seconds(5);
+    MqttHandlers h;
+    h.message = [](const MqttMessage&) {};  // subscribes to nothing: nothing arrives
+    auto probe = connect_(std::move(p), std::move(h));
+    probe->connect();
+    probe->disconnect(std::chrono::seconds(1));
+    return true;
+  } catch (const std::exception& e) {
+    log_->debug("broker {} still unreachable: {}", broker_uri(server), e.what());
+    return false;
+  }
+}
+
+void GatewayMqttClient::maybe_fail_over() {
+  const std::vector<MqttServer> servers = candidates();
+  if (settings_.mqtt_failover_seconds <= 0 || servers.size() < 2) return;
+  const std::int64_t every_ms = 1000LL * settings_.mqtt_failover_seconds;
+  const std::int64_t now = steady_now_ms();
+  std::int64_t current_id = 0;
+  {
+    std::lock_guard lock(servers_mu_);
+    current_id = current_id_;
+  }
+  const auto at = std::find_if(servers.begin(), servers.end(),
+                               [&](const MqttServer& s) { return s.id == current_id; });
+  // A row removed by a reload counts as just before the first.
+  const std::size_t index =
+      at == servers.end() ? servers.size() - 1 : static_cast<std::size_t>(at - servers.begin());
+  const std::int64_t down_since = down_since_ms_.load();
+  if (!connection_->connected() && down_since != 0 && now - down_since >= every_ms) {
+    move_to((index + 1) % servers.size(),
+            "unreachable for " + std::to_string((now - down_since) / 1000) + " s");
+    return;
+  }
+  if (index == 0 || now < next_probe_ms_) return;
+  next_probe_ms_ = now + every_ms;
+  // A message handler blocked on a full or failing spool holds Paho's lock: a disconnect would
+  // wait for it. Move back once there is room again.
+  if (spool_.stats().full || metrics_.spool_failing) return;
+  if (probe_reachable(servers[0])) move_to(0, "the first broker answers again");
+}
+
+void GatewayMqttClient::move_to(std::size_t index, const std::string& why) {
+  const std::vector<MqttServer> servers = candidates();
+  std::string from;
+  {
+    std::lock_guard lock(servers_mu_);
+    from = current_uri_;
+  }
+  log_->warn("broker failover: {} -> {} (server id {}): {}", from, broker_uri(servers[index]),
+             servers[index].id, why);
+  metrics_.broker_failovers.fetch_add(1, std::memory_order_relaxed);
+  // A clean DISCONNECT when it is still up (moving back): what was spooled has been acknowledged,
+  // and the broker keeps the session, queueing for us, until we come back.
+  auto old = std::move(connection_);
+  old->disconnect(old->connected() ? std::chrono::seconds(5) : std::chrono::seconds(1));
+  metrics_.broker_connected = false;
+  next_probe_ms_ = steady_now_ms() + 1000LL * settings_.mqtt_failover_seconds;
+  for (std::size_t k = 0; k < servers.size(); ++k) {
+    const std::size_t i = (index + k) % servers.size();
+    try {
+      attach(i, servers[i], false);
+      return;
+    } catch (const ConfigError& e) {
+      log_->error("{}; skipping that broker", e.what());
+    } catch (const std::exception& e) {
+      if (!connection_) break;
+      if (connection_->connected()) {
+        // Connected, but the subscriptions failed: the MQTT thread retries them.
+        log_->warn("subscriptions on {} not restored yet ({}); retrying", broker_uri(servers[i]),
+                   e.what());
+        request_sync();
+        return;
+      }
+      down_since_ms_ = steady_now_ms();
+      log_->warn("broker {} not reachable either ({}); retrying it, next move in {} s",
+                 broker_uri(servers[i]), e.what(), settings_.mqtt_failover_seconds);
+      // Its own reconnect loop keeps trying until the next move.
+      if (!connection_->connected()) connection_->force_reconnect("not connected after failover");
+      return;
+    }
+  }
+  // No row could be used: stay on the old (closed) connection, try again after the interval.
+  if (!connection_) connection_ = std::move(old);
+  down_since_ms_ = steady_now_ms();
 }
 
 void GatewayMqttClient::mqtt_loop() {
@@ -459,6 +721,11 @@ void GatewayMqttClient::mqtt_loop() {
     if (settings_.mqtt_heartbeat_seconds > 0 && steady_clock::now() >= next_heartbeat) {
       next_heartbeat = steady_clock::now() + heartbeat_every;
       heartbeat();
+    }
+    try {
+      maybe_fail_over();
+    } catch (const std::exception& e) {
+      log_->error("broker failover: {}", e.what());
     }
     if (steady_clock::now() >= next_presence) {
       next_presence = steady_clock::now() + client_id_check_.refresh;
@@ -495,6 +762,14 @@ bool GatewayMqttClient::ping_database() {
     up = false;
   }
   if (!up) repo_.reset();
+  if (up && from_cache_) {
+    // Started from the cached copy: the database's flows (and a fresh copy) as soon as it answers.
+    try {
+      reload_flows();
+    } catch (const std::exception& e) {
+      log_->error("flow reload failed (keeping the cached flows): {}", e.what());
+    }
+  }
   return up;
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "gateway/errors.h"
+#include "gateway/redact.h"
 
 namespace gateway {
 namespace {
@@ -39,6 +40,37 @@ class SyslogPriorityFlag : public spdlog::custom_flag_formatter {
     return std::make_unique<SyslogPriorityFlag>();
   }
 };
+
+// Formats with `inner`, after taking URL passwords out of the message: a net under every log
+// line, whatever a component puts in it (an endpoint URL, a curl error, a database message).
+class RedactingFormatter final : public spdlog::formatter {
+ public:
+  explicit RedactingFormatter(std::unique_ptr<spdlog::formatter> inner)
+      : inner_(std::move(inner)) {}
+
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+    const std::string_view text(msg.payload.data(), msg.payload.size());
+    if (!has_url_credentials(text)) {
+      inner_->format(msg, dest);
+      return;
+    }
+    const std::string redacted = redact_url_credentials(text);
+    spdlog::details::log_msg copy = msg;
+    copy.payload = spdlog::string_view_t(redacted.data(), redacted.size());
+    inner_->format(copy, dest);
+  }
+
+  std::unique_ptr<spdlog::formatter> clone() const override {
+    return std::make_unique<RedactingFormatter>(inner_->clone());
+  }
+
+ private:
+  std::unique_ptr<spdlog::formatter> inner_;
+};
+
+std::unique_ptr<spdlog::formatter> redacting(const char* pattern) {
+  return std::make_unique<RedactingFormatter>(std::make_unique<spdlog::pattern_formatter>(pattern));
+}
 
 // True when stderr is the journal stream systemd connected (JOURNAL_STREAM is "device:inode" of
 // it), not merely inherited from a parent that was.
@@ -68,7 +100,7 @@ struct Logging::Impl {
   // Throws spdlog::spdlog_ex when the file cannot be opened.
   std::shared_ptr<spdlog::sinks::rotating_file_sink_mt> open_file() const {
     auto sink = std::make_shared<spdlog::sinks::rotating_file_sink_mt>(path, max_bytes, max_files);
-    sink->set_pattern(kFilePattern);
+    sink->set_formatter(redacting(kFilePattern));
     return sink;
   }
 };
@@ -92,9 +124,9 @@ Logging::Logging(const Settings& s) : impl_(std::make_unique<Impl>()) {
   if (stderr_is_journal()) {
     auto formatter = std::make_unique<spdlog::pattern_formatter>();
     formatter->add_flag<SyslogPriorityFlag>('*').set_pattern(kJournalPattern);
-    impl_->err->set_formatter(std::move(formatter));
+    impl_->err->set_formatter(std::make_unique<RedactingFormatter>(std::move(formatter)));
   } else {
-    impl_->err->set_pattern(kFilePattern);
+    impl_->err->set_formatter(redacting(kFilePattern));
   }
 }
 

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <sstream>
 
+#include "gateway/redact.h"
+
 namespace gateway {
 
 std::int64_t steady_now_ms() {
@@ -61,7 +63,9 @@ void counter(std::ostringstream& o, const char* name, const char* help, std::uin
     << name << ' ' << v << '\n';
 }
 
-std::string label(const std::string& v) {
+// A label value: escaped, and without URL passwords (a held flow's reason may quote a URL).
+std::string label(const std::string& value) {
+  const std::string v = redact_url_credentials(value);
   std::string out;
   for (char c : v) {
     if (c == '\\' || c == '"') out += '\\';
@@ -75,6 +79,13 @@ std::string label(const std::string& v) {
 }
 
 }  // namespace
+
+void Metrics::set_broker(const std::string& uri, std::int64_t server_id, std::size_t candidate) {
+  std::lock_guard lock(mu_);
+  broker_uri_ = uri;
+  broker_server_id_ = server_id;
+  broker_candidate_ = candidate;
+}
 
 std::string Metrics::prometheus_text() const {
   std::ostringstream o;
@@ -107,6 +118,7 @@ std::string Metrics::prometheus_text() const {
           spool_failing ? 0 : 1, "gauge");
   counter(o, "gateway_last_reload_timestamp_seconds", "Unix time of the last flow reload.",
           static_cast<std::uint64_t>(last_reload_unix.load()), "gauge");
+  counter(o, "gateway_flow_reloads_total", "Successful flow reloads.", flow_reloads);
 
   o << "# HELP gateway_transaction_seconds Flow transaction latency.\n"
        "# TYPE gateway_transaction_seconds histogram\n";
@@ -140,6 +152,21 @@ std::string Metrics::prometheus_text() const {
        "# TYPE gateway_flow_held gauge\n";
   for (const auto& [code, reason] : held()) {
     o << "gateway_flow_held{flow=\"" << label(code) << "\",reason=\"" << label(reason) << "\"} 1\n";
+  }
+  counter(o, "gateway_broker_failovers_total",
+          "Moves from one mqtt_servers broker to another (MQTT_FAILOVER_SECONDS).",
+          broker_failovers);
+  counter(o, "gateway_flows_from_cache",
+          "1 while the flows come from the cached copy (the database was down at start-up).",
+          flows_from_cache ? 1 : 0, "gauge");
+  {
+    std::lock_guard lock(mu_);
+    o << "# HELP gateway_broker_info The broker the gateway is connected or connecting to.\n"
+         "# TYPE gateway_broker_info gauge\n";
+    if (!broker_uri_.empty()) {
+      o << "gateway_broker_info{broker=\"" << label(broker_uri_) << "\",server_id=\""
+        << broker_server_id_ << "\",candidate=\"" << broker_candidate_ << "\"} 1\n";
+    }
   }
   // The database node the connections reach (DB_HOST may list several); absent before the first.
   o << "# HELP gateway_db_node_info The database node the gateway's connections reach.\n"

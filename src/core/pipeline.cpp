@@ -472,7 +472,9 @@ void Pipeline::ensure_session(Worker& w) {
   if (!w.http) w.http = posters_();
   if (w.repo) return;
   w.repo = repositories_();
-  w.processor = std::make_unique<Processor>(*w.repo, *w.http, options_.processor, log_);
+  ProcessorOptions processor = options_.processor;
+  processor.reloads = &metrics_.flow_reloads;
+  w.processor = std::make_unique<Processor>(*w.repo, *w.http, processor, log_);
   if (!metrics_.db_connected.exchange(true)) {
     log_->info("database connection restored (worker {})", w.index);
   }

@@ -8,6 +8,7 @@
 #include "gateway/errors.h"
 #include "gateway/hash.h"
 #include "gateway/metrics.h"
+#include "gateway/redact.h"
 
 namespace gateway {
 namespace {
@@ -16,6 +17,12 @@ void append_rows(std::vector<DataRecord>& rows, std::int64_t msg_id, const Inbou
   for (const auto& [name, value] : m.parsed.object.items()) {
     rows.push_back(DataRecord{msg_id, m.topic, name, encode_field_value(value)});
   }
+}
+
+// What a STORE_TABLE mapping reads of message `m` numbered `msg_id`.
+RowContext row_context(const Flow& flow, const InboundMessage& m, std::int64_t msg_id) {
+  return RowContext{m.topic,    &m.parsed.object, m.payload, msg_id, flow.code,
+                    m.arrival_us, &m.user_properties};
 }
 
 }  // namespace
@@ -41,6 +48,28 @@ const SchemaResult& Processor::schema_for(const Flow& flow) {
   return slot.second;
 }
 
+const Processor::TableMap& Processor::table_map_for(const Flow& flow) {
+  auto it = tables_.find(flow.id);
+  const std::uint64_t reloads = options_.reloads ? options_.reloads->load() : 0;
+  if (it == tables_.end() || it->second.table != flow.target_table ||
+      it->second.map != flow.column_map || it->second.mode != flow.write_mode ||
+      it->second.reloads != reloads) {
+    const TableInfo table = flow.target_table && !flow.target_table->empty()
+                                ? repo_.describe_table(*flow.target_table)
+                                : TableInfo{};
+    FlowMapping mapping =
+        compile_flow_mapping(flow.target_table, flow.column_map, flow.write_mode, table);
+    TableMap entry{flow.target_table, flow.column_map,       flow.write_mode,
+                   reloads,           std::move(mapping.map), mapping.mode};
+    it = tables_.insert_or_assign(flow.id, std::move(entry)).first;
+  }
+  if (!it->second.compiled.ok()) {
+    throw Error("flow " + flow.code + ": STORE_TABLE mapping cannot be used: " +
+                it->second.compiled.error);
+  }
+  return it->second;
+}
+
 std::string Processor::check(const Flow& flow, const InboundMessage& m) {
   if (!flow.enabled) return "flow is disabled";
   auto action = parse_flow_action(flow.action);
@@ -57,6 +86,7 @@ std::string Processor::check(const Flow& flow, const InboundMessage& m) {
     if (!flow.endpoint_url || flow.endpoint_url->empty()) return "flow has no endpoint_url";
     return {};
   }
+  if (*action == FlowAction::kStoreTable) return {};  // the mapping checks each value
   if (auto bad = check_field_names(m.parsed.object, options_.max_field_name_length)) return *bad;
   return {};
 }
@@ -121,7 +151,10 @@ BatchResult Processor::process_locked(LockedFlow& tx, std::span<const InboundMes
   BatchResult result;
   const Flow& flow = tx.flow();
   result.flow_code = flow.code;
-  const bool post_endpoint = parse_flow_action(flow.action) == FlowAction::kPostEndpoint;
+  const auto action = parse_flow_action(flow.action);
+  const bool post_endpoint = action == FlowAction::kPostEndpoint;
+  const TableMap* table = action == FlowAction::kStoreTable ? &table_map_for(flow) : nullptr;
+  std::vector<std::vector<CellValue>> table_rows;
   std::int64_t msg_id = flow.last_msg_id;
   std::uint64_t last_seq = 0;
   std::vector<DataRecord> rows;
@@ -166,7 +199,15 @@ BatchResult Processor::process_locked(LockedFlow& tx, std::span<const InboundMes
       if (r.ok()) {
         ++result.posted;
       } else {
-        why = "POST " + *flow.endpoint_url + " failed: " + r.error;
+        why = redact_url_credentials("POST " + *flow.endpoint_url + " failed: " + r.error);
+      }
+    }
+    if (why.empty() && table) {
+      MappedRow row = map_row(table->compiled, row_context(flow, *m, msg_id + 1));
+      if (row.ok()) {
+        table_rows.push_back(std::move(row.cells));
+      } else {
+        why = std::move(row.error);
       }
     }
     if (!why.empty()) {
@@ -185,9 +226,9 @@ BatchResult Processor::process_locked(LockedFlow& tx, std::span<const InboundMes
     if (result.first_msg_id == 0) result.first_msg_id = msg_id;
     ++result.accepted;
     if (m->retained) tx.remember_retained(m->topic, retained_hash, msg_id);
-    if (!post_endpoint) {
+    if (!post_endpoint && !table) {
       append_rows(rows, msg_id, *m);
-    } else if (!post_now) {
+    } else if (post_endpoint && !post_now) {
       outbox.push_back(OutboxEntry{msg_id, m->topic, m->payload, now_ms});
       ++result.queued;
     }
@@ -195,6 +236,10 @@ BatchResult Processor::process_locked(LockedFlow& tx, std::span<const InboundMes
   result.last_msg_id = msg_id;
 
   if (!rows.empty()) tx.insert_records(rows);
+  if (!table_rows.empty()) {
+    tx.insert_table_rows(
+        TableRows{*flow.target_table, &table->compiled, table->write_mode, table_rows});
+  }
   if (!rejects.empty()) tx.insert_rejected(rejects);
   if (!outbox.empty()) tx.insert_deliveries(outbox);
   tx.advance(msg_id, last_seq);
@@ -306,13 +351,25 @@ ProcessResult Processor::process_flow_message(std::int64_t flow_id, const nlohma
   const std::int64_t msg_id = flow.last_msg_id + 1;
   if (why.empty() && action == FlowAction::kPostEndpoint) {
     HttpResult r = post(flow, m, msg_id);
-    if (!r.ok()) why = "POST " + *flow.endpoint_url + " failed: " + r.error;
+    if (!r.ok()) {
+      why = redact_url_credentials("POST " + *flow.endpoint_url + " failed: " + r.error);
+    }
+  }
+  const TableMap* table = action == FlowAction::kStoreTable ? &table_map_for(flow) : nullptr;
+  MappedRow row;
+  if (why.empty() && table) {
+    m.arrival_us = unix_now_us();
+    row = map_row(table->compiled, row_context(flow, m, msg_id));
+    why = row.error;
   }
   if (!why.empty()) throw MessageRejected("flow " + flow.code + ": " + why);
   if (action == FlowAction::kStoreDb) {
     std::vector<DataRecord> rows;
     append_rows(rows, msg_id, m);
     if (!rows.empty()) tx->insert_records(rows);
+  } else if (table) {
+    tx->insert_table_rows(TableRows{*flow.target_table, &table->compiled, table->write_mode,
+                                    std::span(&row.cells, 1)});
   }
   tx->advance(msg_id, 0);
   tx->commit();

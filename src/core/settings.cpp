@@ -2,8 +2,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
+#include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <system_error>
 
@@ -24,11 +28,10 @@ constexpr std::uint64_t kNoLimit = std::numeric_limits<std::uint64_t>::max();
 
 // A value echoed in an error message: quoted, control characters escaped so the message stays
 // one line, and cut short so a pasted blob does not flood the log.
-std::string quoted(std::string_view value) {
-  constexpr std::size_t kMaxShown = 64;
+std::string quoted(std::string_view value, std::size_t max_shown = 64) {
   constexpr char kHex[] = "0123456789abcdef";
   std::string out = "'";
-  for (std::size_t i = 0; i < value.size() && i < kMaxShown; ++i) {
+  for (std::size_t i = 0; i < value.size() && i < max_shown; ++i) {
     auto c = static_cast<unsigned char>(value[i]);
     if (c == '\n') {
       out += "\\n";
@@ -40,7 +43,7 @@ std::string quoted(std::string_view value) {
       out += static_cast<char>(c);
     }
   }
-  if (value.size() > kMaxShown) out += "...";
+  if (value.size() > max_shown) out += "...";
   return out + "'";
 }
 
@@ -329,10 +332,116 @@ std::optional<std::string> check_host_name(std::string_view value) {
   return std::nullopt;
 }
 
+// std::nullopt when `path` is a regular file this process can open for reading, else why not.
+std::optional<std::string> unreadable(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec) return "cannot read the file (" + ec.message() + ")";
+  if (!std::filesystem::is_regular_file(status)) return std::string("not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "cannot read the file (" + std::string(std::strerror(errno)) + ")";
+  return std::nullopt;
+}
+
+// A path in an error message: whole (a cut path would not say which file), still one line.
+std::string quoted_path(std::string_view path) { return quoted(path, 4096); }
+
+// A file the gateway reads later (at every connect): it must be readable now.
+Variable file_path(std::string_view name, std::string Settings::*field) {
+  return {name, Presence::kOptional,
+          [=](Settings& s, std::string_view value) {
+            if (auto why = unreadable(std::string(value))) {
+              fail(name, *why + ", got " + quoted_path(value));
+            }
+            s.*field = std::string(value);
+          },
+          [=](const Settings& s) { return s.*field; }};
+}
+
+Variable db_ssl_mode(std::string_view name) {
+  return {name, Presence::kOptional,
+          [=](Settings& s, std::string_view value) {
+            auto mode = parse_db_ssl_mode(value);
+            if (!mode) {
+              fail(name,
+                   "expected one of disabled, preferred, required, verify-ca, verify-identity, "
+                   "got " +
+                       quoted(value));
+            }
+            s.db_ssl_mode = *mode;
+          },
+          [](const Settings& s) { return std::string(to_string(s.db_ssl_mode)); }};
+}
+
+// The DB_SSL_* files that fit DB_SSL_MODE; each is one line naming the variable.
+void check_db_ssl(const Settings& s) {
+  const bool disabled = s.db_ssl_mode == DbSslMode::kDisabled;
+  const bool verifies =
+      s.db_ssl_mode == DbSslMode::kVerifyCa || s.db_ssl_mode == DbSslMode::kVerifyIdentity;
+  const std::string mode = "DB_SSL_MODE=" + std::string(to_string(s.db_ssl_mode));
+  // A CA that would not be used would suggest a check that does not happen.
+  if (!s.db_ssl_ca.empty() && !verifies) {
+    fail("DB_SSL_CA", "is only used with DB_SSL_MODE=verify-ca or verify-identity, not with " +
+                          mode + " (which does not check the server's certificate)");
+  }
+  if (s.db_ssl_ca.empty() && s.db_ssl_mode == DbSslMode::kVerifyCa) {
+    fail("DB_SSL_CA", "required by " + mode);
+  }
+  if (disabled && !s.db_ssl_cert.empty()) fail("DB_SSL_CERT", "not used with " + mode);
+  if (disabled && !s.db_ssl_key.empty()) fail("DB_SSL_KEY", "not used with " + mode);
+  if (!s.db_ssl_key.empty() && s.db_ssl_cert.empty()) {
+    fail("DB_SSL_KEY", "set without DB_SSL_CERT (the client certificate)");
+  }
+}
+
+// The whole file, less one trailing newline ("\n" or "\r\n"): what `echo secret > file` and
+// editors leave behind is not part of a password.
+std::string read_secret_file(std::string_view variable, const std::string& path) {
+  if (auto why = unreadable(path)) fail(variable, *why + ", got " + quoted_path(path));
+  std::ifstream in(path, std::ios::binary);
+  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) fail(variable, "cannot read the file, got " + quoted_path(path));
+  if (!content.empty() && content.back() == '\n') {
+    content.pop_back();
+    if (!content.empty() && content.back() == '\r') content.pop_back();
+  }
+  return content;
+}
+
+// Replaces the secret `name` in env by its value from NAME_FILE or the systemd credential (see
+// load_settings() in settings.h); returns where it came from ("" for the variable itself).
+std::string resolve_secret(EnvMap& env, const std::string& name) {
+  const auto non_empty = [&env](const std::string& key) {
+    auto it = env.find(key);
+    return it != env.end() && !it->second.empty() ? &it->second : nullptr;
+  };
+  const std::string file_variable = name + "_FILE";
+  const std::string* value = non_empty(name);
+  const std::string* file = non_empty(file_variable);
+  if (value && file) fail(file_variable, "set only one of " + name + " and " + file_variable);
+  if (file) {
+    const std::string path = *file;
+    env[name] = read_secret_file(file_variable, path);
+    return file_variable + " " + path;
+  }
+  if (value) return {};
+  if (const std::string* dir = non_empty("CREDENTIALS_DIRECTORY")) {
+    const std::string path = (std::filesystem::path(*dir) / lower(name)).string();
+    std::error_code ec;
+    if (std::filesystem::exists(path, ec)) {
+      env[name] = read_secret_file(name, path);
+      return "systemd credential " + path;
+    }
+  }
+  return {};
+}
+
 Variable password(std::string_view name) {
   return {name, Presence::kRequiredMayBeEmpty,
           [](Settings& s, std::string_view value) { s.db_password = Secret(std::string(value)); },
-          [](const Settings&) { return std::string("***"); }};
+          [](const Settings& s) {
+            return "***" + (s.db_password_from.empty() ? "" : " (from " + s.db_password_from + ")");
+          }};
 }
 
 const std::vector<Variable>& variables() {
@@ -350,12 +459,17 @@ const std::vector<Variable>& variables() {
       integer("BATCH_LINGER_MS", &S::batch_linger_ms, 0, 1000),
       integer("DB_RETRY_MAX_SECONDS", &S::db_retry_max_seconds, 1, 3600),
       integer("DB_CONNECT_TIMEOUT_SECONDS", &S::db_connect_timeout_seconds, 1, 300),
+      db_ssl_mode("DB_SSL_MODE"),
+      file_path("DB_SSL_CA", &S::db_ssl_ca),
+      file_path("DB_SSL_CERT", &S::db_ssl_cert),
+      file_path("DB_SSL_KEY", &S::db_ssl_key),
       // MQTT.
       text("MQTT_CLIENT_ID", &S::mqtt_client_id, Presence::kOptional, check_topic_safe),
       integer("MQTT_KEEPALIVE", &S::mqtt_keepalive, 1, 65535),
       text("MQTT_SHARED_GROUP", &S::mqtt_shared_group, Presence::kOptional, check_topic_safe),
       integer("MQTT_RECONNECT_MAX_SECONDS", &S::mqtt_reconnect_max_seconds, 1, 30),
       integer("MQTT_HEARTBEAT_SECONDS", &S::mqtt_heartbeat_seconds, 0, 3600),
+      integer("MQTT_FAILOVER_SECONDS", &S::mqtt_failover_seconds, 0, 3600),
       mqtt_version("MQTT_VERSION"),
       // 0 would end the session with the connection: whatever arrives while the gateway is away
       // (a deploy, a restart) would be lost.
@@ -432,6 +546,32 @@ std::optional<HttpDelivery> parse_http_delivery(std::string_view text) {
   return std::nullopt;
 }
 
+std::string_view to_string(DbSslMode mode) {
+  switch (mode) {
+    case DbSslMode::kDisabled:
+      return "disabled";
+    case DbSslMode::kPreferred:
+      return "preferred";
+    case DbSslMode::kRequired:
+      return "required";
+    case DbSslMode::kVerifyCa:
+      return "verify-ca";
+    case DbSslMode::kVerifyIdentity:
+      return "verify-identity";
+  }
+  return "preferred";
+}
+
+std::optional<DbSslMode> parse_db_ssl_mode(std::string_view text) {
+  std::string name = lower(text);
+  std::replace(name.begin(), name.end(), '_', '-');
+  for (DbSslMode mode : {DbSslMode::kDisabled, DbSslMode::kPreferred, DbSslMode::kRequired,
+                         DbSslMode::kVerifyCa, DbSslMode::kVerifyIdentity}) {
+    if (name == to_string(mode)) return mode;
+  }
+  return std::nullopt;
+}
+
 std::optional<HostPort> parse_host_port(std::string_view text) {
   std::string_view host;
   std::string_view port;
@@ -492,8 +632,10 @@ std::string Settings::database_url() const {
 
 std::string Settings::database_url_redacted() const { return database_url_with(*this, "***"); }
 
-Settings load_settings(const EnvMap& env) {
+Settings load_settings(const EnvMap& given) {
+  EnvMap env = given;
   Settings settings;
+  settings.db_password_from = resolve_secret(env, "DB_PASSWORD");
   for (const Variable& variable : variables()) {
     auto it = env.find(variable.name);
     bool present = it != env.end();
@@ -507,6 +649,7 @@ Settings load_settings(const EnvMap& env) {
     variable.parse(settings, value);
   }
   (void)settings.db_nodes();  // after DB_PORT, the default port of a node without one
+  check_db_ssl(settings);
   if (settings.spool_segment_bytes > settings.spool_max_bytes) {
     fail("SPOOL_SEGMENT_BYTES", "must not exceed SPOOL_MAX_BYTES (" +
                                     format_byte_size(settings.spool_segment_bytes) + " > " +

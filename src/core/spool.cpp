@@ -89,7 +89,7 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   std::optional<SpoolRecord> read_next(std::chrono::milliseconds timeout);
   std::unique_ptr<SpoolCursor> cursor(std::uint64_t from_seq);
   void release_below(std::uint64_t seq);
-  void new_broker_connection(bool session_present);
+  void new_broker_connection(bool session_present, const std::string& broker);
   void stop_back_pressure();
   void close();
   Stats stats() const;
@@ -155,8 +155,14 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   std::uint64_t corrupt_records_skipped_ = 0;    // guarded by mu_
   int blocked_appenders_ = 0;                    // guarded by mu_
   std::string buffer_;                           // guarded by mu_; the record being written
-  std::vector<WindowEntry> window_;              // guarded by mu_; ring buffer
-  std::size_t window_next_ = 0;                  // guarded by mu_; the slot to overwrite next
+  struct Window {
+    std::vector<WindowEntry> ring;
+    std::size_t next = 0;  // the slot to overwrite next
+  };
+  // guarded by mu_; one ring per broker (failover: each broker numbers its packets and keeps its
+  // session on its own); "" holds the records recovered at open, of unknown broker.
+  std::map<std::string, Window> windows_;
+  std::string broker_;  // guarded by mu_; the broker of the current connection
 
   // The consumer thread's own state; it takes mu_ only to look at the segments.
   SpoolReader reader_{0};
@@ -176,7 +182,6 @@ Spool::Impl::Impl(SpoolOptions options, std::shared_ptr<spdlog::logger> log)
   if (ec) {
     throw SpoolError("spool: cannot create " + options_.dir.string() + ": " + ec.message());
   }
-  window_.resize(options_.redelivery_window);
   lock_directory();
   load_or_create_id();
   recover();
@@ -417,27 +422,39 @@ void Spool::Impl::cut_back_locked(std::uint64_t seq) {
   }
 }
 
-void Spool::Impl::new_broker_connection(bool session_present) {
+void Spool::Impl::new_broker_connection(bool session_present, const std::string& broker) {
   std::lock_guard lock(mu_);
+  broker_ = broker;
   // Without the session the broker redelivers nothing, and its packet ids start again: an old
   // entry could only make a new message look like a redelivery. With it, anything not yet
-  // acknowledged may come again, also after several quick reconnects: keep the window.
+  // acknowledged may come again, also after several quick reconnects: keep the window. Another
+  // broker's window stays as it is: its session waits for us there.
   if (session_present) return;
-  for (WindowEntry& e : window_) e = WindowEntry{};
+  windows_.erase(broker);
+  windows_.erase("");
 }
 
 void Spool::Impl::remember_locked(std::uint64_t hash, std::uint64_t seq, std::uint16_t packet_id) {
-  if (window_.empty()) return;
-  window_[window_next_] = WindowEntry{hash, seq, packet_id};
-  window_next_ = (window_next_ + 1) % window_.size();
+  if (options_.redelivery_window == 0) return;
+  Window& w = windows_[broker_];
+  if (w.ring.empty()) w.ring.resize(options_.redelivery_window);
+  w.ring[w.next] = WindowEntry{hash, seq, packet_id};
+  w.next = (w.next + 1) % w.ring.size();
 }
 
 std::optional<std::uint64_t> Spool::Impl::find_redelivery_locked(std::uint64_t hash,
                                                                  std::uint16_t packet_id) const {
-  // Newest first: if the same message was spooled twice, the later copy is the one to report.
-  for (std::size_t i = 0; i < window_.size(); ++i) {
-    const WindowEntry& e = window_[(window_next_ + window_.size() - 1 - i) % window_.size()];
-    if (e.packet_id == packet_id && e.hash == hash) return e.seq;
+  // The current broker's records, then those of unknown broker (recovered at open).
+  for (const std::string& key : {broker_, std::string()}) {
+    const auto it = windows_.find(key);
+    if (it == windows_.end()) continue;
+    const auto& ring = it->second.ring;
+    // Newest first: if the same message was spooled twice, the later copy is the one to report.
+    for (std::size_t i = 0; i < ring.size(); ++i) {
+      const WindowEntry& e = ring[(it->second.next + ring.size() - 1 - i) % ring.size()];
+      if (e.packet_id == packet_id && e.hash == hash) return e.seq;
+    }
+    if (key.empty()) break;
   }
   return std::nullopt;
 }
@@ -448,7 +465,7 @@ std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::str
                                                 std::uint64_t original_size,
                                                 const SpoolPropertiesView& properties) {
   check_record_limits(topic, payload, original_size, properties);
-  const bool remember = packet_id != 0 && !window_.empty();
+  const bool remember = packet_id != 0 && options_.redelivery_window > 0;
   const std::uint64_t hash = remember ? content_hash(topic, payload) : 0;
   const bool maybe_redelivery = remember && dup;
 
@@ -712,8 +729,8 @@ void Spool::release_below(std::uint64_t seq) { impl_->release_below(seq); }
 void Spool::stop_back_pressure() { impl_->stop_back_pressure(); }
 void Spool::close() { impl_->close(); }
 
-void Spool::new_broker_connection(bool session_present) {
-  impl_->new_broker_connection(session_present);
+void Spool::new_broker_connection(bool session_present, const std::string& broker) {
+  impl_->new_broker_connection(session_present, broker);
 }
 Spool::Stats Spool::stats() const { return impl_->stats(); }
 

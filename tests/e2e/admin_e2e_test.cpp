@@ -1,11 +1,13 @@
 // The operator's subcommands through the real binary, next to a running gateway: invalid
 // `flows add` input, messages rejected by a too-strict schema, fixed with `flows set --reload`
 // and replayed (in order, consecutive msg_ids, marked, only once), a replay killed with kill -9
-// and run again, and a replay while the gateway stores live traffic on the same flow.
+// and run again, a replay while the gateway stores live traffic on the same flow, and STORE_TABLE
+// flows checked against their table and run by the gateway.
 #include <signal.h>
 
 #include <algorithm>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "e2e/e2e_fixture.h"
@@ -103,10 +105,121 @@ TEST_F(AdminE2e, InvalidFlowsAddIsRefusedWithOneLinePerProblem) {
            "readings"});
   EXPECT_EQ(r.code, 1);
   EXPECT_EQ(r.output,
-            "mqtt-gateway flows add: --table: not available yet (STORE_TABLE, issue 13)\n");
+            "mqtt-gateway flows add: target_table: only STORE_TABLE flows have one (--table '' "
+            "clears it)\n");
+  r = cli({"flows", "add", "--code", "ok", "--topic", "a/+", "--action", "STORE_TABLE", "--table",
+           "flows", "--column-map", R"({"a": "temp", "b": "/b"})", "--write-mode", "merge"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.output,
+            "mqtt-gateway flows add: target_table: 'flows' is one of the gateway's own tables\n"
+            "mqtt-gateway flows add: column_map: column 'a': source 'temp' is not a JSON Pointer "
+            "(\"/field\") nor one of $topic, $topic[N], $msg_id, $flow_code, $received_at, "
+            "$payload, $user_property:NAME\n"
+            "mqtt-gateway flows add: write_mode: 'merge' is not insert or upsert (--write-mode)\n");
   EXPECT_EQ(count("SELECT COUNT(*) FROM flows"), 0);
   // A usage error stays exit status 2.
   EXPECT_EQ(cli({"flows", "add", "--bogus"}).code, 2);
+}
+
+// STORE_TABLE through the commands: a mapping checked against the table as it is (a typo is
+// refused, a table that does not exist yet is saved only disabled), upserts by a running gateway
+// after --reload, and a flow enabled once its table exists.
+TEST_F(AdminE2e, StoreTableFlowsCheckedAgainstTheirTableAndRunByTheGateway) {
+  db_.execute(
+      "CREATE TABLE device_state (device VARCHAR(32) NOT NULL PRIMARY KEY, temp DOUBLE NULL, "
+      "at DATETIME(6) NULL)");
+  const std::string topic = prefix_ + "/+/temp";  // $topic[2] is the device
+  CliResult r = cli({"flows", "add", "--code", "latest", "--topic", topic, "--action",
+                     "STORE_TABLE", "--table", "device_state", "--column-map",
+                     R"({"device": "$topic[2]", "tmp": "/temperature", "site": "/site"})"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.output,
+            "mqtt-gateway flows add: column_map: column 'site' does not exist in table "
+            "'device_state'\n"
+            "mqtt-gateway flows add: column_map: column 'tmp' does not exist in table "
+            "'device_state'\n");
+  EXPECT_EQ(count("SELECT COUNT(*) FROM flows"), 0);
+
+  r = cli({"flows", "add", "--code", "latest", "--topic", topic, "--action", "STORE_TABLE",
+           "--table", "device_state", "--write-mode", "upsert", "--column-map",
+           R"({"device": "$topic[2]", "temp": "/temperature", "at": "$received_at"})"});
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("  target_table: device_state\n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("  write_mode: upsert\n"), std::string::npos) << r.output;
+
+  // A flow for a table that does not exist yet: refused enabled, saved disabled with warnings.
+  const std::vector<std::string> plant = {
+      "flows",        "add",
+      "--code",       "plant",
+      "--topic",      prefix_ + "/+/plant",
+      "--action",     "STORE_TABLE",
+      "--table",      "plant_log",
+      "--column-map", R"({"device": "$topic[2]", "payload": "$payload", "msg_id": "$msg_id"})"};
+  r = cli(plant);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(line_count(r.output), 1u) << r.output;
+  EXPECT_TRUE(r.output.starts_with(
+      "mqtt-gateway flows add: target_table: table 'plant_log' does not exist"))
+      << r.output;
+  EXPECT_TRUE(
+      r.output.ends_with("; create it first, or add the flow with --disabled and enable "
+                         "it once the table exists\n"))
+      << r.output;
+  auto disabled = plant;
+  disabled.emplace_back("--disabled");
+  r = cli(disabled);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("mqtt-gateway flows add: warning: target_table: table 'plant_log' does "
+                          "not exist"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(count("SELECT COUNT(*) FROM flows WHERE code = 'plant' AND enabled = 0"), 1);
+
+  r = cli({"flows", "list"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("STORE_TABLE  device_state (upsert)  yes"), std::string::npos)
+      << r.output;
+  r = cli({"flows", "show", "latest", "--json"});
+  EXPECT_EQ(r.code, 0);
+  const auto shown = nlohmann::json::parse(r.output);
+  EXPECT_EQ(shown["target_table"], "device_state");
+  EXPECT_EQ(shown["column_map"]["temp"], "/temperature");
+  EXPECT_EQ(shown["write_mode"], "upsert");
+  EXPECT_EQ(shown["table_problems"], nlohmann::json::array());
+
+  // The gateway runs what the command wrote: one row per device, the latest values.
+  start_gateway();
+  publisher().publish(prefix_ + "/dev1/temp", R"({"temperature": 20.5})");
+  publisher().publish(prefix_ + "/dev2/temp", R"({"temperature": 30})");
+  publisher().publish(prefix_ + "/dev1/temp", R"({"temperature": 21.25})");
+  ASSERT_TRUE(wait_for_count("SELECT last_msg_id FROM flows WHERE code = 'latest'", 3))
+      << gateway_->output();
+  EXPECT_EQ(count("SELECT COUNT(*) FROM device_state"), 2);
+  EXPECT_EQ(
+      db_.query("SELECT temp FROM device_state WHERE device = 'dev1'").at(0).at(0).value_or(""),
+      "21.25");
+  EXPECT_EQ(count("SELECT COUNT(*) FROM device_state WHERE at IS NULL"), 0);
+
+  // Enabling waits for the table; once it exists, --reload activates the flow.
+  r = cli({"flows", "enable", "plant", "--reload"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(line_count(r.output), 1u) << r.output;
+  EXPECT_TRUE(r.output.starts_with(
+      "mqtt-gateway flows enable: target_table: table 'plant_log' does not exist"))
+      << r.output;
+  EXPECT_TRUE(r.output.ends_with("; create it first\n")) << r.output;
+  db_.execute(
+      "CREATE TABLE plant_log (id BIGINT AUTO_INCREMENT PRIMARY KEY, device VARCHAR(32) NOT "
+      "NULL, payload JSON NOT NULL, msg_id BIGINT NOT NULL)");
+  r = cli({"flows", "enable", "plant", "--reload"});
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(gateway_->wait_for_output("added [plant]", 10s)) << gateway_->output();
+  publisher().publish(prefix_ + "/p9/plant", R"({"ph": 6.5})");
+  ASSERT_TRUE(wait_for_count("SELECT COUNT(*) FROM plant_log", 1)) << gateway_->output();
+  EXPECT_EQ(count("SELECT COUNT(*) FROM plant_log WHERE device = 'p9' AND msg_id = 1 AND "
+                  "JSON_VALUE(payload, '$.ph') = 6.5"),
+            1);
+  EXPECT_EQ(count("SELECT COUNT(*) FROM rejected_messages"), 0);
 }
 
 TEST_F(AdminE2e, RejectedMessagesFixedAndReplayedInOrderOnce) {

@@ -22,6 +22,7 @@ class FakeFlowAdmin final : public FlowAdmin {
   std::map<std::int64_t, std::optional<std::string>> names;  // flows.name by id
   int inserts = 0;
   int updates = 0;
+  int describes = 0;  // describe_table() calls
 
   std::vector<FlowStatus> list_flows() override {
     std::vector<FlowStatus> out;
@@ -74,6 +75,11 @@ class FakeFlowAdmin final : public FlowAdmin {
     }
     return std::nullopt;
   }
+  // The repository's `tables` (what the gateway's reload sees too).
+  TableInfo describe_table(std::string_view table) override {
+    ++describes;
+    return repo_.describe_table(table);
+  }
 
  private:
   void apply(Flow& f, const FlowDefinition& d) {
@@ -83,6 +89,9 @@ class FakeFlowAdmin final : public FlowAdmin {
     f.endpoint_url = d.endpoint_url;
     f.payload_schema = d.payload_schema;
     f.enabled = d.enabled;
+    f.target_table = d.target_table;
+    f.column_map = d.column_map;
+    f.write_mode = d.write_mode;
     names[f.id] = d.name;
   }
   FlowStatus status(const Flow& f) {

@@ -36,9 +36,19 @@ struct StoredRejection {
   std::optional<std::int64_t> replayed_msg_id{};  // set by a committed replay
 };
 
+// One STORE_TABLE row: the flow, the table and its cells in the map's column order.
+struct StoredTableRow {
+  std::int64_t flow_id;
+  std::string table;
+  WriteMode mode;
+  std::vector<CellValue> cells;
+};
+
 class FakeFlowRepository final : public FlowRepository {
  public:
   std::map<std::int64_t, Flow> flows;
+  std::map<std::string, TableInfo> tables;  // what describe_table() answers
+  std::vector<StoredTableRow> table_rows;
   std::optional<MqttServer> server;
   std::vector<StoredRecord> records;
   std::vector<StoredRejection> rejections;
@@ -60,12 +70,22 @@ class FakeFlowRepository final : public FlowRepository {
   std::function<void()> on_commit;  // every commit, before it takes effect (may throw)
 
   std::optional<MqttServer> load_mqtt_server() override { return server; }
+  // Failover candidates (issue 15): `servers` when set, else `server`.
+  std::vector<MqttServer> servers;
+  std::vector<MqttServer> load_mqtt_servers() override {
+    if (!servers.empty()) return servers;
+    return FlowRepository::load_mqtt_servers();
+  }
   std::vector<Flow> load_flows() override {
     std::vector<Flow> out;
     for (const auto& [id, f] : flows) {
       if (f.enabled) out.push_back(f);
     }
     return out;
+  }
+  TableInfo describe_table(std::string_view table) override {
+    if (auto it = tables.find(std::string(table)); it != tables.end()) return it->second;
+    return TableInfo{std::string(table), {}};
   }
   bool ping() override { return true; }
   std::uint64_t last_committed_seq(std::string_view spool_id) override {
@@ -158,6 +178,12 @@ class FakeFlowRepository final : public FlowRepository {
     void insert_deliveries(std::span<const OutboxEntry> rows) override {
       for (const auto& r : rows) outbox_.emplace_back(flow_.id, r);
     }
+    void insert_table_rows(const TableRows& rows) override {
+      fire(repo_.fail_next_insert);
+      for (const auto& cells : rows.rows) {
+        table_rows_.push_back({flow_.id, std::string(rows.table), rows.mode, cells});
+      }
+    }
     std::optional<std::uint64_t> retained_payload(std::string_view topic) override {
       if (auto it = retained_.find(std::string(topic)); it != retained_.end()) return it->second;
       auto& committed = repo_.retained[flow_.id];
@@ -196,6 +222,7 @@ class FakeFlowRepository final : public FlowRepository {
     void apply() {
       committed_ = true;
       repo_.records.insert(repo_.records.end(), records_.begin(), records_.end());
+      repo_.table_rows.insert(repo_.table_rows.end(), table_rows_.begin(), table_rows_.end());
       for (auto& r : rejected_) r.id = ++repo_.last_rejected_id;
       repo_.rejections.insert(repo_.rejections.end(), rejected_.begin(), rejected_.end());
       for (auto& r : repo_.rejections) {
@@ -219,6 +246,7 @@ class FakeFlowRepository final : public FlowRepository {
     std::string spool_;
     bool committed_ = false;
     std::vector<StoredRecord> records_;
+    std::vector<StoredTableRow> table_rows_;
     std::vector<StoredRejection> rejected_;
     std::vector<std::pair<std::int64_t, OutboxEntry>> outbox_;
     std::optional<std::int64_t> last_msg_id_;
@@ -266,7 +294,9 @@ class FakeFlowRepositoryView final : public FlowRepository {
  public:
   explicit FakeFlowRepositoryView(FakeFlowRepository& r) : r_(r) {}
   std::optional<MqttServer> load_mqtt_server() override { return r_.load_mqtt_server(); }
+  std::vector<MqttServer> load_mqtt_servers() override { return r_.load_mqtt_servers(); }
   std::vector<Flow> load_flows() override { return r_.load_flows(); }
+  TableInfo describe_table(std::string_view t) override { return r_.describe_table(t); }
   std::unique_ptr<FlowTransaction> lock_flow(std::int64_t id, std::string_view s) override {
     return r_.lock_flow(id, s);
   }

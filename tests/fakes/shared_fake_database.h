@@ -27,6 +27,10 @@ class SharedFakeConnection final : public FlowRepository {
     std::lock_guard lock(db_.mu);
     return db_.repo.load_flows();
   }
+  TableInfo describe_table(std::string_view table) override {
+    std::lock_guard lock(db_.mu);
+    return db_.repo.describe_table(table);
+  }
   bool ping() override { return true; }
   std::uint64_t last_committed_seq(std::string_view spool_id) override {
     std::lock_guard lock(db_.mu);
@@ -75,6 +79,7 @@ class SharedFakeConnection final : public FlowRepository {
     void insert_deliveries(std::span<const OutboxEntry> rows) override {
       tx_->insert_deliveries(rows);
     }
+    void insert_table_rows(const TableRows& rows) override { tx_->insert_table_rows(rows); }
     std::optional<std::uint64_t> retained_payload(std::string_view topic) override {
       return tx_->retained_payload(topic);
     }

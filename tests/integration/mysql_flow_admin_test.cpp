@@ -8,11 +8,13 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "fakes/fake_http_poster.h"
 #include "gateway/adapters/mysql_flow_repository.h"
 #include "gateway/adapters/mysql_schema.h"
+#include "gateway/admin_commands.h"
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
 #include "gateway/processor.h"
@@ -109,6 +111,70 @@ TEST_F(MySqlFlowAdminTest, InsertFindListAndUpdateFlows) {
   EXPECT_FALSE(admin_.find_flow("nope").has_value());
   // A duplicate code is the database's refusal (the commands check first).
   EXPECT_THROW(admin_.insert_flow(d), DbError);
+}
+
+TEST_F(MySqlFlowAdminTest, StoreTableColumnsAreWrittenReadAndCleared) {
+  FlowDefinition d;
+  d.code = "latest";
+  d.topic = "plant/+/temp";
+  d.action = "STORE_TABLE";
+  d.target_table = "device_state";
+  d.column_map = R"({"device": "$topic[1]", "temp": "/temperature"})";
+  d.write_mode = "upsert";
+  const std::int64_t id = admin_.insert_flow(d);
+  auto f = admin_.find_flow("latest");
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->flow.target_table.value_or(""), "device_state");
+  EXPECT_EQ(nlohmann::json::parse(f->flow.column_map.value_or("null")),
+            nlohmann::json::parse(*d.column_map));
+  EXPECT_EQ(f->flow.write_mode, "upsert");
+  // What the gateway loads is what the command wrote.
+  MySqlFlowRepository repo(settings_);
+  const auto loaded = repo.load_flows();
+  ASSERT_EQ(loaded.size(), 1u);
+  EXPECT_EQ(loaded[0].target_table, f->flow.target_table);
+  EXPECT_EQ(loaded[0].column_map, f->flow.column_map);
+  EXPECT_EQ(loaded[0].write_mode, "upsert");
+
+  d.action = "STORE_DB";
+  d.target_table.reset();
+  d.column_map.reset();
+  d.write_mode = "insert";
+  EXPECT_TRUE(admin_.update_flow(id, d));
+  f = admin_.find_flow("latest");
+  ASSERT_TRUE(f.has_value());
+  EXPECT_FALSE(f->flow.target_table.has_value());
+  EXPECT_FALSE(f->flow.column_map.has_value());
+  EXPECT_EQ(f->flow.write_mode, "insert");
+  EXPECT_EQ(admin_.list_flows().at(0).flow.write_mode, "insert");
+}
+
+TEST_F(MySqlFlowAdminTest, DescribeTableAsTheGatewaySeesIt) {
+  db_.execute(
+      "CREATE TABLE device_state (device VARCHAR(32) NOT NULL PRIMARY KEY, temp DOUBLE NULL, "
+      "meta JSON NULL, at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))");
+  const TableInfo t = admin_.describe_table("device_state");
+  ASSERT_EQ(t.columns.size(), 4u);
+  EXPECT_EQ(t.columns[0].name, "device");
+  EXPECT_FALSE(t.columns[0].nullable);
+  EXPECT_EQ(t.columns[2].data_type, "json");
+  EXPECT_TRUE(t.columns[3].has_default);
+  EXPECT_TRUE(admin_.describe_table("no_such_table").columns.empty());
+  // The commands' check of a mapping against it (flows add/set/enable).
+  FlowDefinition d;
+  d.code = "latest";
+  d.topic = "plant/+/temp";
+  d.action = "STORE_TABLE";
+  d.target_table = "device_state";
+  d.column_map = R"({"device": "$topic[1]", "temp": "/t", "meta": "$payload", "site": "/s"})";
+  EXPECT_EQ(
+      flow_table_problems(d, t),
+      std::vector<std::string>{"column_map: column 'site' does not exist in table 'device_state'"});
+  // Another schema's table of the same name is not the gateway's.
+  db_.execute("CREATE DATABASE IF NOT EXISTS " + db_.name() + "_other");
+  db_.execute("CREATE TABLE " + db_.name() + "_other.elsewhere (id INT)");
+  EXPECT_TRUE(admin_.describe_table("elsewhere").columns.empty());
+  db_.execute("DROP DATABASE " + db_.name() + "_other");
 }
 
 TEST_F(MySqlFlowAdminTest, CountersOfAFlow) {
@@ -307,6 +373,22 @@ TEST_F(MySqlFlowAdminTest, UpgradeAddsTheReplayColumnsOnceAndTheAdapterAsksForIt
   EXPECT_TRUE(schema.upgrade_schema().empty());
   MySqlFlowAdmin upgraded(settings_);
   EXPECT_EQ(upgraded.count_rejected(RejectedFilter{}), 0);
+}
+
+TEST_F(MySqlFlowAdminTest, AFlowsTableWithoutTheStoreTableColumnsAsksForInitDb) {
+  db_.execute(
+      "ALTER TABLE flows DROP COLUMN target_table, DROP COLUMN column_map, DROP COLUMN "
+      "write_mode");
+  try {
+    MySqlFlowAdmin old(settings_);
+    ADD_FAILURE() << "an old flows table was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("run mqtt-gateway --init-db"), std::string::npos);
+  }
+  MySqlSchema schema(settings_);
+  EXPECT_EQ(schema.upgrade_schema().size(), 3u);
+  MySqlFlowAdmin upgraded(settings_);
+  EXPECT_TRUE(upgraded.list_flows().empty());
 }
 
 }  // namespace

@@ -45,6 +45,25 @@ TEST_F(MySqlFlowRepositoryTest, LoadMqttServerPrefersTheDefaultThenTheLowestId) 
   EXPECT_FALSE(repo_.load_mqtt_server().has_value());
 }
 
+// Issue 15: the failover candidates, in the order load_mqtt_server() picks the first.
+TEST_F(MySqlFlowRepositoryTest, LoadMqttServersListsEveryEnabledRowDefaultFirst) {
+  EXPECT_TRUE(repo_.load_mqtt_servers().empty());
+  const auto a = db_.insert_mqtt_server("a", 1);
+  const auto b = db_.insert_mqtt_server("b", 2, "user", "secret");
+  const auto c = db_.insert_mqtt_server("c", 3);
+  const auto off = db_.insert_mqtt_server("off", 4);
+  db_.execute("UPDATE mqtt_servers SET is_default = 1 WHERE id = " + std::to_string(c));
+  db_.execute("UPDATE mqtt_servers SET enabled = 0 WHERE id = " + std::to_string(off));
+  const auto servers = repo_.load_mqtt_servers();
+  ASSERT_EQ(servers.size(), 3u);
+  EXPECT_EQ(servers[0].id, c);
+  EXPECT_EQ(servers[1].id, a);
+  EXPECT_EQ(servers[2].id, b);
+  ASSERT_TRUE(servers[2].password.has_value());
+  EXPECT_EQ(servers[2].password->reveal(), "secret");
+  EXPECT_EQ(repo_.load_mqtt_server()->id, servers[0].id);
+}
+
 TEST_F(MySqlFlowRepositoryTest, LoadFlowsReturnsOnlyEnabledFlowsAndSeesChanges) {
   db_.insert_flow("a", "t/a", "STORE_DB", R"({"x": "int"})");
   db_.insert_flow("b", "t/b", "POST_ENDPOINT", std::nullopt, "http://127.0.0.1:1/", false);

@@ -65,8 +65,22 @@ struct Message {
   }
 };
 
+// readings() cut to the mapped columns, so that an unmapped NOT NULL column does not stop the map.
+TableInfo readings_of(const json& column_map) {
+  TableInfo t = readings();
+  std::erase_if(t.columns, [&](const ColumnInfo& c) {
+    for (const auto& [key, source] : column_map.items()) {
+      if (std::equal(key.begin(), key.end(), c.name.begin(), c.name.end(),
+                     [](char a, char b) { return std::tolower(a) == std::tolower(b); }))
+        return false;
+    }
+    return true;
+  });
+  return t;
+}
+
 MappedRow map_one(const json& column_map, Message& m) {
-  const CompiledColumnMap compiled = compile_column_map(column_map, readings());
+  const CompiledColumnMap compiled = compile_column_map(column_map, readings_of(column_map));
   EXPECT_TRUE(compiled.ok()) << compiled.error;
   return map_row(compiled, m.context());
 }
@@ -128,8 +142,43 @@ TEST(CompileColumnMapTest, MissingTableAndEmptyMap) {
   EXPECT_FALSE(compile_column_map(json{{"device", 5}}, readings()).ok());
 }
 
+TEST(CompileColumnMapTest, RefusesAGeneratedColumn) {
+  TableInfo t = readings();
+  t.columns.push_back(column("total", "int", "int(11)"));
+  t.columns.back().generated = true;
+  const CompiledColumnMap c = compile_column_map(json{{"total", "/t"}}, t);
+  EXPECT_NE(c.error.find("column 'total' is a generated column"), std::string::npos) << c.error;
+}
+
 TEST(CompileColumnMapTest, ColumnNamesCompareWithoutCase) {
   EXPECT_TRUE(compile_column_map(json{{"DEVICE", "/d"}}, readings()).ok());
+  const CompiledColumnMap twice = compile_column_map(json{{"DEVICE", "/d"}, {"device", "/e"}}, readings());
+  EXPECT_NE(twice.error.find("is mapped twice"), std::string::npos) << twice.error;
+}
+
+// The INSERT names only the mapped columns, so a NOT NULL column without a default must be one.
+TEST(CompileColumnMapTest, AnUnmappedNotNullColumnWithoutADefaultIsAProblem) {
+  const CompiledColumnMap c = compile_column_map(json{{"site", "/s"}}, readings());
+  EXPECT_EQ(c.problems,
+            std::vector<std::string>{
+                "column 'device' is NOT NULL without a default and must be mapped"});
+}
+
+TEST(CompileFlowMappingTest, NamesTheRowsOwnProblemsAndRefusesTheGatewaysTables) {
+  const TableInfo t = readings();
+  EXPECT_TRUE(compile_flow_mapping("readings", R"({"device": "/d"})", "upsert", t).ok());
+  EXPECT_EQ(compile_flow_mapping("readings", R"({"device": "/d"})", "upsert", t).mode,
+            WriteMode::kUpsert);
+  EXPECT_EQ(compile_flow_mapping(std::nullopt, std::nullopt, "merge", TableInfo{}).map.problems,
+            (std::vector<std::string>{"target_table is not set",
+                                      "write_mode 'merge' is not 'insert' or 'upsert'",
+                                      "column_map is not set"}));
+  EXPECT_EQ(compile_flow_mapping("readings", "{nope", "insert", t).map.problems,
+            std::vector<std::string>{"column_map is not valid JSON"});
+  const auto own = compile_flow_mapping("Spool_Offsets", R"({"last_seq": "/x"})", "upsert", t);
+  ASSERT_FALSE(own.ok());
+  EXPECT_EQ(own.map.problems.front(),
+            "target_table 'Spool_Offsets' is one of the gateway's own tables");
 }
 
 TEST(MapRowTest, EverySourceKind) {
@@ -184,6 +233,32 @@ TEST(MapRowTest, NumbersAreCheckedAgainstTheColumn) {
             "column 'temp': value 1234.5 is out of range for decimal(5,2)");
   EXPECT_EQ(rejection(json{{"ratio", "/s"}}, m), "column 'ratio': expected a number, got a string");
   EXPECT_EQ(std::get<std::uint64_t>(cell(json{{"msg", "/huge"}}, m)), 18446744073709551615ULL);
+  // Just past the top as a float (2^64, 2^63): refused, not cast.
+  m.payload["past"] = 18446744073709551616.0;
+  EXPECT_EQ(rejection(json{{"msg", "/past"}}, m),
+            "column 'msg': value 1.8446744073709552e+19 is out of range for bigint(20) unsigned");
+  m.payload["round"] = 999.995;  // 1000.00 once rounded to DECIMAL(5,2)'s scale
+  EXPECT_EQ(rejection(json{{"temp", "/round"}}, m),
+            "column 'temp': value 999.995 is out of range for decimal(5,2)");
+}
+
+// Topic levels and user properties are text by nature: a number written out fits a numeric
+// column (what "$topic[1]" is for); anything else is still refused.
+TEST(MapRowTest, TopicLevelsAndUserPropertiesThatAreNumbersFitNumericColumns) {
+  Message m;
+  m.properties = {{"count", "12"}, {"word", "twelve"}, {"spaced", " 3"}, {"zeros", "007"}};
+  EXPECT_EQ(std::get<std::int64_t>(cell(json{{"site", "$topic[1]"}}, m)), 7);
+  EXPECT_EQ(std::get<std::int64_t>(cell(json{{"site", "$user_property:zeros"}}, m)), 7);
+  EXPECT_EQ(std::get<std::int64_t>(cell(json{{"level", "$user_property:count"}}, m)), 12);
+  EXPECT_EQ(rejection(json{{"site", "$topic[2]"}}, m),
+            "column 'site': expected a number, got 'temp'");
+  EXPECT_EQ(rejection(json{{"ratio", "$user_property:word"}}, m),
+            "column 'ratio': expected a number, got 'twelve'");
+  EXPECT_EQ(rejection(json{{"ratio", "$user_property:spaced"}}, m),
+            "column 'ratio': expected a number, got ' 3'");
+  m.topic = "plant/300/temp";
+  EXPECT_EQ(rejection(json{{"level", "$topic[1]"}}, m),
+            "column 'level': value 300 is out of range for tinyint(4)");
 }
 
 TEST(MapRowTest, TextIsCheckedForLengthInCharactersAndForObjects) {
@@ -195,6 +270,20 @@ TEST(MapRowTest, TextIsCheckedForLengthInCharactersAndForObjects) {
   EXPECT_EQ(rejection(json{{"note", "/obj"}}, m),
             "column 'note': expected a scalar (the column is not JSON), got an object");
   EXPECT_EQ(std::get<std::string>(cell(json{{"device", "/n"}}, m)), "21.5");
+}
+
+// TEXT's limit is in bytes (TINYTEXT 255, TEXT 65535), whatever the character set.
+TEST(MapRowTest, TextTypesCountBytes) {
+  Message m;
+  m.payload = {{"s", std::string(40000, 'a') + std::string(20000, 'x')},
+               {"wide", [] {
+                  std::string s;
+                  for (int i = 0; i < 33000; ++i) s += "\xc3\xa9";  // 33,000 characters
+                  return s;
+                }()}};
+  EXPECT_EQ(std::get<std::string>(cell(json{{"note", "/s"}}, m)).size(), 60000u);
+  EXPECT_EQ(rejection(json{{"note", "/wide"}}, m),
+            "column 'note': value of 66000 bytes is longer than text");
 }
 
 TEST(MapRowTest, DateTimesAcceptIso8601AndEpochSecondsOrMilliseconds) {
@@ -223,11 +312,19 @@ TEST(MapRowTest, DateTimesAcceptIso8601AndEpochSecondsOrMilliseconds) {
             "column 'ts': date-time out of range for timestamp(6)");
 }
 
+TEST(DateTimeTest, ParseIsTheReverseOfFormat) {
+  EXPECT_EQ(parse_datetime_us(format_datetime_us(1764670530123456)), 1764670530123456);
+  EXPECT_EQ(parse_datetime_us("2025-12-02 10:15:30"), 1764670530000000);
+  EXPECT_EQ(parse_datetime_us("not a time"), std::nullopt);
+}
+
 TEST(MapRowTest, EnumsTakeOnlyTheirValues) {
   Message m;
   m.payload = {{"on", "on"}, {"q", "it's"}, {"no", "maybe"}, {"num", 1}};
   EXPECT_EQ(std::get<std::string>(cell(json{{"state", "/on"}}, m)), "on");
   EXPECT_EQ(std::get<std::string>(cell(json{{"state", "/q"}}, m)), "it's");
+  m.payload["upper"] = "OFF";  // the column's collation ignores case; written as the column has it
+  EXPECT_EQ(std::get<std::string>(cell(json{{"state", "/upper"}}, m)), "off");
   EXPECT_EQ(rejection(json{{"state", "/no"}}, m),
             "column 'state': 'maybe' is not one of enum('on','off','it''s')");
   EXPECT_EQ(rejection(json{{"state", "/num"}}, m),

@@ -57,7 +57,31 @@ TEST(CommandLine, FlowsAddKeepsGivenOptionsApartFromMissingOnes) {
   EXPECT_TRUE(r.reload);
   EXPECT_EQ(r.daemon.pid.value_or(0), 42);
   EXPECT_TRUE(r.json);
-  EXPECT_EQ(r.edit.unavailable, std::vector<std::string>{"--table"});
+  EXPECT_EQ(r.edit.table.value_or("?"), "x");
+  EXPECT_FALSE(r.edit.column_map.has_value());
+  EXPECT_FALSE(r.edit.write_mode.has_value());
+}
+
+TEST(CommandLine, StoreTableOptionsOfAddAndSet) {
+  const AdminRequest add =
+      admin({"flows", "add", "--code", "latest", "--topic", "plant/+/temp", "--action",
+             "STORE_TABLE", "--table", "readings", "--column-map",
+             R"({"device": "$topic[1]", "temp": "/temperature"})", "--write-mode", "upsert"});
+  EXPECT_EQ(add.edit.action.value_or("?"), "STORE_TABLE");
+  EXPECT_EQ(add.edit.table.value_or("?"), "readings");
+  EXPECT_EQ(add.edit.column_map.value_or("?"),
+            R"({"device": "$topic[1]", "temp": "/temperature"})");
+  EXPECT_EQ(add.edit.write_mode.value_or("?"), "upsert");
+  const AdminRequest set = admin(
+      {"flows", "set", "latest", "--table", "", "--column-map", "", "--write-mode", "insert"});
+  EXPECT_EQ(set.edit.table.value_or("?"), "");  // given empty: clears
+  EXPECT_EQ(set.edit.column_map.value_or("?"), "");
+  EXPECT_EQ(set.edit.write_mode.value_or("?"), "insert");
+  EXPECT_FALSE(set.edit.action.has_value());
+  Parsed help = parse({"flows", "add", "--help"});
+  EXPECT_NE(help.out.find("--column-map"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("--action STORE_TABLE"), std::string::npos) << help.out;
+  EXPECT_EQ(help.out.find("not available"), std::string::npos) << help.out;
 }
 
 TEST(CommandLine, EverySubcommand) {

@@ -40,13 +40,20 @@ TEST(DatabaseNodeTest, ReportsEachChangeOnceNotEachConnection) {
   EXPECT_FALSE(node.reached("127.0.0.1:3381", "node1"));
   EXPECT_TRUE(node.reached("127.0.0.1:3382", "node2"));
   EXPECT_TRUE(node.reached("[::1]:3306", ""));
-  EXPECT_EQ(lines, (std::vector<std::string>{"database node 127.0.0.1:3381 (node1)",
-                                             "database node 127.0.0.1:3382 (node2)",
-                                             "database node [::1]:3306"}));
+  // The same node, now over TLS (DB_SSL_MODE=preferred and a server that gained a certificate).
+  EXPECT_TRUE(node.reached("[::1]:3306", "", "TLSv1.3 TLS_AES_256_GCM_SHA384"));
+  EXPECT_FALSE(node.reached("[::1]:3306", "", "TLSv1.3 TLS_AES_256_GCM_SHA384"));
+  EXPECT_EQ(lines, (std::vector<std::string>{
+                       "database node 127.0.0.1:3381 (node1), not encrypted",
+                       "database node 127.0.0.1:3382 (node2), not encrypted",
+                       "database node [::1]:3306, not encrypted",
+                       "database node [::1]:3306, TLS TLSv1.3 TLS_AES_256_GCM_SHA384"}));
   EXPECT_EQ(node.address(), "[::1]:3306");
+  EXPECT_EQ(node.tls(), "TLSv1.3 TLS_AES_256_GCM_SHA384");
   node.forget();
   EXPECT_EQ(node.address(), "");
   EXPECT_EQ(node.name(), "");
+  EXPECT_EQ(node.tls(), "");
 }
 
 // What Galera says when another node committed a write to the same row first.

@@ -140,6 +140,41 @@ TEST_F(GatewayMqttClientTest, ReloadOfThousandsOfFlowsSendsOnlyTheChange) {
             (std::vector<std::vector<std::string>>{{"many/7/+"}}));
 }
 
+// STORE_TABLE (issue 13): a flow whose mapped column its table lacks is not activated (no route,
+// no subscription) until a reload finds the column.
+TEST_F(GatewayMqttClientTest, StoreTableFlowIsActiveOnlyWhileItsMappingFitsTheTable) {
+  Flow f;
+  f.id = 9;
+  f.code = "tbl";
+  f.topic = "t/+";
+  f.action = "STORE_TABLE";
+  f.target_table = "readings";
+  f.column_map = R"({"device": "$topic[1]", "temp": "/t"})";
+  repo_.flows[9] = f;
+  ColumnInfo device;
+  device.name = "device";
+  device.data_type = "varchar";
+  device.column_type = "varchar(16)";
+  repo_.tables["readings"] = TableInfo{"readings", {device}};
+  start_client(false);
+  EXPECT_FALSE(connection_->subscriptions().count("t/+"));
+  std::vector<std::int64_t> routed;
+  flows_->snapshot()->match("t/x", routed);
+  EXPECT_TRUE(routed.empty());
+
+  ColumnInfo temp = device;
+  temp.name = "temp";
+  temp.data_type = "double";
+  temp.column_type = "double";
+  repo_.tables["readings"].columns.push_back(temp);
+  const FlowDiff diff = client_->reload_flows();
+  ASSERT_EQ(diff.added.size(), 1u);
+  EXPECT_EQ(diff.added[0].code, "tbl");
+  ASSERT_TRUE(eventually([&] { return connection_->subscriptions().count("t/+") > 0; }));
+  flows_->snapshot()->match("t/x", routed);
+  EXPECT_EQ(routed, std::vector<std::int64_t>{9});
+}
+
 // A restart with the session present must not SUBSCRIBE again: the broker would re-send every
 // retained message, and they would be stored again.
 TEST_F(GatewayMqttClientTest, RestartWithSessionPresentDoesNotSubscribeAgain) {

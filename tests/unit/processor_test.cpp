@@ -247,3 +247,97 @@ TEST_F(ProcessorTest, RetainedResendEqualToTheLastStoredIsSkipped) {
 
 }  // namespace
 }  // namespace gateway
+
+namespace gateway {
+namespace {
+
+// STORE_TABLE: one row of the flow's table per message, cells as the map says.
+class StoreTableProcessorTest : public ProcessorTest {
+ protected:
+  StoreTableProcessorTest() {
+    Flow f;
+    f.id = 3;
+    f.code = "plant";
+    f.topic = "plant/+/temp";
+    f.action = "STORE_TABLE";
+    f.target_table = "readings";
+    f.column_map = R"({"device": "$topic[1]", "temp": "/t", "seq": "$msg_id", "note": "/n"})";
+    f.payload_schema = R"({"t": "number"})";
+    repo_.flows[3] = f;
+    TableInfo t;
+    t.name = "readings";
+    const auto column = [](std::string name, std::string type, std::string column_type) {
+      ColumnInfo c;
+      c.name = std::move(name);
+      c.data_type = std::move(type);
+      c.column_type = std::move(column_type);
+      return c;
+    };
+    ColumnInfo device = column("device", "varchar", "varchar(8)");
+    device.nullable = false;
+    device.max_chars = 8;
+    ColumnInfo temp = column("temp", "int", "int(11)");
+    ColumnInfo seq = column("seq", "bigint", "bigint(20)");
+    ColumnInfo note = column("note", "varchar", "varchar(10)");
+    note.has_default = true;
+    note.max_chars = 10;
+    t.columns = {device, temp, seq, note};
+    repo_.tables["readings"] = t;
+  }
+};
+
+TEST_F(StoreTableProcessorTest, OneRowPerMessageAndRejectsWhatDoesNotFit) {
+  auto r = run(3, {message(1, R"({"t": 21})", "plant/7/temp"),
+                   message(2, R"({"t": 21.5})", "plant/8/temp"),  // a fraction into INT
+                   message(3, R"({"t": "x"})", "plant/9/temp"),   // fails payload_schema first
+                   message(4, R"({"t": 23, "n": "hi"})", "plant/toolongname/temp"),
+                   message(5, R"({"t": 24, "n": "ok"})", "plant/10/temp")});
+  EXPECT_EQ(r.accepted, 2u);
+  EXPECT_EQ(r.rejected, 3u);
+  EXPECT_EQ(r.first_msg_id, 1);
+  EXPECT_EQ(r.last_msg_id, 2);
+  EXPECT_EQ(repo_.flows[3].last_msg_id, 2);
+  EXPECT_TRUE(repo_.records.empty());  // no data_records rows for STORE_TABLE
+  ASSERT_EQ(repo_.table_rows.size(), 2u);
+  const auto& first = repo_.table_rows[0];
+  EXPECT_EQ(first.table, "readings");
+  EXPECT_EQ(first.mode, WriteMode::kInsert);
+  // Cells in the map's key order: device, note, seq, temp.
+  ASSERT_EQ(first.cells.size(), 4u);
+  EXPECT_EQ(std::get<std::string>(first.cells[0]), "7");
+  EXPECT_TRUE(std::holds_alternative<UseDefault>(first.cells[1]));  // "/n" missing: the default
+  EXPECT_EQ(std::get<std::int64_t>(first.cells[2]), 1);              // $msg_id
+  EXPECT_EQ(std::get<std::int64_t>(first.cells[3]), 21);
+  const auto& second = repo_.table_rows[1];
+  EXPECT_EQ(std::get<std::string>(second.cells[0]), "10");
+  EXPECT_EQ(std::get<std::string>(second.cells[1]), "ok");
+  EXPECT_EQ(std::get<std::int64_t>(second.cells[2]), 2);
+  ASSERT_EQ(repo_.rejections.size(), 3u);
+  EXPECT_NE(repo_.rejections[0].reason.find("column 'temp'"), std::string::npos)
+      << repo_.rejections[0].reason;
+  EXPECT_NE(repo_.rejections[2].reason.find("column 'device'"), std::string::npos)
+      << repo_.rejections[2].reason;
+  EXPECT_EQ((repo_.offsets[{"spool-1", 3}]), 5u);
+}
+
+TEST_F(StoreTableProcessorTest, AnUnusableMappingHoldsTheMessagesInsteadOfRejectingThem) {
+  repo_.tables.erase("readings");  // dropped after the flow was activated
+  EXPECT_THROW(run(3, {message(1, R"({"t": 21})", "plant/7/temp")}), Error);
+  EXPECT_EQ(repo_.commits, 0);
+  EXPECT_TRUE(repo_.rejections.empty());
+  EXPECT_EQ(repo_.flows[3].last_msg_id, 0);
+}
+
+TEST_F(StoreTableProcessorTest, UpsertModeAndAChangedMapAreRead) {
+  repo_.flows[3].write_mode = "upsert";
+  run(3, {message(1, R"({"t": 1})", "plant/7/temp")});
+  repo_.flows[3].column_map = R"({"device": "$flow_code"})";
+  run(3, {message(2, R"({"t": 2})", "plant/7/temp")});
+  ASSERT_EQ(repo_.table_rows.size(), 2u);
+  EXPECT_EQ(repo_.table_rows[0].mode, WriteMode::kUpsert);
+  ASSERT_EQ(repo_.table_rows[1].cells.size(), 1u);
+  EXPECT_EQ(std::get<std::string>(repo_.table_rows[1].cells[0]), "plant");
+}
+
+}  // namespace
+}  // namespace gateway

@@ -106,11 +106,16 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
                 {"BATCH_LINGER_MS", "3"},
                 {"DB_RETRY_MAX_SECONDS", "60"},
                 {"DB_CONNECT_TIMEOUT_SECONDS", "7"},
+                {"DB_SSL_MODE", "verify-identity"},
+                {"DB_SSL_CA", __FILE__},  // any readable file: the content is read at connect
+                {"DB_SSL_CERT", __FILE__},
+                {"DB_SSL_KEY", __FILE__},
                 {"MQTT_CLIENT_ID", "gw-2"},
                 {"MQTT_KEEPALIVE", "30"},
                 {"MQTT_SHARED_GROUP", "writers"},
                 {"MQTT_RECONNECT_MAX_SECONDS", "20"},
                 {"MQTT_HEARTBEAT_SECONDS", "0"},
+                {"MQTT_FAILOVER_SECONDS", "0"},
                 {"MQTT_VERSION", "5"},
                 {"MQTT_SESSION_EXPIRY_SECONDS", "3600"},
                 {"MQTT_TLS_SERVER_NAME", "broker.internal"},
@@ -147,11 +152,16 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
   EXPECT_EQ(s.batch_linger_ms, 3);
   EXPECT_EQ(s.db_retry_max_seconds, 60);
   EXPECT_EQ(s.db_connect_timeout_seconds, 7);
+  EXPECT_EQ(s.db_ssl_mode, DbSslMode::kVerifyIdentity);
+  EXPECT_EQ(s.db_ssl_ca, __FILE__);
+  EXPECT_EQ(s.db_ssl_cert, __FILE__);
+  EXPECT_EQ(s.db_ssl_key, __FILE__);
   EXPECT_EQ(s.mqtt_client_id, "gw-2");
   EXPECT_EQ(s.mqtt_keepalive, 30);
   EXPECT_EQ(s.mqtt_shared_group, "writers");
   EXPECT_EQ(s.mqtt_reconnect_max_seconds, 20);
   EXPECT_EQ(s.mqtt_heartbeat_seconds, 0);
+  EXPECT_EQ(s.mqtt_failover_seconds, 0);
   EXPECT_EQ(s.mqtt_version, 5);
   EXPECT_EQ(s.mqtt_session_expiry_seconds, 3600u);
   EXPECT_EQ(s.mqtt_tls_server_name, "broker.internal");
@@ -179,6 +189,20 @@ TEST(SettingsTest, EveryVariableCanBeOverridden) {
   EXPECT_EQ(s.shutdown_timeout_seconds, 12);
   // Every variable of the table is covered by this test.
   EXPECT_EQ(env.size(), describe_settings(s).size());
+}
+
+TEST(SettingsTest, FailoverSecondsIsCheckedAndNamed) {
+  EnvMap env = required_only();
+  EXPECT_EQ(load_settings(env).mqtt_failover_seconds, 30);
+  for (const char* bad : {"-1", "3601", "30s"}) {
+    env["MQTT_FAILOVER_SECONDS"] = bad;
+    try {
+      load_settings(env);
+      ADD_FAILURE() << bad << " accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("MQTT_FAILOVER_SECONDS"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(SettingsTest, EmptyOptionalValueMeansDefault) {
@@ -574,7 +598,7 @@ TEST(SettingsTest, DescribeSettingsListsEveryVariableAndHidesThePassword) {
     names.insert(line.substr(0, line.find('=')));
   }
   EXPECT_EQ(names.size(), lines.size()) << "duplicate variable";
-  EXPECT_EQ(lines.size(), 40u);
+  EXPECT_EQ(lines.size(), 45u);
   EXPECT_THAT(lines, ::testing::Contains("DB_PASSWORD=***"));
   EXPECT_THAT(lines, ::testing::Contains("DB_HOST=db.example"));
   EXPECT_THAT(lines, ::testing::Contains("SPOOL_MAX_BYTES=1G"));

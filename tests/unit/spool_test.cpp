@@ -777,6 +777,22 @@ TEST_F(SpoolTest, KeptSessionKeepsTheRedeliveryWindow) {
   EXPECT_TRUE(spool->append("t", "before-restart", 5, true, 5)->redelivery);
 }
 
+// Failover (issue 15): each broker numbers its own packets and keeps its own session. A move to
+// another broker (a new session there) must not forget what the first one may still redeliver,
+// and a packet of the second broker that happens to match a record of the first is new.
+TEST_F(SpoolTest, EachBrokerHasItsOwnRedeliveryWindow) {
+  auto spool = open();
+  spool->new_broker_connection(true, "tcp://a:1883");
+  ASSERT_TRUE(spool->append("t", "on-a", 9, false, 1));
+  spool->new_broker_connection(false, "tcp://b:1883");  // moved: a new session on b
+  const auto on_b = spool->append("t", "on-a", 9, true, 2);
+  ASSERT_TRUE(on_b);
+  EXPECT_FALSE(on_b->redelivery) << "b never sent it: a DUP from b is another message";
+  spool->new_broker_connection(true, "tcp://a:1883");  // back on a, its session kept
+  EXPECT_TRUE(spool->append("t", "on-a", 9, true, 3)->redelivery);
+  EXPECT_EQ(spool->stats().appended, 2u);
+}
+
 TEST_F(SpoolTest, ReleaseBelowDeletesWholeSegmentsOnly) {
   auto spool = open(options(100));
   append_range(*spool, 0, 6);  // segments 1-2, 3-4, 5-6

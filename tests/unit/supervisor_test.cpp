@@ -57,6 +57,11 @@ class RepositoryView final : public FlowRepository {
     ++db_.flow_loads;
     return db_.repo.load_flows();
   }
+  TableInfo describe_table(std::string_view table) override {
+    std::lock_guard lock(db_.mu);
+    fail_if_down();
+    return db_.repo.describe_table(table);
+  }
   // The control connection never opens a flow transaction.
   std::unique_ptr<FlowTransaction> lock_flow(std::int64_t, std::string_view) override {
     return nullptr;

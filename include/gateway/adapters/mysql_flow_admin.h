@@ -15,8 +15,9 @@ class MySqlSession;
 
 class MySqlFlowAdmin final : public FlowAdmin {
  public:
-  // Connects at once (throws as MySqlFlowRepository's constructor). Throws Error when
-  // rejected_messages lacks the replay columns of this version: "run mqtt-gateway --init-db".
+  // Connects at once (throws as MySqlFlowRepository's constructor). Throws Error when the schema
+  // lacks columns of this version (rejected_messages' replay columns, flows' STORE_TABLE
+  // columns): "run mqtt-gateway --init-db".
   explicit MySqlFlowAdmin(const Settings& settings);
   ~MySqlFlowAdmin() override;
 
@@ -27,6 +28,7 @@ class MySqlFlowAdmin final : public FlowAdmin {
   std::vector<DeadLetter> list_rejected(const RejectedFilter& filter) override;
   std::int64_t count_rejected(const RejectedFilter& filter) override;
   std::optional<DeadLetter> find_rejected(std::int64_t id) override;
+  TableInfo describe_table(std::string_view table) override;
 
  private:
   std::unique_ptr<MySqlSession> db_;

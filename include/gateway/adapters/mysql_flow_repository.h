@@ -22,7 +22,9 @@ class MySqlFlowRepository final : public FlowRepository {
   ~MySqlFlowRepository() override;
 
   std::optional<MqttServer> load_mqtt_server() override;
+  std::vector<MqttServer> load_mqtt_servers() override;
   std::vector<Flow> load_flows() override;
+  TableInfo describe_table(std::string_view table) override;
   std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
                                              std::string_view spool_id) override;
   std::unique_ptr<FlowTransaction> begin_unrouted(std::string_view spool_id) override;
@@ -32,6 +34,9 @@ class MySqlFlowRepository final : public FlowRepository {
   std::uint64_t last_committed_seq(std::string_view spool_id) override;
 
  private:
+  // The mqtt_servers rows `sql` selects, at most `limit`. Throws like load_mqtt_server().
+  std::vector<MqttServer> read_servers(const char* sql, std::size_t limit);
+
   std::unique_ptr<MySqlSession> db_;
 };
 

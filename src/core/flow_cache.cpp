@@ -1,0 +1,171 @@
+#include "gateway/flow_cache.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+
+#include "gateway/errors.h"
+
+namespace gateway {
+namespace {
+
+constexpr int kVersion = 1;
+
+// std::optional<std::string> as JSON null or a string.
+nlohmann::json opt(const std::optional<std::string>& v) {
+  return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+}
+std::optional<std::string> opt_string(const nlohmann::json& j, const char* key) {
+  if (!j.contains(key) || j.at(key).is_null()) return std::nullopt;
+  return j.at(key).get<std::string>();
+}
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+// Writes all of `data` to `fd`. Returns 0 or the errno.
+int write_all(int fd, const std::string& data) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  return 0;
+}
+
+}  // namespace
+
+// The one place that lists Flow's fields for the cache: a field added to Flow goes here too
+// (flow_cache_test checks a round trip of every field).
+void to_json(nlohmann::json& j, const Flow& f) {
+  j = nlohmann::json{{"id", f.id},
+                     {"code", f.code},
+                     {"topic", f.topic},
+                     {"action", f.action},
+                     {"endpoint_url", opt(f.endpoint_url)},
+                     {"payload_schema", opt(f.payload_schema)},
+                     {"last_msg_id", f.last_msg_id},
+                     {"enabled", f.enabled},
+                     {"target_table", opt(f.target_table)},
+                     {"column_map", opt(f.column_map)},
+                     {"write_mode", f.write_mode}};
+}
+
+void from_json(const nlohmann::json& j, Flow& f) {
+  f = Flow{};
+  j.at("id").get_to(f.id);
+  j.at("code").get_to(f.code);
+  j.at("topic").get_to(f.topic);
+  j.at("action").get_to(f.action);
+  f.endpoint_url = opt_string(j, "endpoint_url");
+  f.payload_schema = opt_string(j, "payload_schema");
+  j.at("last_msg_id").get_to(f.last_msg_id);
+  j.at("enabled").get_to(f.enabled);
+  // Absent in a copy written before these fields existed: the defaults.
+  f.target_table = opt_string(j, "target_table");
+  f.column_map = opt_string(j, "column_map");
+  if (j.contains("write_mode")) j.at("write_mode").get_to(f.write_mode);
+}
+
+void to_json(nlohmann::json& j, const MqttServer& s) {
+  j = nlohmann::json{
+      {"id", s.id},
+      {"host", s.host},
+      {"port", s.port},
+      {"username", opt(s.username)},
+      {"password", s.password ? nlohmann::json(s.password->reveal()) : nlohmann::json(nullptr)},
+      {"use_tls", s.use_tls},
+      {"ca_file", s.ca_file},
+      {"client_cert_file", s.client_cert_file},
+      {"client_key_file", s.client_key_file},
+      {"client_key_password_file", s.client_key_password_file}};
+}
+
+void from_json(const nlohmann::json& j, MqttServer& s) {
+  s = MqttServer{};
+  j.at("id").get_to(s.id);
+  j.at("host").get_to(s.host);
+  j.at("port").get_to(s.port);
+  s.username = opt_string(j, "username");
+  if (auto pw = opt_string(j, "password")) s.password = Secret(std::move(*pw));
+  j.at("use_tls").get_to(s.use_tls);
+  j.at("ca_file").get_to(s.ca_file);
+  j.at("client_cert_file").get_to(s.client_cert_file);
+  j.at("client_key_file").get_to(s.client_key_file);
+  j.at("client_key_password_file").get_to(s.client_key_password_file);
+}
+
+FlowCache::FlowCache(const std::filesystem::path& spool_dir) : path_(spool_dir / kFileName) {}
+
+void FlowCache::save(const FlowCacheContents& c) const {
+  const nlohmann::json j{{"version", kVersion},    {"written_unix_ms", c.written_unix_ms},
+                         {"spool_id", c.spool_id}, {"committed_seq", c.committed_seq},
+                         {"servers", c.servers},   {"flows", c.flows}};
+  // error_handler replace: a flow text with invalid UTF-8 must not make the copy unwritable.
+  const std::string text = j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  const std::string temp = path_.string() + ".tmp";
+  const auto fail = [&](const std::string& what, int err) {
+    ::unlink(temp.c_str());
+    throw Error("flow cache " + path_.string() + ": " + what + ": " + errno_text(err));
+  };
+  // 0600 from the start (O_CREAT mode), and again with fchmod for a temp file left by a crash.
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) fail("cannot create " + temp, errno);
+  int err = ::fchmod(fd, 0600) == 0 ? 0 : errno;
+  if (err == 0) err = write_all(fd, text);
+  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err != 0) fail("cannot write " + temp, err);
+  if (::rename(temp.c_str(), path_.c_str()) != 0) fail("cannot rename " + temp, errno);
+  // The rename itself must survive a power loss too.
+  const auto dir = path_.parent_path().empty() ? std::filesystem::path(".") : path_.parent_path();
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0)
+    throw Error("flow cache " + path_.string() +
+                ": cannot open its directory: " + errno_text(errno));
+  err = ::fsync(dfd) == 0 ? 0 : errno;
+  ::close(dfd);
+  if (err != 0) {
+    throw Error("flow cache " + path_.string() + ": cannot sync its directory: " + errno_text(err));
+  }
+}
+
+std::optional<FlowCacheContents> FlowCache::load() const {
+  std::ifstream in(path_, std::ios::binary);
+  if (!in) {
+    if (errno == ENOENT || !std::filesystem::exists(path_)) return std::nullopt;
+    throw Error("flow cache " + path_.string() + ": cannot read: " + errno_text(errno));
+  }
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw Error("flow cache " + path_.string() + ": cannot read");
+  try {
+    const auto j = nlohmann::json::parse(text);
+    if (j.at("version").get<int>() != kVersion) {
+      throw Error("flow cache " + path_.string() + ": unknown version " + j.at("version").dump());
+    }
+    FlowCacheContents c;
+    j.at("written_unix_ms").get_to(c.written_unix_ms);
+    j.at("spool_id").get_to(c.spool_id);
+    j.at("committed_seq").get_to(c.committed_seq);
+    j.at("servers").get_to(c.servers);
+    j.at("flows").get_to(c.flows);
+    return c;
+  } catch (const nlohmann::json::parse_error& e) {
+    // Not e.what(): it quotes the text near the error, which may be a broker password.
+    throw Error("flow cache " + path_.string() + ": not valid JSON (at byte " +
+                std::to_string(e.byte) + ")");
+  } catch (const nlohmann::json::exception& e) {
+    throw Error("flow cache " + path_.string() + ": not a valid copy (" + e.what() + ")");
+  }
+}
+
+}  // namespace gateway
