@@ -36,11 +36,11 @@ namespace gateway {
 // One column of the target table, from information_schema.COLUMNS.
 struct ColumnInfo {
   std::string name;
-  std::string data_type;     // DATA_TYPE, lower case: int, varchar, datetime, json, ...
-  std::string column_type;   // COLUMN_TYPE: "int(10) unsigned", "tinyint(1)", "decimal(8,2)"
-  bool nullable = true;      // IS_NULLABLE = 'YES'
-  bool has_default = false;  // COLUMN_DEFAULT set, or AUTO_INCREMENT
-  bool generated = false;    // a generated (computed) column: it cannot be written
+  std::string data_type;        // DATA_TYPE, lower case: int, varchar, datetime, json, ...
+  std::string column_type;      // COLUMN_TYPE: "int(10) unsigned", "tinyint(1)", "decimal(8,2)"
+  bool nullable = true;         // IS_NULLABLE = 'YES'
+  bool has_default = false;     // COLUMN_DEFAULT set, or AUTO_INCREMENT
+  bool generated = false;       // a generated (computed) column: it cannot be written
   bool auto_increment = false;  // has_default too: its "default" is the next value
   std::optional<std::uint64_t> max_chars;  // CHARACTER_MAXIMUM_LENGTH (characters or bytes)
   int numeric_precision = 0;               // NUMERIC_PRECISION (decimal)

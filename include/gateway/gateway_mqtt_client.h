@@ -105,9 +105,10 @@ class GatewayMqttClient {
   // does not fit its table as information_schema shows it now is not activated (one error line
   // naming the flow and the problem, on every reload until it is fixed). One that is active
   // stays active with an error line: unsubscribing would let the broker drop its messages,
-  // while the processor holds them in the spool until the table is fixed. Throws what the repository throws
-  // (the old flows stay). Also reloads the broker candidates and, when all of it worked, saves
-  // the copy for a start during a database outage (a failure to write it is a warning).
+  // while the processor holds them in the spool until the table is fixed. Throws what the
+  // repository throws (the old flows stay). Also reloads the broker candidates and, when all of it
+  // worked, saves the copy for a start during a database outage (a failure to write it is a
+  // warning).
   FlowDiff reload_flows();
 
   // Installs flows and broker candidates from the cached copy instead of the database (which is

@@ -26,7 +26,7 @@ constexpr const char* kLoadServersSql =
     "WHERE enabled = 1 ORDER BY is_default DESC, id ASC";
 // The flows columns read_flow() reads, in its order: one list for every statement that reads
 // flows (a macro, so that the statements stay compile-time constants).
-#define GW_FLOW_COLUMNS                                                                    \
+#define GW_FLOW_COLUMNS                                                                         \
   "id, code, topic, action, endpoint_url, payload_schema, last_msg_id, enabled, target_table, " \
   "column_map, write_mode"
 // The column after GW_FLOW_COLUMNS (1-based).
@@ -187,9 +187,7 @@ class MySqlFlowTransaction final : public FlowTransaction {
         [](const OutboxEntry& r) { return r.topic.size() + r.payload.size(); });
   }
 
-  void insert_table_rows(const TableRows& rows) override {
-    gateway::insert_table_rows(db_, rows);
-  }
+  void insert_table_rows(const TableRows& rows) override { gateway::insert_table_rows(db_, rows); }
 
   void insert_rejected(std::span<const RejectedMessage> rows) override {
     try {

@@ -11,6 +11,45 @@
 
 namespace gateway {
 
+namespace {
+
+// Columns newer versions added to existing tables (nullable or with a default), added in place by
+// upgrade_schema(): dead-letter replay (issue 14), the broker's client certificate (issue 12)
+// and STORE_TABLE (issue 13).
+struct AddedColumn {
+  const char* table;
+  const char* name;
+  const char* type;
+  const char* why;
+};
+constexpr std::array kAddedColumns = {
+    AddedColumn{"rejected_messages", "replayed_at", "TIMESTAMP(6) NULL", "dead-letter replay"},
+    AddedColumn{"rejected_messages", "replayed_msg_id", "BIGINT NULL", "dead-letter replay"},
+    AddedColumn{"mqtt_servers", "client_cert_file", "VARCHAR(1024) NULL AFTER ca_file",
+                "client certificates"},
+    AddedColumn{"mqtt_servers", "client_key_file", "VARCHAR(1024) NULL AFTER client_cert_file",
+                "client certificates"},
+    AddedColumn{"mqtt_servers", "client_key_password_file",
+                "VARCHAR(1024) NULL AFTER client_key_file", "client certificates"},
+    AddedColumn{"flows", "target_table", "VARCHAR(64) NULL AFTER enabled", "STORE_TABLE"},
+    AddedColumn{"flows", "column_map", "JSON NULL AFTER target_table", "STORE_TABLE"},
+    AddedColumn{"flows", "write_mode", "VARCHAR(16) NOT NULL DEFAULT 'insert' AFTER column_map",
+                "STORE_TABLE"},
+};
+
+// Throws sql::SQLException.
+bool has_column(MySqlSession& db, const AddedColumn& a) {
+  auto& stmt = db.prepare(
+      "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND "
+      "TABLE_NAME = ? AND COLUMN_NAME = ?");
+  stmt.setString(1, a.table);
+  stmt.setString(2, a.name);
+  std::unique_ptr<sql::ResultSet> found(stmt.executeQuery());
+  return found->next() && found->getInt(1) > 0;
+}
+
+}  // namespace
+
 const char* builtin_schema_sql() { return kSchemaSql; }
 
 MySqlSchema::MySqlSchema(const Settings& settings)
@@ -56,36 +95,8 @@ std::vector<std::string> MySqlSchema::upgrade_schema() {
           "utf8mb4_nopad_bin NOT NULL");
       done.emplace_back("data_records.field_name now compares as bytes (utf8mb4_nopad_bin)");
     }
-    // Columns of newer versions, added in place (nullable or with a default): dead-letter replay
-    // (issue 14), the broker's client certificate (issue 12) and STORE_TABLE (issue 13).
-    auto& column = db_->prepare(
-        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND "
-        "TABLE_NAME = ? AND COLUMN_NAME = ?");
-    struct Added {
-      const char* table;
-      const char* name;
-      const char* type;
-      const char* why;
-    };
-    for (const Added& a : {
-             Added{"rejected_messages", "replayed_at", "TIMESTAMP(6) NULL", "dead-letter replay"},
-             Added{"rejected_messages", "replayed_msg_id", "BIGINT NULL", "dead-letter replay"},
-             Added{"mqtt_servers", "client_cert_file", "VARCHAR(1024) NULL AFTER ca_file",
-                   "client certificates"},
-             Added{"mqtt_servers", "client_key_file", "VARCHAR(1024) NULL AFTER client_cert_file",
-                   "client certificates"},
-             Added{"mqtt_servers", "client_key_password_file",
-                   "VARCHAR(1024) NULL AFTER client_key_file", "client certificates"},
-             Added{"flows", "target_table", "VARCHAR(64) NULL AFTER enabled", "STORE_TABLE"},
-             Added{"flows", "column_map", "JSON NULL AFTER target_table", "STORE_TABLE"},
-             Added{"flows", "write_mode", "VARCHAR(16) NOT NULL DEFAULT 'insert' AFTER column_map",
-                   "STORE_TABLE"},
-         }) {
-      column.setString(1, a.table);
-      column.setString(2, a.name);
-      std::unique_ptr<sql::ResultSet> found(column.executeQuery());
-      if (found->next() && found->getInt(1) > 0) continue;
-      found.reset();
+    for (const AddedColumn& a : kAddedColumns) {
+      if (has_column(*db_, a)) continue;
       std::unique_ptr<sql::Statement> st(db_->conn().createStatement());
       st->execute(std::string("ALTER TABLE ") + a.table + " ADD COLUMN " + a.name + " " + a.type);
       done.emplace_back(std::string(a.table) + "." + a.name + " added (" + a.why + ")");
@@ -95,6 +106,19 @@ std::vector<std::string> MySqlSchema::upgrade_schema() {
     rethrow(e, "upgrade schema");
   }
   return done;
+}
+
+std::vector<std::string> MySqlSchema::missing_columns() {
+  std::vector<std::string> missing;
+  try {
+    for (const AddedColumn& a : kAddedColumns) {
+      if (!has_column(*db_, a)) missing.push_back(std::string(a.table) + "." + a.name);
+    }
+    db_->conn().commit();
+  } catch (const sql::SQLException& e) {
+    rethrow(e, "read the schema");
+  }
+  return missing;
 }
 
 std::vector<std::string> MySqlSchema::missing_tables() {

@@ -12,9 +12,9 @@
 #include <array>
 #include <cstddef>
 #include <map>
-#include <span>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 

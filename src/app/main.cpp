@@ -75,6 +75,13 @@ int check(const Settings& settings) {
     std::cout << " (run mqtt-gateway --init-db)\n";
     return kExitFailure;
   }
+  // Tables an older version made: reading flows would fail on the missing columns.
+  if (auto missing = MySqlSchema(settings).missing_columns(); !missing.empty()) {
+    std::cout << "schema: missing columns:";
+    for (const auto& c : missing) std::cout << ' ' << c;
+    std::cout << " (run mqtt-gateway --init-db to upgrade)\n";
+    return kExitFailure;
+  }
   std::cout << "schema: ok\n";
   auto server = repo.load_mqtt_server();
   if (!server) {
@@ -104,8 +111,7 @@ int check(const Settings& settings) {
       const TableInfo table = f.target_table && !f.target_table->empty()
                                   ? repo.describe_table(*f.target_table)
                                   : TableInfo{};
-      const FlowMapping m =
-          compile_flow_mapping(f.target_table, f.column_map, f.write_mode, table);
+      const FlowMapping m = compile_flow_mapping(f.target_table, f.column_map, f.write_mode, table);
       for (const std::string& p : m.map.problems) {
         std::cout << "    problem: STORE_TABLE " << p << "\n";
       }

@@ -75,7 +75,8 @@ std::pair<std::int64_t, std::uint64_t> integer_range(const ColumnInfo& c) {
 // The values an enum column allows: COLUMN_TYPE "enum('a','b''c')".
 bool same_ascii_case(std::string_view a, std::string_view b) {
   return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
-    return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+    return std::tolower(static_cast<unsigned char>(x)) ==
+           std::tolower(static_cast<unsigned char>(y));
   });
 }
 
@@ -222,8 +223,8 @@ std::optional<nlohmann::json> number_in_text(const std::string& text) {
     return nlohmann::json(u);
   }
   double d = 0;
-  if (auto [end, ec] = std::from_chars(first, last, d); ec == std::errc() && end == last &&
-                                                        std::isfinite(d)) {
+  if (auto [end, ec] = std::from_chars(first, last, d);
+      ec == std::errc() && end == last && std::isfinite(d)) {
     return nlohmann::json(d);
   }
   return std::nullopt;
@@ -242,10 +243,10 @@ std::optional<Found> lookup(const MappedColumn& m, const RowContext& msg) {
       for (int level = 0;; ++level) {
         const std::size_t end = msg.topic.find('/', start);
         if (level == s.level) {
-          return Found{std::string(msg.topic.substr(
-                           start, end == std::string_view::npos ? std::string_view::npos
-                                                                : end - start)),
-                       false, true};
+          return Found{
+              std::string(msg.topic.substr(
+                  start, end == std::string_view::npos ? std::string_view::npos : end - start)),
+              false, true};
         }
         if (end == std::string_view::npos) return std::nullopt;
         start = end + 1;
@@ -284,8 +285,8 @@ std::variant<CellValue, std::string> convert(const MappedColumn& m, const Found&
     if (c.nullable) return CellValue{std::monostate{}};
     return std::string("is NOT NULL, got null");
   }
-  const bool numeric = kind == Kind::kInteger || kind == Kind::kDecimal ||
-                       kind == Kind::kFloat || kind == Kind::kDouble;
+  const bool numeric = kind == Kind::kInteger || kind == Kind::kDecimal || kind == Kind::kFloat ||
+                       kind == Kind::kDouble;
   if (found.text_source && numeric && v.is_string()) {
     const auto& text = v.get_ref<const std::string&>();
     std::optional<nlohmann::json> number = number_in_text(text);
@@ -488,8 +489,9 @@ CompiledColumnMap compile_column_map(const nlohmann::json& column_map, const Tab
       // Column names compare case-insensitively in MariaDB. (A copy: a lambda may not capture a
       // structured binding before C++20 compilers all allow it.)
       const std::string& wanted = column;
-      const auto info = std::find_if(table.columns.begin(), table.columns.end(),
-                                     [&](const auto& c) { return same_ascii_case(c.name, wanted); });
+      const auto info =
+          std::find_if(table.columns.begin(), table.columns.end(),
+                       [&](const auto& c) { return same_ascii_case(c.name, wanted); });
       if (info == table.columns.end()) {
         problems.push_back("column '" + column + "' does not exist in table '" + table.name + "'");
         continue;
@@ -513,8 +515,9 @@ CompiledColumnMap compile_column_map(const nlohmann::json& column_map, const Tab
     }
     // The INSERT names only the mapped columns: any other must be able to take its default.
     for (const ColumnInfo& c : table.columns) {
-      const bool mapped = std::any_of(out.columns.begin(), out.columns.end(),
-                                      [&](const MappedColumn& m) { return m.column.name == c.name; });
+      const bool mapped =
+          std::any_of(out.columns.begin(), out.columns.end(),
+                      [&](const MappedColumn& m) { return m.column.name == c.name; });
       if (!mapped && !c.nullable && !c.has_default && !c.generated) {
         problems.push_back("column '" + c.name +
                            "' is NOT NULL without a default and must be mapped");
@@ -548,8 +551,7 @@ FlowMapping compile_flow_mapping(const std::optional<std::string>& target_table,
   if (mode) {
     out.mode = *mode;
   } else {
-    problems.push_back("write_mode '" + std::string(write_mode) +
-                       "' is not 'insert' or 'upsert'");
+    problems.push_back("write_mode '" + std::string(write_mode) + "' is not 'insert' or 'upsert'");
   }
   if (!column_map) {
     problems.emplace_back("column_map is not set");

@@ -99,9 +99,9 @@ void GatewayMqttClient::check_store_tables(std::vector<Flow>& flows) {
   try {
     std::erase_if(flows, [&](const Flow& f) {
       if (parse_flow_action(f.action) != FlowAction::kStoreTable) return false;
-      const TableInfo table =
-          f.target_table && !f.target_table->empty() ? repo().describe_table(*f.target_table)
-                                                     : TableInfo{};
+      const TableInfo table = f.target_table && !f.target_table->empty()
+                                  ? repo().describe_table(*f.target_table)
+                                  : TableInfo{};
       const FlowMapping m = compile_flow_mapping(f.target_table, f.column_map, f.write_mode, table);
       if (m.ok()) return false;
       if (active(f.id)) {

@@ -21,8 +21,8 @@ void append_rows(std::vector<DataRecord>& rows, std::int64_t msg_id, const Inbou
 
 // What a STORE_TABLE mapping reads of message `m` numbered `msg_id`.
 RowContext row_context(const Flow& flow, const InboundMessage& m, std::int64_t msg_id) {
-  return RowContext{m.topic,    &m.parsed.object, m.payload, msg_id, flow.code,
-                    m.arrival_us, &m.user_properties};
+  return RowContext{m.topic,   &m.parsed.object, m.payload,         msg_id,
+                    flow.code, m.arrival_us,     &m.user_properties};
 }
 
 }  // namespace
@@ -59,13 +59,13 @@ const Processor::TableMap& Processor::table_map_for(const Flow& flow) {
                                 : TableInfo{};
     FlowMapping mapping =
         compile_flow_mapping(flow.target_table, flow.column_map, flow.write_mode, table);
-    TableMap entry{flow.target_table, flow.column_map,       flow.write_mode,
+    TableMap entry{flow.target_table, flow.column_map,        flow.write_mode,
                    reloads,           std::move(mapping.map), mapping.mode};
     it = tables_.insert_or_assign(flow.id, std::move(entry)).first;
   }
   if (!it->second.compiled.ok()) {
-    throw Error("flow " + flow.code + ": STORE_TABLE mapping cannot be used: " +
-                it->second.compiled.error);
+    throw Error("flow " + flow.code +
+                ": STORE_TABLE mapping cannot be used: " + it->second.compiled.error);
   }
   return it->second;
 }

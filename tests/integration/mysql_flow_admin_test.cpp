@@ -386,7 +386,11 @@ TEST_F(MySqlFlowAdminTest, AFlowsTableWithoutTheStoreTableColumnsAsksForInitDb) 
     EXPECT_NE(std::string(e.what()).find("run mqtt-gateway --init-db"), std::string::npos);
   }
   MySqlSchema schema(settings_);
+  EXPECT_EQ(
+      schema.missing_columns(),
+      (std::vector<std::string>{"flows.target_table", "flows.column_map", "flows.write_mode"}));
   EXPECT_EQ(schema.upgrade_schema().size(), 3u);
+  EXPECT_TRUE(schema.missing_columns().empty());
   MySqlFlowAdmin upgraded(settings_);
   EXPECT_TRUE(upgraded.list_flows().empty());
 }

@@ -197,8 +197,8 @@ TEST_F(StoreTableTest, MissingSourcesTakeTheColumnsDefaultAndTimestampsStayUtc) 
                                       message(2, "plant/1/temp", R"({"d": "b", "n": "given"})")};
   std::vector<const InboundMessage*> view = {&msgs[0], &msgs[1]};
   ASSERT_EQ(processor.process_batch(flow, view, "spool-t").accepted, 2u);
-  const auto rows = db_.query(
-      "SELECT device, note, UNIX_TIMESTAMP(created) FROM readings ORDER BY id");
+  const auto rows =
+      db_.query("SELECT device, note, UNIX_TIMESTAMP(created) FROM readings ORDER BY id");
   const std::vector<TestDatabase::Row> want = {{"a", "none", "1764672000.123456"},
                                                {"b", "given", "1764672000.123456"}};
   EXPECT_EQ(rows, want);

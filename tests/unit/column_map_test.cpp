@@ -152,16 +152,16 @@ TEST(CompileColumnMapTest, RefusesAGeneratedColumn) {
 
 TEST(CompileColumnMapTest, ColumnNamesCompareWithoutCase) {
   EXPECT_TRUE(compile_column_map(json{{"DEVICE", "/d"}}, readings()).ok());
-  const CompiledColumnMap twice = compile_column_map(json{{"DEVICE", "/d"}, {"device", "/e"}}, readings());
+  const CompiledColumnMap twice =
+      compile_column_map(json{{"DEVICE", "/d"}, {"device", "/e"}}, readings());
   EXPECT_NE(twice.error.find("is mapped twice"), std::string::npos) << twice.error;
 }
 
 // The INSERT names only the mapped columns, so a NOT NULL column without a default must be one.
 TEST(CompileColumnMapTest, AnUnmappedNotNullColumnWithoutADefaultIsAProblem) {
   const CompiledColumnMap c = compile_column_map(json{{"site", "/s"}}, readings());
-  EXPECT_EQ(c.problems,
-            std::vector<std::string>{
-                "column 'device' is NOT NULL without a default and must be mapped"});
+  EXPECT_EQ(c.problems, std::vector<std::string>{
+                            "column 'device' is NOT NULL without a default and must be mapped"});
 }
 
 TEST(CompileFlowMappingTest, NamesTheRowsOwnProblemsAndRefusesTheGatewaysTables) {

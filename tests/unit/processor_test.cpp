@@ -306,7 +306,7 @@ TEST_F(StoreTableProcessorTest, OneRowPerMessageAndRejectsWhatDoesNotFit) {
   ASSERT_EQ(first.cells.size(), 4u);
   EXPECT_EQ(std::get<std::string>(first.cells[0]), "7");
   EXPECT_TRUE(std::holds_alternative<UseDefault>(first.cells[1]));  // "/n" missing: the default
-  EXPECT_EQ(std::get<std::int64_t>(first.cells[2]), 1);              // $msg_id
+  EXPECT_EQ(std::get<std::int64_t>(first.cells[2]), 1);             // $msg_id
   EXPECT_EQ(std::get<std::int64_t>(first.cells[3]), 21);
   const auto& second = repo_.table_rows[1];
   EXPECT_EQ(std::get<std::string>(second.cells[0]), "10");

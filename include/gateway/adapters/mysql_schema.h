@@ -30,11 +30,13 @@ class MySqlSchema {
   // Brings tables made by an older version up to date (what CREATE TABLE IF NOT EXISTS cannot):
   // data_records.field_name compared as bytes (utf8mb4_nopad_bin); the columns newer versions
   // added (rejected_messages.replayed_at/replayed_msg_id, mqtt_servers.client_cert_file/
-  // client_key_file/client_key_password_file). Returns one line per change made; empty when
-  // there was nothing to do. Idempotent.
+  // client_key_file/client_key_password_file, flows.target_table/column_map/write_mode). Returns
+  // one line per change made; empty when there was nothing to do. Idempotent.
   std::vector<std::string> upgrade_schema();
   // The tables the gateway needs that are missing (empty when the schema is complete).
   std::vector<std::string> missing_tables();
+  // The columns upgrade_schema() would add, as "table.column" (empty when up to date).
+  std::vector<std::string> missing_columns();
 
  private:
   std::unique_ptr<MySqlSession> db_;
