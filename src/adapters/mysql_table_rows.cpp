@@ -60,7 +60,7 @@ std::string statement_tail(const TableRows& t) {
   std::string tail = " ON DUPLICATE KEY UPDATE ";
   for (std::size_t i = 0; i < t.map->columns.size(); ++i) {
     const std::string name = sql_identifier(t.map->columns[i].column.name);
-    tail += (i ? ", " : "") + name + " = VALUES(" + name + ")";
+    tail.append(i ? ", " : "").append(name).append(" = VALUES(").append(name).append(")");
   }
   return tail;
 }
