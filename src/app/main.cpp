@@ -233,6 +233,8 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
   try {
     spool.ensure_seq_above(repositories()->last_committed_seq(spool.id()));
   } catch (const DbError& e) {
+    // A refused login or a missing database is a setting to fix, not an outage to ride out.
+    if (e.code == 1044 || e.code == 1045 || e.code == 1049) throw;
     cached = start_copy(settings, e);
     if (cached->spool_id == spool.id()) spool.ensure_seq_above(cached->committed_seq);
   }

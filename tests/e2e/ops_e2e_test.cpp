@@ -404,7 +404,9 @@ TEST_F(OpsDaemon, StartUpLogsVersionAndSettingsWithoutThePasswordThenSummaryLine
 }
 
 TEST_F(OpsDaemon, SigtermDuringLoadExitsZeroAndLosesNothing) {
-  constexpr int kMessages = 3000;
+  // Enough that publishing outlasts the gateway's start of work (3,000 were sometimes all stored
+  // before the SIGTERM landed).
+  constexpr int kMessages = 10000;
   const auto flow = db_.insert_flow("load", prefix_ + "/load", "STORE_DB", std::nullopt);
   extra_env_["MAX_BATCH"] = "50";
   extra_env_["SHUTDOWN_TIMEOUT_SECONDS"] = "15";
@@ -420,7 +422,7 @@ TEST_F(OpsDaemon, SigtermDuringLoadExitsZeroAndLosesNothing) {
   std::thread load([&] {
     try {
       MqttTestClient client(test_services().mqtt_host, test_services().mqtt_port);
-      client.publish_many(messages);
+      client.publish_many(messages, 1, 64);  // Paho buffers at most 100 unacknowledged
       published = true;
     } catch (const std::exception& e) {
       publish_error = e.what();
