@@ -79,6 +79,7 @@ has "^-rw-r----- root/root .* \\.$CONFFILE\$" "$CONFFILE (0640)"
 [[ "$(dpkg-deb -I "$deb" conffiles)" == "$CONFFILE" ]] || die "conffiles is not exactly $CONFFILE"
 # At-least-once needs Paho C 1.3.10 or newer (the PUBACK after the message callback).
 dpkg-deb -f "$deb" Depends | grep -qF 'libpaho-mqtt1.3 (>= 1.3.10)' || die "Depends does not pin libpaho-mqtt1.3 (>= 1.3.10)"
+dpkg-deb -f "$deb" Depends | grep -qF 'libjemalloc2' || die "Depends lacks libjemalloc2 (the daemon links jemalloc)"
 
 # ---- install ------------------------------------------------------------------------------------
 installed=1
