@@ -21,12 +21,16 @@
 //              and sent_us until N messages arrived (or progress stalls); rate (first publish to
 //              the last POST received), latency (receive time - sent_us), lost/duplicated by seq,
 //              order violations per flow, and the gateway's CPU time and peak RSS (/proc).
+//   postceiling  the POST ceiling (issue 11): N POSTs like the gateway's, one after the other on
+//              one kept-alive libcurl connection, to a sink; what one ordered flow can get through
+//              one connection when nothing else is done. The sink measures it.
 //   idle       the CPU time a process uses over a few seconds.
 //   report     prints the tables and checks the targets of issues 4, 5, 11 and 17.
 //
 // Single-threaded except for Paho's callback thread in `subscribe` (see Receiver) and httplib's
 // worker threads in `sink` (see PostLog).
 #include <cppconn/connection.h>
+#include <curl/curl.h>
 #include <cppconn/driver.h>
 #include <cppconn/exception.h>
 #include <cppconn/resultset.h>
@@ -59,6 +63,7 @@
 #include <ctime>
 #include <deque>
 #include <fstream>
+#include <memory>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -952,6 +957,65 @@ int sink(const SinkArgs& a) {
   return 0;
 }
 
+// ----------------------------------------------------------------------------------- postceiling
+
+struct PostCeilingArgs {
+  std::string url;
+  std::int64_t count = 20000;
+  std::string flow = "f1";
+  std::string launched_file;  // "PID START_US", read by `sink --gateway-file`
+};
+
+// Discards a response body.
+std::size_t discard(char*, std::size_t size, std::size_t n, void*) { return size * n; }
+
+// The same requests the gateway's delivery worker sends for one flow (curl_http_poster.cpp:
+// headers, no Expect, keep-alive), with the publisher's bodies, one at a time: no database, no
+// spool, no MQTT. The sink judges them as it judges the gateway's.
+int postceiling(const PostCeilingArgs& a) {
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    throw std::runtime_error("postceiling: curl_global_init failed");
+  }
+  std::unique_ptr<CURL, decltype(&curl_easy_cleanup)> easy(curl_easy_init(), &curl_easy_cleanup);
+  if (!easy) throw std::runtime_error("postceiling: curl_easy_init failed");
+  {
+    std::ofstream out(a.launched_file);
+    out << ::getpid() << ' ' << now_us() << '\n';
+  }
+  std::string body;
+  for (std::int64_t seq = 1; seq <= a.count; ++seq) {
+    const std::string id = std::to_string(seq);
+    body = "{\"seq\":" + id + ",\"sent_us\":" + std::to_string(now_us()) +
+           ",\"temperature\":21.5,\"humidity\":40.0}";
+    curl_slist* headers = nullptr;
+    for (const std::string& h :
+         {std::string("Content-Type: application/json"), std::string("Expect:"),
+          "X-Gateway-Flow: " + a.flow, "X-Gateway-Msg-Id: " + id, std::string("X-Gateway-Topic: bench/1"),
+          "Idempotency-Key: " + a.flow + ":" + id}) {
+      headers = curl_slist_append(headers, h.c_str());
+    }
+    CURL* e = easy.get();
+    curl_easy_setopt(e, CURLOPT_URL, a.url.c_str());
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 10000L);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body.data());
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &discard);
+    const CURLcode rc = curl_easy_perform(e);
+    long status = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, nullptr);
+    curl_slist_free_all(headers);
+    if (rc != CURLE_OK || status != 200) {
+      throw std::runtime_error("postceiling: POST " + id + " failed: " + curl_easy_strerror(rc) +
+                               ", HTTP " + std::to_string(status));
+    }
+  }
+  return 0;
+}
+
 // ------------------------------------------------------------------------------------------ idle
 
 // Busy CPU time of the whole machine (all cores) in µs, from the first line of /proc/stat.
@@ -1173,6 +1237,14 @@ int report(const std::string& path) {
     }
     return std::nullopt;
   };
+  // The POST ceiling (issue 11): one connection's sequential POSTs with nothing else to do.
+  auto post_ceiling = [&](const json& r) -> std::optional<double> {
+    for (const json& b : rows) {
+      if (b.value("kind", "") == "post-ceiling" && b.value("flows", 0) == r.value("flows", 0))
+        return b["rate"].get<double>();
+    }
+    return std::nullopt;
+  };
   std::string post_ratios, post_warnings;
   bool post_header = false;
   for (const json& r : rows) {
@@ -1185,21 +1257,30 @@ int report(const std::string& path) {
       post_header = true;
     }
     const bool outbox = r.value("kind", "") == "post";
+    const bool ceiling = r.value("kind", "") == "post-ceiling";
     const double rate = r["rate"].get<double>();
     const auto base = post_baseline(r);
     std::printf("%-22s %5s %8s %7s %7s %9s %11s %8s %8s %6s %5s %5s %11s %9s\n",
                 r.value("case", "?").c_str(), num(r["flows"], "%.0f").c_str(),
                 num(r["messages"], "%.0f").c_str(), num(r["publish_seconds"], "%.2f").c_str(),
                 num(r["seconds"], "%.2f").c_str(), num(r["rate"], "%.0f").c_str(),
-                outbox ? ratio(rate, base).c_str() : "-", num(r["p50_ms"], "%.2f").c_str(),
+                outbox || ceiling ? ratio(rate, base).c_str() : "-",
+                num(r["p50_ms"], "%.2f").c_str(),
                 num(r["p99_ms"], "%.2f").c_str(), num(r["lost"], "%.0f").c_str(),
                 num(r["dup"], "%.0f").c_str(), num(r["order_violations"], "%.0f").c_str(),
                 num(r["cpu_us_per_msg"], "%.1f").c_str(),
-                (num(r["peak_rss_mb"], "%.1f") + " MB").c_str());
-    if (outbox && base) {
+                r.value("peak_rss_mb", json()).is_null()
+                    ? "-"
+                    : (num(r["peak_rss_mb"], "%.1f") + " MB").c_str());
+    if ((outbox || ceiling) && base) {
       post_ratios += "  " + r.value("case", "?") + ": " + ratio(rate, base) +
                      " the inline baseline (" + num(rate, "%.0f") + " / " + num(*base, "%.0f") +
                      " msg/s)\n";
+    }
+    if (const auto top = post_ceiling(r); outbox && top && *top > 0) {
+      post_ratios += "  " + r.value("case", "?") + ": " + num(100 * rate / *top, "%.0f") +
+                     "% of the POST ceiling (" + num(rate, "%.0f") + " / " + num(*top, "%.0f") +
+                     " msg/s, one connection, POSTs only)\n";
     }
     for (const char* key : {"repeated_keys", "msg_id_gaps", "missing_headers"}) {
       if (r.value(key, 0) != 0) {
@@ -1208,7 +1289,7 @@ int report(const std::string& path) {
       }
     }
   }
-  if (!post_ratios.empty()) std::printf("outbox / baseline:\n%s", post_ratios.c_str());
+  if (!post_ratios.empty()) std::printf("POST ratios:\n%s", post_ratios.c_str());
   if (!post_warnings.empty()) std::printf("POST anomalies:\n%s", post_warnings.c_str());
 
   if (!load.empty()) {
@@ -1360,6 +1441,14 @@ int main(int argc, char** argv) {
   snk->add_option("--kind", ka.kind, "post | post-baseline");
   snk->add_option("--mode", ka.mode, "burst");
 
+  PostCeilingArgs pc;
+  auto* pce = app.add_subcommand("postceiling", "the POST ceiling: N POSTs on one connection");
+  pce->add_option("--url", pc.url, "the sink's URL")->required();
+  pce->add_option("--count", pc.count)->check(CLI::PositiveNumber);
+  pce->add_option("--flow", pc.flow, "X-Gateway-Flow");
+  pce->add_option("--launched-file", pc.launched_file, "'PID START_US' for sink --gateway-file")
+      ->required();
+
   DbCeilingArgs da;
   auto* dbc = app.add_subcommand(
       "dbceiling", "the database ceiling: the gateway's rows for N messages, by a plain client");
@@ -1415,6 +1504,7 @@ int main(int argc, char** argv) {
     if (*col) return collect(ca);
     if (*snk) return sink(ka);
     if (*dbc) return dbceiling(da);
+    if (*pce) return postceiling(pc);
     if (*stu) return startup(ua);
     if (*idl) return idle(idle_pid, idle_seconds, idle_case, idle_exclude);
     if (*rep) return report(results);

@@ -28,7 +28,8 @@
 #                       (HTTP_DELIVERY=inline MAX_BATCH=1 DB_POOL_SIZE=1), the other case runs
 #                       the defaults (outbox). post-outbox-backlog: the outbox draining N queued
 #                       by the broker. post-*-4: the same as the first two with 4 flows, one
-#                       endpoint each.
+#                       endpoint each. post-ceiling: `gw-bench postceiling`, N POSTs like the
+#                       gateway's on one kept-alive connection, nothing else (the POST bound).
 #
 # and prints the tables (bench/README.md explains the columns). Every case has its own database,
 # topic prefix and client id. Runs as root (services.sh needs it); bounded in time; stops what it
@@ -481,10 +482,31 @@ post_backlog_case() {
   stop_gateway
 }
 
+# post_ceiling_case NAME: the POST ceiling. `gw-bench postceiling` sends BENCH_POST_COUNT POSTs
+# like the gateway's, one after the other on one kept-alive connection, to the same sink: what
+# one ordered flow can get through one connection with nothing else to do (no MQTT, database or
+# spool). The sink measures it from the client's launch, with the client's CPU.
+post_ceiling_case() {
+  local name="$1"
+  foreign_load "$name"
+  CASE_DIR="$RUN/cases/$name"
+  mkdir -p "$CASE_DIR"
+  rm -f "$CASE_DIR/sink.ready" "$CASE_DIR/client.launched"
+  timeout 900 "$BENCH" sink --port "$SINK_PORT" --count "$NP" --gateway-file "$CASE_DIR/client.launched" \
+    --flows 1 --case "$name" --kind post-ceiling --mode burst --ready-file "$CASE_DIR/sink.ready" \
+    >>"$RESULTS" &
+  local sink=$!
+  wait_file "$CASE_DIR/sink.ready"
+  timeout 600 "$BENCH" postceiling --url "http://127.0.0.1:$SINK_PORT/flow/1" --count "$NP" \
+    --launched-file "$CASE_DIR/client.launched"
+  wait "$sink"
+}
+
 # The reference: POST while the flow row is locked, one message per transaction, one connection.
 POST_BASELINE=(HTTP_DELIVERY=inline MAX_BATCH=1 DB_POOL_SIZE=1)
 if want post1; then
-  say "POST_ENDPOINT, 1 flow, burst of $NP: inline baseline, then the outbox (defaults)"
+  say "POST_ENDPOINT, 1 flow, burst of $NP: the POST ceiling, the inline baseline, then the outbox (defaults)"
+  post_ceiling_case post-ceiling
   post_case post-baseline post-baseline 1 "${POST_BASELINE[@]}"
   post_case post-outbox post 1
   post_backlog_case post-outbox-backlog 1
