@@ -153,7 +153,10 @@ new_case() {
   CASE_PREFIX="bench/$ID/$name"
   mkdir -p "$CASE_DIR"
   {
+    # Clear text, as `gw-bench dbceiling` and `collect` connect: the cases compare like with like
+    # (DB_SSL_MODE=preferred would encrypt, since services.sh's MariaDB offers TLS).
     printf '%s\n' DB_HOST=127.0.0.1 "DB_PORT=$DB_PORT" "DB_NAME=$CASE_DB" DB_USER=gw "DB_PASSWORD=$MYSQL_PWD"
+    printf '%s\n' DB_SSL_MODE=disabled
     printf '%s\n' "MQTT_CLIENT_ID=gw-bench-$ID-$name" "LOG_DIR=$CASE_DIR/log" "SPOOL_DIR=$CASE_DIR/spool"
     # info, not warn: "ready" is logged at info; nothing is logged per message at info.
     printf '%s\n' LOG_LEVEL=info "$@"
