@@ -5,7 +5,6 @@
 // flows checked against their table and run by the gateway.
 #include <signal.h>
 
-#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -21,10 +20,6 @@ struct CliResult {
   std::optional<int> code;  // std::nullopt: still running at the timeout
   std::string output;       // stdout and stderr
 };
-
-std::size_t line_count(const std::string& text) {
-  return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
-}
 
 class AdminE2e : public GatewayE2eTest {
  protected:

@@ -1,17 +1,26 @@
 // Shared set-up for tests that run the real mqtt-gateway binary against the test MariaDB and
 // mosquitto: a fresh database with one broker row, a unique topic prefix and client id, and
-// helpers to start the gateway and wait (bounded) for rows.
+// helpers to start the gateway and wait (bounded) for rows, to run it to completion (--check and
+// other one-shot commands), and to read what it wrote.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "support/gateway_process.h"
 #include "support/mqtt_test_client.h"
@@ -28,6 +37,32 @@ inline bool wait_until(const std::function<bool()>& pred, std::chrono::milliseco
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return true;
+}
+
+// How a run of the binary to completion ended.
+struct Outcome {
+  std::optional<int> code;  // std::nullopt: still running at the timeout
+  std::string output;       // stdout and stderr
+};
+
+// Runs `mqtt-gateway args...` with exactly `env` to completion (bounded) in a fresh directory.
+inline Outcome run_gateway(std::vector<std::string> args, std::map<std::string, std::string> env,
+                           std::chrono::seconds timeout = std::chrono::seconds(30)) {
+  GatewayProcess gw(GATEWAY_BINARY, std::move(args), std::move(env));
+  Outcome o;
+  o.code = gw.wait_exit(timeout);
+  o.output = gw.output();
+  return o;
+}
+
+inline std::size_t line_count(const std::string& text) {
+  return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
+}
+
+// The whole file ("" if it cannot be read), e.g. a log or spool file the gateway wrote.
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 class GatewayE2eTest : public ::testing::Test {

@@ -9,7 +9,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <ctime>
@@ -32,32 +31,6 @@ namespace {
 using namespace std::chrono_literals;
 
 // ---- helpers ------------------------------------------------------------------------------------
-
-struct Outcome {
-  std::optional<int> code;  // std::nullopt: still running at the timeout
-  std::string output;       // stdout and stderr
-};
-
-// Runs the binary to completion (bounded) in a fresh directory.
-Outcome run_gateway(std::vector<std::string> args, std::map<std::string, std::string> env,
-                    std::chrono::seconds timeout = 30s) {
-  GatewayProcess gw(GATEWAY_BINARY, std::move(args), std::move(env));
-  Outcome o;
-  o.code = gw.wait_exit(timeout);
-  o.output = gw.output();
-  return o;
-}
-
-std::size_t line_count(const std::string& text) {
-  return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
-}
-
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 // The value of one sample line ("name{labels} value") of a Prometheus text, if present.
 std::optional<double> metric(const std::string& text, const std::string& sample) {

@@ -5,12 +5,9 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <fstream>
-#include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -23,23 +20,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct Outcome {
-  std::optional<int> code;  // std::nullopt: still running at the timeout
-  std::string output;       // stdout and stderr
-};
-
-Outcome run_gateway(std::vector<std::string> args, std::map<std::string, std::string> env) {
-  GatewayProcess gw(GATEWAY_BINARY, std::move(args), std::move(env));
-  Outcome o;
-  o.code = gw.wait_exit(30s);
-  o.output = gw.output();
-  return o;
-}
-
-std::size_t lines_of(const std::string& text) {
-  return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
-}
-
 // GW_TEST_DB_SSL_CA from services.env: the CA that signed the test MariaDB's certificate.
 std::string db_ssl_ca() {
   const char* ca = std::getenv("GW_TEST_DB_SSL_CA");
@@ -49,13 +29,6 @@ std::string db_ssl_ca() {
         "with TLS)");
   }
   return ca;
-}
-
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
 }
 
 // SET GLOBAL require_secure_transport=ON for the life of the object, as MariaDB's root over the
@@ -109,7 +82,7 @@ TEST_F(SecureConnectionsE2e, DisabledIsRefusedWithOneLineWhereTheServerRequiresS
   extra_env_["DB_SSL_MODE"] = "disabled";
   const Outcome check = run_gateway({"--check"}, env());
   EXPECT_EQ(check.code, 1) << check.output;
-  EXPECT_EQ(lines_of(check.output), 1u) << check.output;
+  EXPECT_EQ(line_count(check.output), 1u) << check.output;
   EXPECT_NE(check.output.find("mqtt-gateway: database " + db_.name() + " at 127.0.0.1:"),
             std::string::npos)
       << check.output;
@@ -137,7 +110,7 @@ TEST_F(SecureConnectionsE2e, CertificateChecksRefuseTheWrongNameOrCa) {
   e["DB_SSL_MODE"] = "verify-identity";
   Outcome o = run_gateway({"--check"}, e);
   EXPECT_EQ(o.code, 1) << o.output;
-  EXPECT_EQ(lines_of(o.output), 1u) << o.output;
+  EXPECT_EQ(line_count(o.output), 1u) << o.output;
   EXPECT_NE(o.output.find("TLS/SSL error: Validation of SSL server certificate failed"),
             std::string::npos)
       << o.output;
@@ -152,7 +125,7 @@ TEST_F(SecureConnectionsE2e, CertificateChecksRefuseTheWrongNameOrCa) {
   e["DB_SSL_CA"] = test_services().mqtt_wrong_ca_file;
   o = run_gateway({"--check"}, e);
   EXPECT_EQ(o.code, 1) << o.output;
-  EXPECT_EQ(lines_of(o.output), 1u) << o.output;
+  EXPECT_EQ(line_count(o.output), 1u) << o.output;
   EXPECT_NE(o.output.find("TLS/SSL error: self-signed certificate in certificate chain"),
             std::string::npos)
       << o.output;
@@ -224,7 +197,7 @@ TEST_F(SecureConnectionsE2e, BadTlsSettingsStopStartUpWithOneLine) {
   e["DB_SSL_MODE"] = "strict";
   o = run_gateway({}, e);
   EXPECT_EQ(o.code, 2) << o.output;
-  EXPECT_EQ(lines_of(o.output), 1u) << o.output;
+  EXPECT_EQ(line_count(o.output), 1u) << o.output;
   EXPECT_EQ(o.output.rfind("mqtt-gateway: DB_SSL_MODE: expected one of", 0), 0u) << o.output;
 }
 

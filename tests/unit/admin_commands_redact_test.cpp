@@ -1,44 +1,16 @@
 // The flows subcommands never print a password an endpoint URL carries (issue 12): show, list
 // --json, and the change lines of add and set. What is stored stays the URL as given.
 #include <gtest/gtest.h>
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/spdlog.h>
 
-#include <sstream>
 #include <string>
 
-#include "fakes/fake_flow_admin.h"
-#include "fakes/fake_flow_repository.h"
-#include "fakes/fake_http_poster.h"
 #include "gateway/admin_commands.h"
+#include "support/admin_commands_fixture.h"
 
 namespace gateway {
 namespace {
 
-using testing::FakeFlowAdmin;
-using testing::FakeFlowRepository;
-using testing::FakeHttpPoster;
-
-class AdminCommandsRedactTest : public ::testing::Test {
- protected:
-  int run(AdminRequest r) {
-    out_.str("");
-    err_.str("");
-    AdminOptions options;
-    options.reload = [](const DaemonTarget& target) -> pid_t { return target.pid.value_or(4242); };
-    AdminCommands commands(admin_, processor_, options, out_, err_);
-    return commands.run(r);
-  }
-  std::string printed() const { return out_.str() + err_.str(); }
-
-  FakeFlowRepository repo_;
-  FakeFlowAdmin admin_{repo_};
-  FakeHttpPoster http_;
-  std::shared_ptr<spdlog::logger> log_ =
-      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
-  Processor processor_{repo_, http_, ProcessorOptions{}, log_};
-  std::ostringstream out_, err_;
-};
+class AdminCommandsRedactTest : public testing::AdminCommandsFixture {};
 
 TEST_F(AdminCommandsRedactTest, EndpointPasswordIsStoredButNeverPrinted) {
   AdminRequest add;

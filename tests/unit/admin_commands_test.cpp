@@ -4,23 +4,15 @@
 #include "gateway/admin_commands.h"
 
 #include <gtest/gtest.h>
-#include <spdlog/sinks/null_sink.h>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <sstream>
 
-#include "fakes/fake_flow_admin.h"
-#include "fakes/fake_flow_repository.h"
-#include "fakes/fake_http_poster.h"
-#include "gateway/errors.h"
+#include "support/admin_commands_fixture.h"
 
 namespace gateway {
 namespace {
 
-using testing::FakeFlowAdmin;
-using testing::FakeFlowRepository;
-using testing::FakeHttpPoster;
+using testing::AdminCommandsFixture;
 
 std::size_t lines(const std::string& text) {
   return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
@@ -271,7 +263,7 @@ TEST(ParseSince, AcceptsDatesTimesAndAges) {
   }
 }
 
-class AdminCommandsTest : public ::testing::Test {
+class AdminCommandsTest : public AdminCommandsFixture {
  protected:
   AdminCommandsTest() {
     Flow f;
@@ -283,29 +275,6 @@ class AdminCommandsTest : public ::testing::Test {
     f.last_msg_id = 41;
     repo_.flows[1] = f;
   }
-
-  int run(AdminRequest r) {
-    out_.str("");
-    err_.str("");
-    AdminOptions options;
-    options.reload = [this](const DaemonTarget& target) -> pid_t {
-      ++reloads_;
-      if (reload_fails_) throw Error("no process 4242 (the gateway is not running?)");
-      return target.pid.value_or(4242);
-    };
-    AdminCommands commands(admin_, processor_, options, out_, err_);
-    return commands.run(r);
-  }
-
-  FakeFlowRepository repo_;
-  FakeFlowAdmin admin_{repo_};
-  FakeHttpPoster http_;
-  std::shared_ptr<spdlog::logger> log_ =
-      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
-  Processor processor_{repo_, http_, ProcessorOptions{}, log_};
-  std::ostringstream out_, err_;
-  int reloads_ = 0;
-  bool reload_fails_ = false;
 };
 
 TEST_F(AdminCommandsTest, InvalidFlowsAddIsRefusedWithOneLinePerProblemAndWritesNothing) {

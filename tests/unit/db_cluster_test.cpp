@@ -19,12 +19,14 @@
 #include "gateway/errors.h"
 #include "gateway/metrics.h"
 #include "gateway/pipeline.h"
+#include "support/eventually.h"
 
 namespace gateway {
 namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using testing::eventually;
 using testing::FakeFlowRepository;
 using testing::FakeHttpPoster;
 using testing::SharedFakeConnection;
@@ -124,15 +126,6 @@ class ConflictRetryTest : public ::testing::Test {
     }
     std::sort(out.begin(), out.end());
     return out;
-  }
-
-  static bool eventually(const std::function<bool()>& pred) {
-    const auto until = std::chrono::steady_clock::now() + 10s;
-    while (!pred()) {
-      if (std::chrono::steady_clock::now() > until) return pred();
-      std::this_thread::sleep_for(2ms);
-    }
-    return true;
   }
 
   fs::path dir_;

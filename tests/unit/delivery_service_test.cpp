@@ -17,6 +17,7 @@
 #include "fakes/fake_delivery_repository.h"
 #include "fakes/fake_http_poster.h"
 #include "gateway/errors.h"
+#include "support/eventually.h"
 
 namespace gateway {
 namespace {
@@ -79,6 +80,7 @@ TEST(DeliveryRetryDelayTest, HonoursRetryAfterSecondsUpToTheCap) {
 namespace gateway {
 namespace {
 
+using testing::eventually;
 using testing::FakeDeliveryRepository;
 using testing::FakeHttpPoster;
 using namespace std::chrono_literals;
@@ -154,15 +156,6 @@ class DeliveryServiceTest : public ::testing::Test {
         },
         [this] { return std::make_unique<SharedPoster>(http_); }, o, metrics_, log_);
     service_->start();
-  }
-
-  static bool eventually(const std::function<bool()>& pred) {
-    const auto until = std::chrono::steady_clock::now() + 10s;
-    while (!pred()) {
-      if (std::chrono::steady_clock::now() > until) return pred();
-      std::this_thread::sleep_for(2ms);
-    }
-    return true;
   }
 
   // The msg_ids of the POSTs, in the order they were sent.

@@ -5,28 +5,26 @@
 #include <gtest/gtest.h>
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
-#include <stdlib.h>
 
 #include <atomic>
-#include <filesystem>
 #include <map>
 #include <mutex>
 #include <thread>
 
-#include "fakes/fake_flow_repository.h"
 #include "fakes/fake_mqtt_connection.h"
 #include "gateway/errors.h"
 #include "gateway/flow_cache.h"
 #include "gateway/gateway_mqtt_client.h"
+#include "support/eventually.h"
+#include "support/mqtt_client_fixture.h"
 
 namespace gateway {
 namespace {
 
-namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using testing::FakeFlowRepository;
-using testing::FakeFlowRepositoryView;
+using testing::eventually;
 using testing::FakeMqttConnection;
+using testing::MqttClientFixture;
 
 // A broker the fake connections reach: up or down, and the last session's connection.
 struct FakeBroker {
@@ -79,20 +77,10 @@ class BrokerConnection final : public MqttConnection {
   FakeMqttConnection fake_;
 };
 
-class FailoverTest : public ::testing::Test {
+class FailoverTest : public MqttClientFixture {
  protected:
-  FailoverTest() {
-    std::string pattern = (fs::temp_directory_path() / "gw_failover_XXXXXX").string();
-    EXPECT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-    settings_.spool_dir = (dir_ / "spool").string();
-    settings_.mqtt_client_id = "gw-test";
-    settings_.mqtt_heartbeat_seconds = 0;
+  FailoverTest() : MqttClientFixture("gw_failover_") {
     settings_.mqtt_failover_seconds = 1;
-    SpoolOptions so;
-    so.dir = settings_.spool_dir;
-    so.fsync = SpoolFsync::kNever;
-    spool_ = std::make_unique<Spool>(so, nullptr);
     for (int id : {1, 2}) {
       MqttServer s;
       s.id = id;
@@ -101,23 +89,12 @@ class FailoverTest : public ::testing::Test {
       s.password = Secret("pw" + std::to_string(id));
       repo_.servers.push_back(s);
     }
-    Flow f;
-    f.id = 1;
-    f.code = "f1";
-    f.topic = "a/#";
-    f.action = "STORE_DB";
-    repo_.flows[1] = f;
-  }
-  ~FailoverTest() override {
-    client_.reset();
-    spool_.reset();
-    fs::remove_all(dir_);
+    add_flow(1, "a/#");
   }
 
   void start_client() {
-    client_ = std::make_unique<GatewayMqttClient>(
-        settings_, [this] { return std::make_unique<FakeFlowRepositoryView>(repo_); }, flows_,
-        *spool_, metrics_,
+    client_ = make_client(
+        flows_,
         [this](const MqttConnectOptions& o, MqttHandlers h) -> std::unique_ptr<MqttConnection> {
           std::lock_guard lock(mu_);
           FakeBroker& b = brokers_[o.host];
@@ -149,26 +126,12 @@ class FailoverTest : public ::testing::Test {
     c->handlers.connection_lost("fake: broker stopped");
   }
 
-  static bool eventually(const std::function<bool()>& pred) {
-    const auto until = std::chrono::steady_clock::now() + 10s;
-    while (!pred()) {
-      if (std::chrono::steady_clock::now() > until) return pred();
-      std::this_thread::sleep_for(10ms);
-    }
-    return true;
-  }
-
-  fs::path dir_;
-  Settings settings_;
-  FakeFlowRepository repo_;
-  std::unique_ptr<Spool> spool_;
   FlowTable flows_;
-  Metrics metrics_;
   std::shared_ptr<spdlog::logger> log_ =
       std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
   std::mutex mu_;
   std::map<std::string, FakeBroker> brokers_;  // guarded by mu_
-  std::unique_ptr<GatewayMqttClient> client_;
+  std::unique_ptr<GatewayMqttClient> client_;  // last: destroyed before what its callbacks use
 };
 
 TEST_F(FailoverTest, StartsOnTheFirstCandidate) {

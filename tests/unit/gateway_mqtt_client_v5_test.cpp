@@ -5,62 +5,37 @@
 #include <gtest/gtest.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
-#include <stdlib.h>
 
-#include <filesystem>
 #include <optional>
 #include <sstream>
 
-#include "fakes/fake_flow_repository.h"
 #include "fakes/fake_mqtt_connection.h"
 #include "gateway/errors.h"
 #include "gateway/gateway_mqtt_client.h"
+#include "support/mqtt_client_fixture.h"
 
 namespace gateway {
 namespace {
 
-namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using testing::FakeFlowRepository;
-using testing::FakeFlowRepositoryView;
 using testing::FakeMqttConnection;
+using testing::MqttClientFixture;
 
-class GatewayMqttClientV5Test : public ::testing::Test {
+class GatewayMqttClientV5Test : public MqttClientFixture {
  protected:
-  GatewayMqttClientV5Test() {
-    std::string pattern = (fs::temp_directory_path() / "gw_client_v5_XXXXXX").string();
-    EXPECT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-    settings_.spool_dir = (dir_ / "spool").string();
-    settings_.mqtt_client_id = "gw-test";
-    settings_.mqtt_heartbeat_seconds = 0;
-    SpoolOptions so;
-    so.dir = settings_.spool_dir;
-    so.fsync = SpoolFsync::kNever;
-    spool_ = std::make_unique<Spool>(so, nullptr);
+  GatewayMqttClientV5Test() : MqttClientFixture("gw_client_v5_") {
     server_.id = 7;
     server_.host = "broker.example";
     server_.port = 8883;
-    Flow f;
-    f.id = 1;
-    f.code = "f1";
-    f.topic = "a/#";
-    f.action = "STORE_DB";
-    repo_.flows[1] = f;
+    add_flow(1, "a/#");
     log_->set_level(spdlog::level::debug);
-  }
-  ~GatewayMqttClientV5Test() override {
-    client_.reset();
-    spool_.reset();
-    fs::remove_all(dir_);
   }
 
   // Starts a client; the options of its (non-probe) connection land in options_.
   void start_client() {
     repo_.server = server_;
-    client_ = std::make_unique<GatewayMqttClient>(
-        settings_, [this] { return std::make_unique<FakeFlowRepositoryView>(repo_); }, flows_,
-        *spool_, metrics_,
+    client_ = make_client(
+        flows_,
         [this](const MqttConnectOptions& o, MqttHandlers h) {
           auto c = std::make_unique<FakeMqttConnection>(std::move(h));
           if (o.client_id.find("-probe-") != std::string::npos) return c;
@@ -78,20 +53,15 @@ class GatewayMqttClientV5Test : public ::testing::Test {
     return log_stream_.str();
   }
 
-  fs::path dir_;
-  Settings settings_;
   MqttServer server_;
-  FakeFlowRepository repo_;
-  std::unique_ptr<Spool> spool_;
   FlowTable flows_;
-  Metrics metrics_;
   std::ostringstream log_stream_;
   std::shared_ptr<spdlog::logger> log_ = std::make_shared<spdlog::logger>(
       "test", std::make_shared<spdlog::sinks::ostream_sink_mt>(log_stream_));
   std::optional<MqttConnectOptions> options_;
   std::string refuse_;
   FakeMqttConnection* connection_ = nullptr;
-  std::unique_ptr<GatewayMqttClient> client_;
+  std::unique_ptr<GatewayMqttClient> client_;  // last: destroyed before what its callbacks use
 };
 
 TEST_F(GatewayMqttClientV5Test, DefaultsConnectWithMqtt311AndNoClientCertificate) {

@@ -19,12 +19,14 @@
 #include "fakes/fake_http_poster.h"
 #include "fakes/shared_fake_database.h"
 #include "gateway/errors.h"
+#include "support/eventually.h"
 
 namespace gateway {
 namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using testing::eventually;
 using testing::FakeFlowRepository;
 using testing::FakeHttpPoster;
 using testing::SharedFakeConnection;
@@ -117,15 +119,6 @@ class PipelineTest : public ::testing::Test {
 
   std::size_t rejected() {
     return with_db([](FakeFlowRepository& r) { return r.rejections.size(); });
-  }
-
-  static bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds t = 10s) {
-    const auto until = std::chrono::steady_clock::now() + t;
-    while (!pred()) {
-      if (std::chrono::steady_clock::now() > until) return pred();
-      std::this_thread::sleep_for(2ms);
-    }
-    return true;
   }
 
   static std::vector<int> range(int first, int last) {

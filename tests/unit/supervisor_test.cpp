@@ -20,12 +20,14 @@
 #include "gateway/errors.h"
 #include "gateway/gateway_mqtt_client.h"
 #include "gateway/signal_mask.h"
+#include "support/eventually.h"
 
 namespace gateway {
 namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using testing::eventually;
 using testing::FakeFlowRepository;
 using testing::FakeMqttConnection;
 
@@ -157,15 +159,6 @@ class SupervisorTest : public ::testing::Test {
     std::string out;
     for (const std::string& line : log_lines_->last_formatted()) out += line;
     return out;
-  }
-
-  static bool eventually(const std::function<bool()>& pred) {
-    const auto until = std::chrono::steady_clock::now() + 10s;
-    while (!pred()) {
-      if (std::chrono::steady_clock::now() > until) return pred();
-      std::this_thread::sleep_for(5ms);
-    }
-    return true;
   }
 
   fs::path dir_;
