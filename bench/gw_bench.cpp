@@ -30,11 +30,11 @@
 // Single-threaded except for Paho's callback thread in `subscribe` (see Receiver) and httplib's
 // worker threads in `sink` (see PostLog).
 #include <cppconn/connection.h>
-#include <curl/curl.h>
 #include <cppconn/driver.h>
 #include <cppconn/exception.h>
 #include <cppconn/resultset.h>
 #include <cppconn/statement.h>
+#include <curl/curl.h>
 // The feature macros Debian's libcpp-httplib was built with (CMake passes them from its .pc
 // Cflags; repeated for standalone builds), so the library's and our httplib::Server agree.
 #ifndef CPPHTTPLIB_OPENSSL_SUPPORT
@@ -63,9 +63,9 @@
 #include <ctime>
 #include <deque>
 #include <fstream>
-#include <memory>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -990,8 +990,8 @@ int postceiling(const PostCeilingArgs& a) {
     curl_slist* headers = nullptr;
     for (const std::string& h :
          {std::string("Content-Type: application/json"), std::string("Expect:"),
-          "X-Gateway-Flow: " + a.flow, "X-Gateway-Msg-Id: " + id, std::string("X-Gateway-Topic: bench/1"),
-          "Idempotency-Key: " + a.flow + ":" + id}) {
+          "X-Gateway-Flow: " + a.flow, "X-Gateway-Msg-Id: " + id,
+          std::string("X-Gateway-Topic: bench/1"), "Idempotency-Key: " + a.flow + ":" + id}) {
       headers = curl_slist_append(headers, h.c_str());
     }
     CURL* e = easy.get();
@@ -1260,18 +1260,17 @@ int report(const std::string& path) {
     const bool ceiling = r.value("kind", "") == "post-ceiling";
     const double rate = r["rate"].get<double>();
     const auto base = post_baseline(r);
-    std::printf("%-22s %5s %8s %7s %7s %9s %11s %8s %8s %6s %5s %5s %11s %9s\n",
-                r.value("case", "?").c_str(), num(r["flows"], "%.0f").c_str(),
-                num(r["messages"], "%.0f").c_str(), num(r["publish_seconds"], "%.2f").c_str(),
-                num(r["seconds"], "%.2f").c_str(), num(r["rate"], "%.0f").c_str(),
-                outbox || ceiling ? ratio(rate, base).c_str() : "-",
-                num(r["p50_ms"], "%.2f").c_str(),
-                num(r["p99_ms"], "%.2f").c_str(), num(r["lost"], "%.0f").c_str(),
-                num(r["dup"], "%.0f").c_str(), num(r["order_violations"], "%.0f").c_str(),
-                num(r["cpu_us_per_msg"], "%.1f").c_str(),
-                r.value("peak_rss_mb", json()).is_null()
-                    ? "-"
-                    : (num(r["peak_rss_mb"], "%.1f") + " MB").c_str());
+    std::printf(
+        "%-22s %5s %8s %7s %7s %9s %11s %8s %8s %6s %5s %5s %11s %9s\n",
+        r.value("case", "?").c_str(), num(r["flows"], "%.0f").c_str(),
+        num(r["messages"], "%.0f").c_str(), num(r["publish_seconds"], "%.2f").c_str(),
+        num(r["seconds"], "%.2f").c_str(), num(r["rate"], "%.0f").c_str(),
+        outbox || ceiling ? ratio(rate, base).c_str() : "-", num(r["p50_ms"], "%.2f").c_str(),
+        num(r["p99_ms"], "%.2f").c_str(), num(r["lost"], "%.0f").c_str(),
+        num(r["dup"], "%.0f").c_str(), num(r["order_violations"], "%.0f").c_str(),
+        num(r["cpu_us_per_msg"], "%.1f").c_str(),
+        r.value("peak_rss_mb", json()).is_null() ? "-"
+                                                 : (num(r["peak_rss_mb"], "%.1f") + " MB").c_str());
     if ((outbox || ceiling) && base) {
       post_ratios += "  " + r.value("case", "?") + ": " + ratio(rate, base) +
                      " the inline baseline (" + num(rate, "%.0f") + " / " + num(*base, "%.0f") +

@@ -77,7 +77,10 @@ struct ClientIdCheck {
   std::chrono::milliseconds fresh{30000};    // a presence younger than this is a live gateway
   std::chrono::milliseconds wait{35000};     // start-up waits this long for it to go away
   std::chrono::milliseconds poll{5000};      // probing every this long
-  std::chrono::milliseconds answer{500};     // how long the probe waits for the retained message
+  // The probe's longest wait for the retained message: it normally ends much sooner, when the
+  // marker it publishes on the heartbeat topic after its SUBACK comes back (a retained message
+  // comes before it); this bound is for a broker that does not return the marker (an ACL).
+  std::chrono::milliseconds answer{500};
 };
 
 class GatewayMqttClient {

@@ -149,24 +149,34 @@ std::string GatewayMqttClient::probe_presence(const MqttConnectOptions& o) {
   std::mutex mu;
   std::condition_variable cv;
   std::optional<std::string> found;  // guarded by mu
+  bool marker_back = false;          // guarded by mu
   MqttHandlers h;
   const std::string topic = presence_topic();
+  // The heartbeat topic, which the gateway may already publish and subscribe to (ACLs).
+  const std::string marker = heartbeat_topic();
   h.message = [&](const MqttMessage& m) {
-    if (m.topic != topic) return;
+    if (m.topic != topic && m.topic != marker) return;
     {
       std::lock_guard lock(mu);
-      found = std::string(m.payload);
+      if (m.topic == topic) {
+        found = std::string(m.payload);
+      } else {
+        marker_back = true;
+      }
     }
     cv.notify_all();
   };
   auto probe = connect_(std::move(p), std::move(h));
   probe->connect();
-  probe->subscribe({topic}, true);
+  probe->subscribe({topic, marker}, true);
+  // A retained presence comes right after the SUBACK, so before anything this connection
+  // publishes later comes back: the marker's return means there is none, without waiting out
+  // `answer` (which still bounds the wait when the marker cannot come back: an ACL, say).
+  probe->publish(marker, "probe " + spool_.id(), 0, false);
   std::string payload;
   {
     std::unique_lock lock(mu);
-    // A retained message comes right after the SUBACK; none at all means nobody is there.
-    cv.wait_for(lock, client_id_check_.answer, [&] { return found.has_value(); });
+    cv.wait_for(lock, client_id_check_.answer, [&] { return found.has_value() || marker_back; });
     payload = found.value_or("");
   }
   probe->disconnect(std::chrono::seconds(2));

@@ -115,10 +115,22 @@ class FakeMqttConnection final : public MqttConnection {
     unsubscribe_packets_.push_back(filters);
     for (const auto& f : filters) broker_.erase(f);
   }
+  // From now on a publish to a topic this connection subscribed to (exact filters) comes back
+  // to its message handler, as a broker delivers to a subscribed publisher.
+  void echo_publishes() {
+    std::lock_guard lock(mu_);
+    echo_ = true;
+  }
   void publish(std::string_view topic, std::string_view payload, int, bool retain) override {
     std::unique_lock lock(mu_);
     wait_unblocked(lock);
     ++publishes_;
+    if (echo_ && broker_.count(std::string(topic))) {
+      const std::string t(topic), p(payload);
+      lock.unlock();
+      if (handlers.message) handlers.message(MqttMessage{t, p, 0, false, retain, 0});
+      lock.lock();
+    }
     if (!retain) return;
     if (payload.empty()) {
       retained_.erase(std::string(topic));
@@ -153,6 +165,7 @@ class FakeMqttConnection final : public MqttConnection {
   std::vector<std::vector<std::string>> subscribe_packets_;    // guarded by mu_
   std::vector<std::vector<std::string>> unsubscribe_packets_;  // guarded by mu_
   int publishes_ = 0;                                          // guarded by mu_
+  bool echo_ = false;                                          // guarded by mu_
   std::map<std::string, std::string> retained_;                // guarded by mu_
   std::set<std::string> refuse_;                               // guarded by mu_
 };

@@ -6,39 +6,27 @@
 #include <gtest/gtest.h>
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
-#include <stdlib.h>
 
-#include <filesystem>
 #include <future>
 #include <thread>
 
-#include "fakes/fake_flow_repository.h"
 #include "fakes/fake_mqtt_connection.h"
 #include "gateway/errors.h"
+#include "support/eventually.h"
+#include "support/mqtt_client_fixture.h"
 
 namespace gateway {
 namespace {
 
-namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using testing::FakeFlowRepository;
-using testing::FakeFlowRepositoryView;
+using testing::eventually;
 using testing::FakeMqttConnection;
+using testing::MqttClientFixture;
 
-class GatewayMqttClientTest : public ::testing::Test {
+class GatewayMqttClientTest : public MqttClientFixture {
  protected:
-  GatewayMqttClientTest() {
-    std::string pattern = (fs::temp_directory_path() / "gw_client_XXXXXX").string();
-    EXPECT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-    settings_.spool_dir = (dir_ / "spool").string();
-    settings_.mqtt_client_id = "gw-test";
-    settings_.mqtt_heartbeat_seconds = 0;
+  GatewayMqttClientTest() : MqttClientFixture("gw_client_") {
     settings_.flows_reload_interval_seconds = 3600;
-    SpoolOptions so;
-    so.dir = settings_.spool_dir;
-    so.fsync = SpoolFsync::kNever;
-    spool_ = std::make_unique<Spool>(so, nullptr);
     MqttServer server;
     server.host = "127.0.0.1";
     server.port = 1;
@@ -46,34 +34,20 @@ class GatewayMqttClientTest : public ::testing::Test {
     add_flow(1, "a/#");
     add_flow(2, "b/+");
   }
-  ~GatewayMqttClientTest() override {
-    client_.reset();
-    spool_.reset();
-    fs::remove_all(dir_);
-  }
-
-  void add_flow(std::int64_t id, const std::string& topic) {
-    Flow f;
-    f.id = id;
-    f.code = "f" + std::to_string(id);
-    f.topic = topic;
-    f.action = "STORE_DB";
-    repo_.flows[id] = f;
-  }
 
   // A new client (a gateway start) on the same spool directory and broker session.
   void start_client(bool session_present) {
     client_.reset();
     flows_ = std::make_unique<FlowTable>();
-    client_ = std::make_unique<GatewayMqttClient>(
-        settings_, [this] { return std::make_unique<FakeFlowRepositoryView>(repo_); }, *flows_,
-        *spool_, metrics_,
+    client_ = make_client(
+        *flows_,
         [this, session_present](const MqttConnectOptions& o, MqttHandlers h) {
           auto c = std::make_unique<FakeMqttConnection>(std::move(h));
           if (o.client_id.find("-probe-") != std::string::npos) {
             ++probes_;
             // The broker's retained presence, as the other gateway (or this one) left it.
             if (!presence_.empty()) c->set_retained("mqtt-gateway/presence/gw-test", presence_);
+            if (echo_probe_) c->echo_publishes();
             return c;
           }
           c->set_session_present(session_present);
@@ -85,26 +59,12 @@ class GatewayMqttClientTest : public ::testing::Test {
           connection_ = c.get();
           return c;
         },
-        log_, ClientIdCheck{10000ms, 30000ms, 300ms, 100ms, 200ms});
+        log_, check_);
     client_->start();
     broker_ = connection_->subscriptions();
   }
 
-  static bool eventually(const std::function<bool()>& pred) {
-    const auto until = std::chrono::steady_clock::now() + 10s;
-    while (!pred()) {
-      if (std::chrono::steady_clock::now() > until) return pred();
-      std::this_thread::sleep_for(5ms);
-    }
-    return true;
-  }
-
-  fs::path dir_;
-  Settings settings_;
-  FakeFlowRepository repo_;
-  std::unique_ptr<Spool> spool_;
   std::unique_ptr<FlowTable> flows_;
-  Metrics metrics_;
   std::shared_ptr<spdlog::logger> log_ =
       std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
   FakeMqttConnection* connection_ = nullptr;
@@ -112,7 +72,9 @@ class GatewayMqttClientTest : public ::testing::Test {
   std::string presence_;           // the retained presence a probe finds
   std::string refuse_on_connect_;  // a filter the broker refuses
   int probes_ = 0;
-  std::unique_ptr<GatewayMqttClient> client_;
+  bool echo_probe_ = false;  // the probe's publishes come back to it, as from a real broker
+  ClientIdCheck check_{10000ms, 30000ms, 300ms, 100ms, 200ms};
+  std::unique_ptr<GatewayMqttClient> client_;  // last: destroyed before what its callbacks use
 };
 
 TEST_F(GatewayMqttClientTest, FirstStartSubscribesToEveryFlowFilterInOnePacket) {
@@ -264,6 +226,30 @@ TEST_F(GatewayMqttClientTest, ClientIdInUseByAnotherLiveGatewayStopsStartUp) {
         << e.what();
   }
   EXPECT_GE(probes_, 2) << "it waited and probed again before giving up";
+  EXPECT_EQ(connection_, nullptr) << "never connected with the shared client id";
+}
+
+// The probe does not wait out ClientIdCheck::answer when nobody holds the client id: the marker
+// it publishes after its SUBACK comes back (after any retained presence would have), and that
+// ends the check. With a minute-long bound, the start would otherwise take a minute.
+TEST_F(GatewayMqttClientTest, ProbeEndsWhenItsMarkerComesBack) {
+  echo_probe_ = true;
+  check_.answer = 60s;
+  auto started = std::async(std::launch::async, [this] { start_client(false); });
+  ASSERT_EQ(started.wait_for(10s), std::future_status::ready) << "the probe waited for `answer`";
+  started.get();
+  EXPECT_EQ(probes_, 1);
+  EXPECT_NE(connection_, nullptr);
+}
+
+// ... and a live gateway's retained presence, which comes before the marker, still stops it.
+TEST_F(GatewayMqttClientTest, ProbeWithMarkerStillFindsALivePresence) {
+  echo_probe_ = true;
+  check_.answer = 60s;
+  presence_ = "0123456789abcdef0123456789abcdef " + std::to_string(unix_now_ms());
+  auto started = std::async(std::launch::async, [this] { start_client(false); });
+  ASSERT_EQ(started.wait_for(10s), std::future_status::ready) << "the probe waited for `answer`";
+  EXPECT_THROW(started.get(), ConfigError);
   EXPECT_EQ(connection_, nullptr) << "never connected with the shared client id";
 }
 
