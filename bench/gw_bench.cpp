@@ -949,9 +949,13 @@ int sink(const SinkArgs& a) {
   r["repeated_keys"] = order.repeated_keys;
   r["msg_id_gaps"] = order.msg_id_gaps;
   r["missing_headers"] = order.missing_headers;
-  r["cpu_us_per_msg"] =
-      cpu && t.unique ? json(static_cast<double>(*cpu) / static_cast<double>(t.unique)) : json();
-  r["peak_rss_mb"] = rss ? json(static_cast<double>(*rss) / 1024.0) : json();
+  // Not for the POST ceiling: its client exits after the last POST, so /proc may or may not
+  // still have it.
+  const bool measured = a.kind != "post-ceiling";
+  r["cpu_us_per_msg"] = measured && cpu && t.unique
+                            ? json(static_cast<double>(*cpu) / static_cast<double>(t.unique))
+                            : json();
+  r["peak_rss_mb"] = measured && rss ? json(static_cast<double>(*rss) / 1024.0) : json();
   std::cout << r.dump() << std::endl;
   std::fprintf(stderr, "sink: %s\n", r.dump().c_str());
   return 0;

@@ -488,7 +488,7 @@ post_backlog_case() {
 # post_ceiling_case NAME: the POST ceiling. `gw-bench postceiling` sends BENCH_POST_COUNT POSTs
 # like the gateway's, one after the other on one kept-alive connection, to the same sink: what
 # one ordered flow can get through one connection with nothing else to do (no MQTT, database or
-# spool). The sink measures it from the client's launch, with the client's CPU.
+# spool). The sink measures it from the client's launch (not its CPU: the client has exited).
 post_ceiling_case() {
   local name="$1"
   foreign_load "$name"

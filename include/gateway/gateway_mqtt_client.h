@@ -77,10 +77,11 @@ struct ClientIdCheck {
   std::chrono::milliseconds fresh{30000};    // a presence younger than this is a live gateway
   std::chrono::milliseconds wait{35000};     // start-up waits this long for it to go away
   std::chrono::milliseconds poll{5000};      // probing every this long
-  // The probe's longest wait for the retained message: it normally ends much sooner, when the
-  // marker it publishes on the heartbeat topic after its SUBACK comes back (a retained message
-  // comes before it); this bound is for a broker that does not return the marker (an ACL).
+  // The probe's longest wait for the retained message. With the heartbeat on, the probe
+  // publishes a marker on the heartbeat topic after its SUBACK; once that comes back it waits
+  // only `grace` more (a broker may send a retained message a little after live ones).
   std::chrono::milliseconds answer{500};
+  std::chrono::milliseconds grace{150};
 };
 
 class GatewayMqttClient {

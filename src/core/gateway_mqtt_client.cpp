@@ -152,10 +152,12 @@ std::string GatewayMqttClient::probe_presence(const MqttConnectOptions& o) {
   bool marker_back = false;          // guarded by mu
   MqttHandlers h;
   const std::string topic = presence_topic();
-  // The heartbeat topic, which the gateway may already publish and subscribe to (ACLs).
+  // The marker goes to the heartbeat topic, which a gateway with the heartbeat on already
+  // publishes and subscribes to (so ACLs allow it); with the heartbeat off there is no marker.
+  const bool with_marker = settings_.mqtt_heartbeat_seconds > 0;
   const std::string marker = heartbeat_topic();
   h.message = [&](const MqttMessage& m) {
-    if (m.topic != topic && m.topic != marker) return;
+    if (m.topic != topic && !(with_marker && m.topic == marker)) return;
     {
       std::lock_guard lock(mu);
       if (m.topic == topic) {
@@ -168,15 +170,30 @@ std::string GatewayMqttClient::probe_presence(const MqttConnectOptions& o) {
   };
   auto probe = connect_(std::move(p), std::move(h));
   probe->connect();
-  probe->subscribe({topic, marker}, true);
-  // A retained presence comes right after the SUBACK, so before anything this connection
-  // publishes later comes back: the marker's return means there is none, without waiting out
-  // `answer` (which still bounds the wait when the marker cannot come back: an ACL, say).
-  probe->publish(marker, "probe " + spool_.id(), 0, false);
+  std::vector<std::string> filters{topic};
+  if (with_marker) filters.push_back(marker);
+  const std::vector<SubscribeRefusal> refused = probe->subscribe(filters, true);
+  for (const SubscribeRefusal& r : refused) {
+    if (r.filter != topic) continue;
+    log_->error(
+        "the broker refused the subscription to {} ({}): cannot check that no other running "
+        "gateway uses MQTT_CLIENT_ID '{}' (each instance needs its own)",
+        topic, r.reason, settings_.mqtt_client_id);
+    probe->disconnect(std::chrono::seconds(2));
+    return {};
+  }
+  // Brokers send a retained presence right after the SUBACK, mostly before anything published
+  // later on this connection comes back; some queue retained messages apart from live ones, so
+  // the marker's return only shortens the wait to `grace`. Without the marker (no heartbeat,
+  // an ACL, a refused subscription) the wait is `answer`.
+  if (with_marker && refused.empty()) probe->publish(marker, "probe " + spool_.id(), 0, false);
   std::string payload;
   {
     std::unique_lock lock(mu);
     cv.wait_for(lock, client_id_check_.answer, [&] { return found.has_value() || marker_back; });
+    if (!found && marker_back) {
+      cv.wait_for(lock, client_id_check_.grace, [&] { return found.has_value(); });
+    }
     payload = found.value_or("");
   }
   probe->disconnect(std::chrono::seconds(2));

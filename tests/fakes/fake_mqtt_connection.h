@@ -9,6 +9,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gateway/errors.h"
@@ -63,6 +64,10 @@ class FakeMqttConnection final : public MqttConnection {
     broker_.clear();
   }
 
+  ~FakeMqttConnection() override {
+    if (late_thread_.joinable()) late_thread_.join();
+  }
+
   bool connect() override {
     std::lock_guard lock(mu_);
     connected_ = true;
@@ -85,6 +90,10 @@ class FakeMqttConnection final : public MqttConnection {
       }
       for (const auto& f : filters) {
         if (auto it = retained_.find(f); it != retained_.end()) resend.emplace_back(f, it->second);
+      }
+      if (retained_late_) {
+        late_.insert(late_.end(), resend.begin(), resend.end());
+        resend.clear();
       }
     }
     // Like a broker: the retained message of an exact filter, with RETAIN set, after the SUBACK.
@@ -121,14 +130,30 @@ class FakeMqttConnection final : public MqttConnection {
     std::lock_guard lock(mu_);
     echo_ = true;
   }
+  // Retained messages for a SUBSCRIBE come only after the next echoed publish (20 ms later, from
+  // another thread), as from a broker that sends them apart from live messages.
+  void send_retained_late() {
+    std::lock_guard lock(mu_);
+    retained_late_ = true;
+  }
   void publish(std::string_view topic, std::string_view payload, int, bool retain) override {
     std::unique_lock lock(mu_);
     wait_unblocked(lock);
     ++publishes_;
     if (echo_ && broker_.count(std::string(topic))) {
       const std::string t(topic), p(payload);
+      std::vector<std::pair<std::string, std::string>> late;
+      late.swap(late_);
       lock.unlock();
       if (handlers.message) handlers.message(MqttMessage{t, p, 0, false, retain, 0});
+      if (!late.empty() && handlers.message) {
+        if (late_thread_.joinable()) late_thread_.join();
+        late_thread_ = std::thread([this, late] {
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          for (const auto& [lt, lp] : late)
+            handlers.message(MqttMessage{lt, lp, 0, false, true, 1});
+        });
+      }
       lock.lock();
     }
     if (!retain) return;
@@ -144,6 +169,7 @@ class FakeMqttConnection final : public MqttConnection {
     return connected_;
   }
   void disconnect(std::chrono::milliseconds) override {
+    if (late_thread_.joinable()) late_thread_.join();  // no callbacks after disconnect()
     std::lock_guard lock(mu_);
     connected_ = false;
     blocked_ = false;
@@ -166,8 +192,11 @@ class FakeMqttConnection final : public MqttConnection {
   std::vector<std::vector<std::string>> unsubscribe_packets_;  // guarded by mu_
   int publishes_ = 0;                                          // guarded by mu_
   bool echo_ = false;                                          // guarded by mu_
-  std::map<std::string, std::string> retained_;                // guarded by mu_
-  std::set<std::string> refuse_;                               // guarded by mu_
+  bool retained_late_ = false;                                 // guarded by mu_
+  std::vector<std::pair<std::string, std::string>> late_;      // guarded by mu_
+  std::thread late_thread_;  // delivers late_ (send_retained_late); joined by disconnect()
+  std::map<std::string, std::string> retained_;  // guarded by mu_
+  std::set<std::string> refuse_;                 // guarded by mu_
 };
 
 }  // namespace gateway::testing

@@ -48,6 +48,7 @@ class GatewayMqttClientTest : public MqttClientFixture {
             // The broker's retained presence, as the other gateway (or this one) left it.
             if (!presence_.empty()) c->set_retained("mqtt-gateway/presence/gw-test", presence_);
             if (echo_probe_) c->echo_publishes();
+            if (late_retained_) c->send_retained_late();
             return c;
           }
           c->set_session_present(session_present);
@@ -72,7 +73,8 @@ class GatewayMqttClientTest : public MqttClientFixture {
   std::string presence_;           // the retained presence a probe finds
   std::string refuse_on_connect_;  // a filter the broker refuses
   int probes_ = 0;
-  bool echo_probe_ = false;  // the probe's publishes come back to it, as from a real broker
+  bool echo_probe_ = false;     // the probe's publishes come back to it, as from a real broker
+  bool late_retained_ = false;  // ... and the retained presence only after them
   ClientIdCheck check_{10000ms, 30000ms, 300ms, 100ms, 200ms};
   std::unique_ptr<GatewayMqttClient> client_;  // last: destroyed before what its callbacks use
 };
@@ -229,10 +231,11 @@ TEST_F(GatewayMqttClientTest, ClientIdInUseByAnotherLiveGatewayStopsStartUp) {
   EXPECT_EQ(connection_, nullptr) << "never connected with the shared client id";
 }
 
-// The probe does not wait out ClientIdCheck::answer when nobody holds the client id: the marker
-// it publishes after its SUBACK comes back (after any retained presence would have), and that
-// ends the check. With a minute-long bound, the start would otherwise take a minute.
-TEST_F(GatewayMqttClientTest, ProbeEndsWhenItsMarkerComesBack) {
+// With the heartbeat on, the probe does not wait out ClientIdCheck::answer when nobody holds the
+// client id: the marker it publishes on the heartbeat topic after its SUBACK comes back, and the
+// check ends `grace` later. With a minute-long `answer`, the start would otherwise take a minute.
+TEST_F(GatewayMqttClientTest, ProbeEndsSoonAfterItsMarkerComesBack) {
+  settings_.mqtt_heartbeat_seconds = 15;
   echo_probe_ = true;
   check_.answer = 60s;
   auto started = std::async(std::launch::async, [this] { start_client(false); });
@@ -242,9 +245,24 @@ TEST_F(GatewayMqttClientTest, ProbeEndsWhenItsMarkerComesBack) {
   EXPECT_NE(connection_, nullptr);
 }
 
-// ... and a live gateway's retained presence, which comes before the marker, still stops it.
+// A live gateway's retained presence stops the start whether it comes before the marker ...
 TEST_F(GatewayMqttClientTest, ProbeWithMarkerStillFindsALivePresence) {
+  settings_.mqtt_heartbeat_seconds = 15;
   echo_probe_ = true;
+  check_.answer = 60s;
+  presence_ = "0123456789abcdef0123456789abcdef " + std::to_string(unix_now_ms());
+  auto started = std::async(std::launch::async, [this] { start_client(false); });
+  ASSERT_EQ(started.wait_for(10s), std::future_status::ready) << "the probe waited for `answer`";
+  EXPECT_THROW(started.get(), ConfigError);
+  EXPECT_EQ(connection_, nullptr) << "never connected with the shared client id";
+}
+
+// ... or right after it (a broker that sends retained messages apart from live ones): the probe
+// waits `grace` after its marker.
+TEST_F(GatewayMqttClientTest, ProbeWaitsGraceForARetainedPresenceAfterItsMarker) {
+  settings_.mqtt_heartbeat_seconds = 15;
+  echo_probe_ = true;
+  late_retained_ = true;
   check_.answer = 60s;
   presence_ = "0123456789abcdef0123456789abcdef " + std::to_string(unix_now_ms());
   auto started = std::async(std::launch::async, [this] { start_client(false); });
