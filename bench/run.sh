@@ -250,6 +250,21 @@ foreign_load() {
     --exclude-pid "$(<"$RUN/mosquitto/server.pid")" >>"$RESULTS"
 }
 
+# A backlog drain: N queued by the broker for the gateway's persistent session while it was
+# stopped, measured from the gateway's launch (start-up included).
+gateway_backlog() { # CASE KIND [extra gw-bench collect options]
+  foreign_load "$1"
+  new_case "$1"
+  start_gateway # creates the persistent session and its subscription
+  stop_gateway
+  publish "$N"
+  local t0
+  t0=$(date +%s%6N)
+  start_gateway
+  collect "$1" "$2" backlog "$N" --t0-us "$t0" --cpu-from-start "${@:3}"
+  stop_gateway
+}
+
 # ------------------------------------------------------------------------------------------ cases
 
 if want ceiling; then
@@ -293,15 +308,7 @@ if want backlog; then
   timeout 600 "$BENCH" subscribe --port "$MQTT_PORT" --filter "$CASE_PREFIX/#" --client-id "ceil-backlog-$ID" \
     --persistent --from-connect --count "$N" --case ceiling-backlog --mode backlog >>"$RESULTS"
 
-  foreign_load gateway-backlog
-  new_case gateway-backlog
-  start_gateway # creates the persistent session and its subscription
-  stop_gateway
-  publish "$N"
-  T0=$(date +%s%6N)
-  start_gateway
-  collect gateway-backlog gateway backlog "$N" --t0-us "$T0" --cpu-from-start
-  stop_gateway
+  gateway_backlog gateway-backlog gateway
 fi
 
 # The database ceiling (issue 11): the rows gateway-backlog stores (same schema, same topic,
@@ -325,15 +332,7 @@ if want table; then
   start_gateway
   gateway_burst table table "$N" --table bench_rows
   stop_gateway
-  foreign_load table-backlog
-  new_case table-backlog
-  start_gateway # creates the persistent session and its subscription
-  stop_gateway
-  publish "$N"
-  T0=$(date +%s%6N)
-  start_gateway
-  collect table-backlog table backlog "$N" --t0-us "$T0" --cpu-from-start --table bench_rows
-  stop_gateway
+  gateway_backlog table-backlog table --table bench_rows
   TABLE_FLOWS=""
 fi
 
