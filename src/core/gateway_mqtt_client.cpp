@@ -156,8 +156,10 @@ std::string GatewayMqttClient::probe_presence(const MqttConnectOptions& o) {
   // publishes and subscribes to (so ACLs allow it); with the heartbeat off there is no marker.
   const bool with_marker = settings_.mqtt_heartbeat_seconds > 0;
   const std::string marker = heartbeat_topic();
+  const std::string marker_payload = "probe " + spool_.id();  // ours, not another probe's
   h.message = [&](const MqttMessage& m) {
-    if (m.topic != topic && !(with_marker && m.topic == marker)) return;
+    const bool ours = with_marker && m.topic == marker && m.payload == marker_payload;
+    if (m.topic != topic && !ours) return;
     {
       std::lock_guard lock(mu);
       if (m.topic == topic) {
@@ -186,7 +188,7 @@ std::string GatewayMqttClient::probe_presence(const MqttConnectOptions& o) {
   // later on this connection comes back; some queue retained messages apart from live ones, so
   // the marker's return only shortens the wait to `grace`. Without the marker (no heartbeat,
   // an ACL, a refused subscription) the wait is `answer`.
-  if (with_marker && refused.empty()) probe->publish(marker, "probe " + spool_.id(), 0, false);
+  if (with_marker && refused.empty()) probe->publish(marker, marker_payload, 0, false);
   std::string payload;
   {
     std::unique_lock lock(mu);
