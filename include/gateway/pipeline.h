@@ -41,6 +41,7 @@
 
 #include "gateway/backoff.h"
 #include "gateway/flow_repository.h"
+#include "gateway/flow_starts.h"
 #include "gateway/flow_table.h"
 #include "gateway/http_poster.h"
 #include "gateway/metrics.h"
@@ -73,6 +74,9 @@ struct PipelineOptions {
   std::chrono::milliseconds retry_max{30000};    // DB_RETRY_MAX_SECONDS
   // Per-thread set-up around each worker's life (the MySQL driver's thread state); may be empty.
   std::function<std::shared_ptr<void>()> thread_scope;
+  // From which record on each flow is routed (flow_starts.h), so that the records an earlier run
+  // left in the spool are routed as they were then. Null: by the flows of the day (tests).
+  FlowStarts* flow_starts = nullptr;
 };
 
 class Pipeline {
@@ -102,6 +106,9 @@ class Pipeline {
     bool busy = false;       // a worker holds a batch of this flow
     bool queued = false;     // in ready_
     bool lingering = false;  // its worker waits for a fuller batch (linger_cv_)
+    // Its last group transaction found a row busy: its next batch has a transaction of its own,
+    // so that it neither waits behind another flow's locked row nor bounces between groups.
+    bool alone = false;
     // Held: the last attempt failed for a reason that is not the message's; no worker takes the
     // flow before retry_at.
     bool held = false;
@@ -131,6 +138,7 @@ class Pipeline {
     std::size_t committed = 0;
     std::optional<std::string> held;
     bool by_connection = false;
+    bool requeue = false;  // not run: the batch goes back to the front of its flow's queue
   };
 
   void dispatch_loop();
@@ -162,7 +170,17 @@ class Pipeline {
   void account(const BatchResult& r, std::size_t batch_size);
   // Re-reads up to max_batch parked messages of a flow from the spool into `batch`. Called with
   // the flow busy, without mu_.
-  using Epochs = std::vector<std::pair<std::uint64_t, std::shared_ptr<const FlowSnapshot>>>;
+  // The routing table the dispatcher used from one seq on, with the flows' starts.
+  struct RoutingEpoch {
+    std::shared_ptr<const FlowSnapshot> flows;
+    std::shared_ptr<const FlowStarts::Starts> starts;  // null without options_.flow_starts
+    // The flows the record `seq` on `topic` goes to, in `out`.
+    void route(std::uint64_t seq, std::string_view topic, std::vector<std::int64_t>& out) const {
+      flows->match(topic, out);
+      if (starts) starts->filter(seq, out);
+    }
+  };
+  using Epochs = std::vector<std::pair<std::uint64_t, RoutingEpoch>>;
   void refill(std::int64_t flow_id, FlowQueue& q, std::uint64_t from, std::uint64_t below,
               const Epochs& epochs, std::vector<MessagePtr>& batch);
   // The worker's bookkeeping once a batch ended. Requires mu_.
@@ -179,6 +197,10 @@ class Pipeline {
   void publish_gauges_locked();
   void release_spool();
   std::string flow_name(std::int64_t flow_id) const;
+  // The routing for `snapshot` from record `next_seq` on, its flow starts persisted first (an
+  // I/O error is retried: the records wait in the spool). std::nullopt once stopping.
+  std::optional<RoutingEpoch> routing_for(std::shared_ptr<const FlowSnapshot> snapshot,
+                                          std::uint64_t next_seq);
   // The routed record as a message, its payload parsed once.
   MessagePtr to_message(SpoolRecord&& record) const;
   // The record as a message without parsing (for messages no flow takes: kNoFlow).
@@ -209,10 +231,10 @@ class Pipeline {
   // The routing table the dispatcher used from each seq on: a parked flow re-reads exactly the
   // messages that were routed to it, even if the flows changed since. Pruned below the spool's
   // release point.
-  std::map<std::uint64_t, std::shared_ptr<const FlowSnapshot>> epochs_;  // guarded by mu_
-  std::size_t in_flight_bytes_ = 0;                                      // guarded by mu_
-  std::uint64_t next_seq_ = 0;  // guarded by mu_; after the last read record
-  bool stopping_ = false;       // guarded by mu_
+  std::map<std::uint64_t, RoutingEpoch> epochs_;  // guarded by mu_
+  std::size_t in_flight_bytes_ = 0;               // guarded by mu_
+  std::uint64_t next_seq_ = 0;                    // guarded by mu_; after the last read record
+  bool stopping_ = false;                         // guarded by mu_
 
   bool spool_read_failing_ = false;  // dispatcher thread only
   std::thread dispatcher_;

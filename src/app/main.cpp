@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 
@@ -24,6 +25,7 @@
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
 #include "gateway/flow_cache.h"
+#include "gateway/flow_starts.h"
 #include "gateway/gateway_mqtt_client.h"
 #include "gateway/logging.h"
 #include "gateway/pid_file.h"
@@ -254,9 +256,23 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
     client.reload_flows();
     metrics.db_connected = true;
   }
+  // Read before anything is appended: records below the spool's next seq are earlier runs'.
+  std::optional<FlowStarts> flow_starts;
+  try {
+    flow_starts.emplace(settings.spool_dir, spool.stats().next_seq);
+  } catch (const Error& e) {
+    log->warn("{}; starting without it: the records already in the spool go to today's flows",
+              e.what());
+    std::error_code ignored;
+    std::filesystem::remove(std::filesystem::path(settings.spool_dir) / FlowStarts::kFileName,
+                            ignored);
+    flow_starts.emplace(settings.spool_dir, spool.stats().next_seq);
+  }
+  PipelineOptions pipeline_opts = pipeline_options(settings);
+  pipeline_opts.flow_starts = &*flow_starts;
   Pipeline pipeline(
       spool, flows, repositories, [] { return std::make_unique<CurlHttpPoster>(); },
-      pipeline_options(settings), metrics, logging.get("pipeline"));
+      std::move(pipeline_opts), metrics, logging.get("pipeline"));
   pipeline.start();
   // Always, also with HTTP_DELIVERY=inline: rows an earlier outbox run left in the outbox are
   // delivered, never stranded.

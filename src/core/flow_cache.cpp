@@ -1,15 +1,12 @@
 #include "gateway/flow_cache.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 
+#include "gateway/atomic_file.h"
 #include "gateway/errors.h"
 
 namespace gateway {
@@ -27,20 +24,6 @@ std::optional<std::string> opt_string(const nlohmann::json& j, const char* key) 
 }
 
 std::string errno_text(int err) { return std::strerror(err); }
-
-// Writes all of `data` to `fd`. Returns 0 or the errno.
-int write_all(int fd, const std::string& data) {
-  std::size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  return 0;
-}
 
 }  // namespace
 
@@ -112,31 +95,8 @@ void FlowCache::save(const FlowCacheContents& c) const {
                          {"servers", c.servers},   {"flows", c.flows}};
   // error_handler replace: a flow text with invalid UTF-8 must not make the copy unwritable.
   const std::string text = j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  const std::string temp = path_.string() + ".tmp";
-  const auto fail = [&](const std::string& what, int err) {
-    ::unlink(temp.c_str());
-    throw Error("flow cache " + path_.string() + ": " + what + ": " + errno_text(err));
-  };
-  // 0600 from the start (O_CREAT mode), and again with fchmod for a temp file left by a crash.
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) fail("cannot create " + temp, errno);
-  int err = ::fchmod(fd, 0600) == 0 ? 0 : errno;
-  if (err == 0) err = write_all(fd, text);
-  if (err == 0 && ::fsync(fd) != 0) err = errno;
-  if (::close(fd) != 0 && err == 0) err = errno;
-  if (err != 0) fail("cannot write " + temp, err);
-  if (::rename(temp.c_str(), path_.c_str()) != 0) fail("cannot rename " + temp, errno);
-  // The rename itself must survive a power loss too.
-  const auto dir = path_.parent_path().empty() ? std::filesystem::path(".") : path_.parent_path();
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0)
-    throw Error("flow cache " + path_.string() +
-                ": cannot open its directory: " + errno_text(errno));
-  err = ::fsync(dfd) == 0 ? 0 : errno;
-  ::close(dfd);
-  if (err != 0) {
-    throw Error("flow cache " + path_.string() + ": cannot sync its directory: " + errno_text(err));
-  }
+  // 0600: it holds the brokers' passwords.
+  replace_file_atomically(path_, text, 0600, "flow cache");
 }
 
 std::optional<FlowCacheContents> FlowCache::load() const {

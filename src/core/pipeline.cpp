@@ -113,6 +113,27 @@ std::optional<SpoolRecord> Pipeline::read_spool(std::chrono::milliseconds timeou
   }
 }
 
+std::optional<Pipeline::RoutingEpoch> Pipeline::routing_for(
+    std::shared_ptr<const FlowSnapshot> snapshot, std::uint64_t next_seq) {
+  if (!options_.flow_starts) return RoutingEpoch{std::move(snapshot), nullptr};
+  for (bool failing = false;;) {
+    try {
+      auto starts = options_.flow_starts->update(*snapshot, next_seq);
+      if (failing) log_->info("flow starts written; routing goes on");
+      return RoutingEpoch{std::move(snapshot), std::move(starts)};
+    } catch (const std::exception& e) {
+      if (!std::exchange(failing, true)) {
+        log_->error("{}; routing waits until it can be written", e.what());
+      }
+    }
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return std::nullopt;
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
 void Pipeline::dispatch_loop() {
   // Under load the dispatcher takes records in groups: one wake-up and one lock per group
   // instead of per message (a context switch per message cost more CPU than the message).
@@ -129,6 +150,7 @@ void Pipeline::dispatch_loop() {
     std::vector<std::int64_t> flows;
   };
   std::vector<Routed> group;
+  RoutingEpoch routing;  // the current snapshot's
   auto last_release = Clock::now();
   for (;;) {
     std::size_t room;
@@ -159,10 +181,14 @@ void Pipeline::dispatch_loop() {
       last_release = Clock::now();
     }
     group.clear();
-    const auto snapshot = flows_.snapshot();
+    if (auto snapshot = flows_.snapshot(); record && snapshot != routing.flows) {
+      auto next = routing_for(std::move(snapshot), record->seq);
+      if (!next) return;  // stopping: the record stays in the spool
+      routing = std::move(*next);
+    }
     while (record) {
       Routed r{record->seq, nullptr, {}};
-      snapshot->match(record->topic, r.flows);
+      routing.route(record->seq, record->topic, r.flows);
       if (r.flows.empty()) {
         // We subscribe only to flows' filters: its flow was disabled, removed or re-topicked
         // after it arrived. It becomes a dead letter (never dropped silently).
@@ -183,8 +209,8 @@ void Pipeline::dispatch_loop() {
     if (group.empty()) continue;
 
     std::lock_guard lock(mu_);
-    if (epochs_.empty() || epochs_.rbegin()->second != snapshot) {
-      epochs_.emplace(group.front().seq, snapshot);
+    if (epochs_.empty() || epochs_.rbegin()->second.flows != routing.flows) {
+      epochs_.emplace(group.front().seq, routing);
     }
     next_seq_ = group.back().seq + 1;
     for (Routed& r : group) {
@@ -266,7 +292,7 @@ void Pipeline::refill(std::int64_t flow_id, FlowQueue& q, std::uint64_t from, st
     if (!record) return;
     // Routed again exactly as the dispatcher routed it then, not by today's flows.
     while (epoch + 1 < epochs.size() && epochs[epoch + 1].first <= record->seq) ++epoch;
-    epochs[epoch].second->match(record->topic, matched);
+    epochs[epoch].second.route(record->seq, record->topic, matched);
     if (flow_id == kNoFlow) {
       if (matched.empty()) batch.push_back(unparsed_message(std::move(*record)));
       continue;
@@ -328,7 +354,8 @@ void Pipeline::worker_loop(std::size_t index) {
       batch.push_back(std::move(q.pending.front()));
       q.pending.pop_front();
     }
-    if (!batch.empty() && batch.size() < options_.max_batch && flow_id != kNoFlow &&
+    const bool alone = std::exchange(q.alone, false);
+    if (!batch.empty() && batch.size() < options_.max_batch && flow_id != kNoFlow && !alone &&
         options_.max_group_flows > 1 && !options_.processor.post_inline && !ready_.empty()) {
       // A short run while other flows wait too: one transaction for all of them.
       std::vector<Member> members;
@@ -403,6 +430,13 @@ void Pipeline::worker_loop(std::size_t index) {
 void Pipeline::settle_locked(std::int64_t flow_id, FlowQueue& q,
                              const std::vector<MessagePtr>& batch, const BatchOutcome& outcome) {
   q.busy = false;
+  if (outcome.requeue) {
+    // Still in flight, in order: the next worker that takes the flow runs it alone.
+    for (auto it = batch.rbegin(); it != batch.rend(); ++it) q.pending.push_front(*it);
+    q.alone = true;
+    make_ready_locked(flow_id, q);
+    return;
+  }
   if (outcome.held) {
     const std::size_t uncommitted = batch.size() - outcome.committed;
     hold_locked(flow_id, q, *outcome.held, outcome.by_connection,
@@ -525,7 +559,7 @@ void Pipeline::take_group_locked(std::size_t taken, std::vector<Member>& members
        ++looked) {
     const std::int64_t id = *it;
     FlowQueue& o = queues_[id];
-    if (id == kNoFlow || o.held || o.parked_from != 0 || o.pending.empty()) {
+    if (id == kNoFlow || o.held || o.alone || o.parked_from != 0 || o.pending.empty()) {
       ++it;
       continue;
     }
@@ -597,6 +631,13 @@ void Pipeline::run_group(std::vector<Member>& members, Worker& w) {
       metrics_.db_errors.fetch_add(1, std::memory_order_relaxed);
     } else {
       drop_session(w, e, false);
+    }
+    if (busy) {
+      // One of the flows' rows is locked elsewhere, maybe for innodb_lock_wait_timeout: give
+      // them all back to run alone, so that the others do not wait here behind the locked one
+      // (which then holds one worker, not the whole group).
+      for (Member& m : members) m.outcome.requeue = true;
+      return;
     }
   }
   for (Member& m : members) {

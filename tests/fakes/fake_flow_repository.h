@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -65,6 +66,8 @@ class FakeFlowRepository final : public FlowRepository {
   std::function<void()> fail_next_commit;
   // Persistent faults: called on every call of that kind (may throw) until reset.
   std::function<void(std::int64_t flow_id)> on_lock;
+  // Before a group transaction locks its rows (may throw, as NOWAIT on a busy row does).
+  std::function<void(std::span<const std::int64_t> ids)> on_lock_group;
   std::function<void(const DataRecord&)> on_insert_record;
   std::function<void(const RejectedMessage&)> on_insert_rejected;
   std::function<void()> on_commit;  // every commit, before it takes effect (may throw)
@@ -120,6 +123,7 @@ class FakeFlowRepository final : public FlowRepository {
                                                    std::string_view spool_id) override {
     fire(fail_next_lock);
     groups.emplace_back(ids.begin(), ids.end());
+    if (on_lock_group) on_lock_group(ids);
     auto group = std::make_unique<Group>(*this);
     for (std::int64_t id : ids) {
       if (on_lock) on_lock(id);

@@ -3,6 +3,7 @@
 // can read it meanwhile (with_db-style, under the same mutex).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -13,6 +14,9 @@ namespace gateway::testing {
 struct SharedFakeDatabase {
   std::mutex mu;
   FakeFlowRepository repo;  // guarded by mu
+  // Called by lock_flow() before it takes `mu`: a wait for a row another session holds, during
+  // which the other connections go on. Set before the connections are used.
+  std::function<void(std::int64_t flow_id)> row_lock_wait;
 };
 
 // One connection to a SharedFakeDatabase.
@@ -42,6 +46,7 @@ class SharedFakeConnection final : public FlowRepository {
   }
   std::unique_ptr<FlowTransaction> lock_flow(std::int64_t flow_id,
                                              std::string_view spool_id) override {
+    if (db_.row_lock_wait) db_.row_lock_wait(flow_id);
     std::unique_lock lock(db_.mu);
     auto tx = db_.repo.lock_flow(flow_id, spool_id);
     if (!tx) return nullptr;

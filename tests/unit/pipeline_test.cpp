@@ -8,11 +8,14 @@
 #include <spdlog/spdlog.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <deque>
 #include <filesystem>
 #include <mutex>
 #include <set>
+#include <span>
 #include <thread>
 
 #include "fakes/fake_flow_repository.h"
@@ -584,6 +587,45 @@ TEST_F(PipelineGroupTest, BusyRowInAGroupKeepsTheConnection) {
   for (int i = 3; i < 3 + kFlows; ++i) EXPECT_EQ(stored(i), expected(i)) << "flow " << i;
   EXPECT_EQ(with_db([this](FakeFlowRepository&) { return db_.connects; }), 1);
   EXPECT_EQ(metrics_.flows_held.load(), 0u);
+}
+
+// A group that finds one flow's row locked elsewhere (NOWAIT: 1205 at once) runs that flow alone,
+// where it waits for the lock, and gives the others back: they are stored by another worker
+// meanwhile, not behind the locked one.
+TEST_F(PipelineGroupTest, FlowsOfABusyGroupDoNotWaitBehindTheLockedRow) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool released = false;
+  db_.repo.on_lock_group = [](std::span<const std::int64_t> ids) {
+    if (std::find(ids.begin(), ids.end(), 3) != ids.end()) {
+      throw DbRefused("Lock wait timeout exceeded; try restarting transaction (MySQL error 1205)",
+                      1205);
+    }
+  };
+  db_.row_lock_wait = [&](std::int64_t flow_id) {
+    if (flow_id != 3) return;
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, 20s, [&] { return released; });  // the row lock, held elsewhere
+  };
+  publish_round_robin();
+  PipelineOptions o = one_worker();
+  o.workers = 2;
+  start(std::move(o));
+  const auto others_stored = [&] {
+    for (int i = 4; i < 3 + kFlows; ++i) {
+      if (stored(i).size() < static_cast<std::size_t>(kEach)) return false;
+    }
+    return true;
+  };
+  EXPECT_TRUE(eventually(others_stored, 10s)) << "the other flows waited behind flow 3's row";
+  EXPECT_TRUE(stored(3).empty());
+  {
+    std::lock_guard lock(mu);
+    released = true;
+  }
+  cv.notify_all();
+  ASSERT_TRUE(eventually([&] { return all_stored(); }));
+  for (int i = 3; i < 3 + kFlows; ++i) EXPECT_EQ(stored(i), expected(i)) << "flow " << i;
 }
 
 }  // namespace

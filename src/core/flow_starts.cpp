@@ -1,0 +1,94 @@
+#include "gateway/flow_starts.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+
+#include "gateway/atomic_file.h"
+#include "gateway/errors.h"
+
+namespace gateway {
+namespace {
+constexpr int kVersion = 1;
+}  // namespace
+
+void FlowStarts::Starts::filter(std::uint64_t seq, std::vector<std::int64_t>& flow_ids) const {
+  std::erase_if(flow_ids, [&](std::int64_t id) {
+    const auto it = from_.find(id);
+    return it != from_.end() && seq < it->second;
+  });
+}
+
+FlowStarts::FlowStarts(const std::filesystem::path& spool_dir, std::uint64_t first_new_seq)
+    : path_(spool_dir / kFileName), first_new_seq_(first_new_seq), start_all_at_zero_(true) {
+  std::ifstream in(path_, std::ios::binary);
+  if (!in) {
+    if (errno == ENOENT || !std::filesystem::exists(path_)) return;
+    throw Error("flow starts " + path_.string() + ": cannot read: " + std::strerror(errno));
+  }
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  try {
+    const nlohmann::json j = nlohmann::json::parse(text);
+    if (j.at("version").get<int>() != kVersion) {
+      throw Error("flow starts " + path_.string() + ": unknown version " + j.at("version").dump());
+    }
+    for (const nlohmann::json& f : j.at("flows")) {
+      entries_[f.at("id").get<std::int64_t>()] =
+          Entry{f.at("topic").get<std::string>(), f.at("from").get<std::uint64_t>()};
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw Error("flow starts " + path_.string() + ": cannot parse: " + e.what());
+  }
+  start_all_at_zero_ = false;
+}
+
+std::shared_ptr<const FlowStarts::Starts> FlowStarts::update(const FlowSnapshot& snapshot,
+                                                             std::uint64_t next_seq) {
+  const std::uint64_t start = start_all_at_zero_ ? 0 : std::max(next_seq, first_new_seq_);
+  std::map<std::int64_t, Entry> next;
+  for (const Flow& f : snapshot.flows()) {
+    const auto it = entries_.find(f.id);
+    if (it != entries_.end() && it->second.topic == f.topic) {
+      next[f.id] = it->second;
+    } else {
+      next[f.id] = Entry{f.topic, start};
+    }
+  }
+  if (current_ && next.size() == entries_.size() &&
+      std::equal(next.begin(), next.end(), entries_.begin(), [](const auto& a, const auto& b) {
+        return a.first == b.first && a.second.topic == b.second.topic &&
+               a.second.from == b.second.from;
+      })) {
+    return current_;
+  }
+  std::swap(entries_, next);
+  try {
+    save();
+  } catch (...) {
+    std::swap(entries_, next);  // as before: the next update() tries again
+    throw;
+  }
+  // An empty table (no flow enabled yet) does not end it: the flows that come later still take
+  // what the spool holds, as they did before the file existed.
+  if (!snapshot.flows().empty()) start_all_at_zero_ = false;
+  auto starts = std::make_shared<Starts>();
+  for (const auto& [id, e] : entries_) starts->from_.emplace(id, e.from);
+  current_ = std::move(starts);
+  return current_;
+}
+
+void FlowStarts::save() const {
+  nlohmann::json flows = nlohmann::json::array();
+  for (const auto& [id, e] : entries_) {
+    flows.push_back({{"id", id}, {"topic", e.topic}, {"from", e.from}});
+  }
+  const nlohmann::json j{{"version", kVersion}, {"flows", flows}};
+  replace_file_atomically(path_,
+                          j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n",
+                          0600, "flow starts");
+}
+
+}  // namespace gateway
