@@ -6,13 +6,15 @@
 // maybe weeks old, and a record that went to no flow then (a dead letter) could be stored too.
 //
 // The dispatcher calls update() with each new flow snapshot before it routes any record with it,
-// giving the seq of the next record it routes. A flow new to the snapshot, or with another topic,
-// starts there, or at the spool's first new seq of this run if that is later (records of earlier
-// runs arrived before this run knew the flow). Without a file (a new spool, or the first start
-// of a version that keeps it), the first update() starts every flow at 0, so that an upgrade
-// routes a spooled backlog as before. A flow that left the snapshot is forgotten: enabled again,
-// it starts anew. The file is replaced atomically and synced before update() returns, so a
-// record routed to a new flow is never routed otherwise after a crash.
+// giving the seq of the next record it routes. A flow id seen for the first time starts there,
+// or at the spool's first new seq of this run if that is later (records of earlier runs arrived
+// before this gateway knew the flow). A known id keeps its first start, also after it was
+// disabled or given another topic: it may still owe records routed to it from there on (held,
+// parked), and a later start would lose them; such a flow is routed the spool's older records
+// by its topic of the day, as before this file existed. Without a file (a new spool, or the
+// first start of a version that keeps it), the first update() starts every flow at 0, so that an
+// upgrade routes a spooled backlog as before. The file is replaced atomically and synced before
+// update() returns, so a record routed to a new flow is never routed otherwise after a crash.
 //
 // Thread-safety: update() from one thread (the dispatcher); a Starts is immutable.
 #pragma once

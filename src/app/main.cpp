@@ -261,11 +261,14 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
   try {
     flow_starts.emplace(settings.spool_dir, spool.stats().next_seq);
   } catch (const Error& e) {
-    log->warn("{}; starting without it: the records already in the spool go to today's flows",
-              e.what());
-    std::error_code ignored;
-    std::filesystem::remove(std::filesystem::path(settings.spool_dir) / FlowStarts::kFileName,
-                            ignored);
+    // Set aside (kept for a look), and routed as before the file existed; if it cannot even be
+    // moved, the spool directory itself is in trouble: stop with the error.
+    const auto path = std::filesystem::path(settings.spool_dir) / FlowStarts::kFileName;
+    std::error_code ec;
+    std::filesystem::rename(path, path.string() + ".corrupt", ec);
+    if (ec) throw;
+    log->warn("{}; moved aside to {}.corrupt: the records already in the spool go to today's flows",
+              e.what(), path.string());
     flow_starts.emplace(settings.spool_dir, spool.stats().next_seq);
   }
   PipelineOptions pipeline_opts = pipeline_options(settings);

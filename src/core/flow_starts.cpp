@@ -36,8 +36,11 @@ FlowStarts::FlowStarts(const std::filesystem::path& spool_dir, std::uint64_t fir
       throw Error("flow starts " + path_.string() + ": unknown version " + j.at("version").dump());
     }
     for (const nlohmann::json& f : j.at("flows")) {
+      // Never above this run's first seq: after a power loss the spool may restart below a start
+      // the file (synced) kept, and this run's records must reach the flow.
       entries_[f.at("id").get<std::int64_t>()] =
-          Entry{f.at("topic").get<std::string>(), f.at("from").get<std::uint64_t>()};
+          Entry{f.at("topic").get<std::string>(),
+                std::min(f.at("from").get<std::uint64_t>(), first_new_seq_)};
     }
   } catch (const nlohmann::json::exception& e) {
     throw Error("flow starts " + path_.string() + ": cannot parse: " + e.what());
@@ -48,14 +51,13 @@ FlowStarts::FlowStarts(const std::filesystem::path& spool_dir, std::uint64_t fir
 std::shared_ptr<const FlowStarts::Starts> FlowStarts::update(const FlowSnapshot& snapshot,
                                                              std::uint64_t next_seq) {
   const std::uint64_t start = start_all_at_zero_ ? 0 : std::max(next_seq, first_new_seq_);
-  std::map<std::int64_t, Entry> next;
+  // Only an id seen for the first time gets a start; a known one keeps its first, also when it
+  // was disabled or given another topic meanwhile: records it may still owe were routed to it
+  // from there on, and moving its start would lose them.
+  std::map<std::int64_t, Entry> next = entries_;
   for (const Flow& f : snapshot.flows()) {
-    const auto it = entries_.find(f.id);
-    if (it != entries_.end() && it->second.topic == f.topic) {
-      next[f.id] = it->second;
-    } else {
-      next[f.id] = Entry{f.topic, start};
-    }
+    auto [it, added] = next.try_emplace(f.id, Entry{f.topic, start});
+    if (!added) it->second.topic = f.topic;  // for the reader of the file only
   }
   if (current_ && next.size() == entries_.size() &&
       std::equal(next.begin(), next.end(), entries_.begin(), [](const auto& a, const auto& b) {
@@ -71,9 +73,7 @@ std::shared_ptr<const FlowStarts::Starts> FlowStarts::update(const FlowSnapshot&
     std::swap(entries_, next);  // as before: the next update() tries again
     throw;
   }
-  // An empty table (no flow enabled yet) does not end it: the flows that come later still take
-  // what the spool holds, as they did before the file existed.
-  if (!snapshot.flows().empty()) start_all_at_zero_ = false;
+  start_all_at_zero_ = false;
   auto starts = std::make_shared<Starts>();
   for (const auto& [id, e] : entries_) starts->from_.emplace(id, e.from);
   current_ = std::move(starts);

@@ -71,16 +71,46 @@ TEST_F(FlowStartsTest, StartsSurviveARestartAndNewFlowsSkipEarlierRuns) {
   EXPECT_EQ(routed(*s, 80, {1, 2, 3}), (std::vector<std::int64_t>{1, 2, 3}));
 }
 
-TEST_F(FlowStartsTest, AnotherTopicStartsAnewAndARemovedFlowIsForgotten) {
+// A known flow keeps its first start when it changes topic or comes back after being disabled:
+// it may still owe records routed to it since then (held, parked), and a later start would lose
+// them.
+TEST_F(FlowStartsTest, AKnownFlowKeepsItsFirstStart) {
   FlowStarts starts(dir_, 1);
-  starts.update(FlowSnapshot({flow(1, "a/#"), flow(2, "b")}), 1);
+  starts.update(FlowSnapshot({flow(1, "a/#")}), 1);
+  starts.update(FlowSnapshot({flow(1, "a/#"), flow(2, "b")}), 10);
   auto s = starts.update(FlowSnapshot({flow(1, "c/#")}), 30);
-  EXPECT_EQ(routed(*s, 29, {1}), (std::vector<std::int64_t>{}));
-  EXPECT_EQ(routed(*s, 30, {1}), (std::vector<std::int64_t>{1}));
-  // Enabled again: from the next record, not from where it first started.
+  EXPECT_EQ(routed(*s, 5, {1}), (std::vector<std::int64_t>{1}));
   s = starts.update(FlowSnapshot({flow(1, "c/#"), flow(2, "b")}), 70);
-  EXPECT_EQ(routed(*s, 69, {2}), (std::vector<std::int64_t>{}));
-  EXPECT_EQ(routed(*s, 70, {2}), (std::vector<std::int64_t>{2}));
+  EXPECT_EQ(routed(*s, 9, {2}), (std::vector<std::int64_t>{}));
+  EXPECT_EQ(routed(*s, 10, {2}), (std::vector<std::int64_t>{2}));
+  // ... also across a restart.
+  FlowStarts again(dir_, 100);
+  s = again.update(FlowSnapshot({flow(2, "b")}), 1);
+  EXPECT_EQ(routed(*s, 10, {2}), (std::vector<std::int64_t>{2}));
+}
+
+// After a power loss the spool may go on below a start the (synced) file kept: this run's
+// records still reach the flow.
+TEST_F(FlowStartsTest, AStartAboveTheSpoolsNextSeqIsLoweredToIt) {
+  {
+    FlowStarts starts(dir_, 1);
+    starts.update(FlowSnapshot({flow(1, "a/#")}), 1);
+    starts.update(FlowSnapshot({flow(1, "a/#"), flow(2, "a/#")}), 1000);
+  }
+  FlowStarts starts(dir_, 990);
+  auto s = starts.update(FlowSnapshot({flow(1, "a/#"), flow(2, "a/#")}), 1);
+  EXPECT_EQ(routed(*s, 989, {1, 2}), (std::vector<std::int64_t>{1}));
+  EXPECT_EQ(routed(*s, 990, {1, 2}), (std::vector<std::int64_t>{1, 2}));
+}
+
+// An empty first table ends the start-at-zero rule too: the records it saw went to no flow (dead
+// letters), and a flow enabled later must not store them as well.
+TEST_F(FlowStartsTest, AnEmptyFirstTableEndsStartingAtZero) {
+  FlowStarts starts(dir_, 50);
+  starts.update(FlowSnapshot({}), 1);
+  auto s = starts.update(FlowSnapshot({flow(1, "a/#")}), 20);
+  EXPECT_EQ(routed(*s, 49, {1}), (std::vector<std::int64_t>{}));
+  EXPECT_EQ(routed(*s, 50, {1}), (std::vector<std::int64_t>{1}));
 }
 
 TEST_F(FlowStartsTest, AnUnchangedSnapshotKeepsTheSameStarts) {
