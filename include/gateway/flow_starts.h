@@ -2,8 +2,7 @@
 // so that a restart routes the records still in the spool as they were routed when they arrived.
 // The spool keeps processed records until their segment is released (up to SPOOL_SEGMENT_BYTES
 // of them), and the dispatcher reads it from the start after a restart. Routed by the flows of
-// the day, a flow created, enabled or given another topic since would then store those records,
-// maybe weeks old, and a record that went to no flow then (a dead letter) could be stored too.
+// the day, a flow created since would then store those records, maybe weeks old.
 //
 // The dispatcher calls update() with each new flow snapshot before it routes any record with it,
 // giving the seq of the next record it routes. A flow id seen for the first time starts there,
@@ -55,12 +54,11 @@ class FlowStarts {
   // this snapshot until a retry succeeds.
   std::shared_ptr<const Starts> update(const FlowSnapshot& snapshot, std::uint64_t next_seq);
 
-  const std::filesystem::path& path() const { return path_; }
-
  private:
   struct Entry {
     std::string topic;
     std::uint64_t from = 0;
+    bool operator==(const Entry&) const = default;
   };
   void save() const;
 

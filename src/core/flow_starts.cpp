@@ -59,13 +59,7 @@ std::shared_ptr<const FlowStarts::Starts> FlowStarts::update(const FlowSnapshot&
     auto [it, added] = next.try_emplace(f.id, Entry{f.topic, start});
     if (!added) it->second.topic = f.topic;  // for the reader of the file only
   }
-  if (current_ && next.size() == entries_.size() &&
-      std::equal(next.begin(), next.end(), entries_.begin(), [](const auto& a, const auto& b) {
-        return a.first == b.first && a.second.topic == b.second.topic &&
-               a.second.from == b.second.from;
-      })) {
-    return current_;
-  }
+  if (current_ && next == entries_) return current_;
   std::swap(entries_, next);
   try {
     save();
