@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <spdlog/logger.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <map>
@@ -45,6 +47,9 @@ std::uint64_t content_hash(std::string_view topic, std::string_view payload) {
   return t ^ (p + 0x9e3779b97f4a7c15ull + (t << 6) + (t >> 2));
 }
 
+// How far ahead of the active segment's end append() preallocates and maps (see AppendWindow).
+constexpr std::uint64_t kWindowBytes = 1 << 20;
+
 // Returns 0 or the errno of the failed write.
 int write_all(int fd, const char* data, std::size_t size) {
   while (size > 0) {
@@ -57,6 +62,106 @@ int write_all(int fd, const char* data, std::size_t size) {
     size -= static_cast<std::size_t>(n);
   }
   return 0;
+}
+
+// write_all() at a file offset.
+int pwrite_all(int fd, const char* data, std::size_t size, std::uint64_t offset) {
+  while (size > 0) {
+    const ssize_t n = ::pwrite(fd, data, size, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    data += n;
+    offset += static_cast<std::uint64_t>(n);
+    size -= static_cast<std::size_t>(n);
+  }
+  return 0;
+}
+
+// Whether the bytes [from, to) of the file at `path` are all zero: the preallocated, never
+// written tail an AppendWindow leaves when the process dies. Throws SpoolError on read errors.
+bool zero_tail(const fs::path& path, std::uint64_t from, std::uint64_t to) {
+  const File file = open_or_throw(path, O_RDONLY, "cannot open");
+  std::vector<char> chunk(64 << 10);
+  while (from < to) {
+    const ssize_t n = ::pread(file.get(), chunk.data(),
+                              static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), to - from)),
+                              static_cast<off_t>(from));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw_io("cannot read", path, errno);
+    if (n == 0) return true;  // shorter than thought: nothing more to look at
+    if (std::any_of(chunk.begin(), chunk.begin() + n, [](char c) { return c != 0; })) return false;
+    from += static_cast<std::uint64_t>(n);
+  }
+  return true;
+}
+
+// A shared, writable mapping of the bytes just past the active segment's records, preallocated
+// (posix_fallocate) so that a write into it needs no block allocation. Why: an append is then a
+// memcpy into the page cache instead of a write(2) per message on Paho's receive thread; the
+// bytes are in the page cache the moment they are copied, so they survive kill -9 exactly as a
+// write(2) does, and fdatasync() flushes them as it flushes written pages. The cost: the
+// segment file is longer than its records while it is active (a zero tail that recovery and
+// roll cut off), and a file shrunk behind the spool's back would make a copy fault (SIGBUS).
+class AppendWindow {
+ public:
+  AppendWindow() = default;
+  ~AppendWindow() { reset(); }
+  AppendWindow(const AppendWindow&) = delete;
+  AppendWindow& operator=(const AppendWindow&) = delete;
+
+  // Whether [offset, offset + n) of the file lies in the window.
+  bool covers(std::uint64_t offset, std::size_t n) const {
+    return addr_ != nullptr && offset >= begin_ && offset + n <= end_;
+  }
+  // Where file offset `offset` (covered) is in memory.
+  char* at(std::uint64_t offset) const { return static_cast<char*>(addr_) + (offset - begin_); }
+
+  // Allocates [from, from + n) at least, and up to kWindowBytes past `from` but not beyond
+  // `limit` (the segment's roll size), and maps it. Returns 0 or an errno; on failure the window
+  // is empty and the file may have grown (a zero tail).
+  int open(int fd, std::uint64_t from, std::size_t n, std::uint64_t limit) {
+    reset();
+    static const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    const std::uint64_t begin = from / page * page;
+    std::uint64_t end = std::max(from + n, std::min(begin + kWindowBytes, limit));
+    int err = ::posix_fallocate(fd, static_cast<off_t>(from), static_cast<off_t>(end - from));
+    if (err != 0 && end > from + n) {
+      // Not room for a whole window (a full disk, a file size limit): exactly this record.
+      end = from + n;
+      err = ::posix_fallocate(fd, static_cast<off_t>(from), static_cast<off_t>(n));
+    }
+    if (err != 0) return err;
+    void* addr = ::mmap(nullptr, static_cast<std::size_t>(end - begin), PROT_READ | PROT_WRITE,
+                        MAP_SHARED, fd, static_cast<off_t>(begin));
+    if (addr == MAP_FAILED) return errno;
+    addr_ = addr;
+    begin_ = begin;
+    end_ = end;
+    return 0;
+  }
+
+  void reset() {
+    if (addr_ != nullptr) ::munmap(addr_, static_cast<std::size_t>(end_ - begin_));
+    addr_ = nullptr;
+    begin_ = end_ = 0;
+  }
+
+ private:
+  void* addr_ = nullptr;
+  std::uint64_t begin_ = 0;  // file offset of addr_ (page-aligned)
+  std::uint64_t end_ = 0;    // end of the allocated, mapped bytes
+};
+
+// Copies an encoded record to `out` so that a copy cut short (kill -9 midway) never frames: the
+// magic, its first bytes, lands last, and a record without it reads as the zero tail.
+void copy_record(char* out, const std::string& record) {
+  constexpr std::size_t kMagic = 4;
+  std::memcpy(out + kMagic, record.data() + kMagic, record.size() - kMagic);
+  // A signal stops a thread between instructions, so only the compiler could reorder the two.
+  std::atomic_signal_fence(std::memory_order_release);
+  std::memcpy(out, record.data(), kMagic);
 }
 
 int sync_directory(const fs::path& dir) {
@@ -116,6 +221,8 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   void load_or_create_id();
   void recover();
   void create_active_segment_locked(std::uint64_t first_seq);
+  void finish_active_locked();
+  int append_mapped_locked();
   void roll_locked(std::uint64_t first_seq);
   void cut_back_locked(std::uint64_t seq);
   void remember_locked(std::uint64_t hash, std::uint64_t seq, std::uint16_t packet_id);
@@ -144,6 +251,7 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   std::uint64_t active_first_ = 0;             // guarded by mu_
   Segment* active_ = nullptr;  // guarded by mu_; segments_[active_first_] (map nodes are stable)
   std::shared_ptr<File> active_file_;            // guarded by mu_; shared with the fsync thread
+  AppendWindow window_;  // guarded by mu_; kNever and kBatch: where the active file's next bytes go
   bool must_roll_ = false;                       // guarded by mu_; the active file has a bad tail
   std::vector<std::shared_ptr<File>> unsynced_;  // guarded by mu_; rolled but not yet synced
   bool dirty_ = false;                           // guarded by mu_; kBatch: something to sync
@@ -201,6 +309,10 @@ Spool::Impl::~Impl() {
   }
   sync_cv_.notify_all();
   if (fsync_thread_.joinable()) fsync_thread_.join();
+  {
+    std::lock_guard lock(mu_);
+    if (active_) finish_active_locked();
+  }
   if (options_.fsync == SpoolFsync::kNever) return;
   for (const auto& file : unsynced_) {
     if (::fdatasync(file->get()) != 0) log_->error("spool: fdatasync: {}", errno_text(errno));
@@ -295,6 +407,7 @@ void Spool::Impl::recover() {
     const auto size = static_cast<std::uint64_t>(st.st_size);
     Segment segment{size, size, 0};
     std::uint64_t good_end = 0;
+    std::uint64_t end = size;  // of the bytes that count, without a zero tail
     std::uint64_t segment_max_seq = 0;
     decoder.reset(std::move(file), path);
     for (;;) {
@@ -308,6 +421,17 @@ void Spool::Impl::recover() {
                           r.record.packet_id);
         }
         continue;
+      }
+      if (r.status == DecodeStatus::kCorrupt && r.consumed == 0 && zero_tail(path, offset, size)) {
+        // The unused rest of an append window (the process ended without cutting it off), or a
+        // record whose copy was cut short (its magic goes last): the records end here.
+        log_->debug("spool: {}: {} zero bytes after the last record; cut off", path.string(),
+                    size - offset);
+        if (::truncate(path.c_str(), static_cast<off_t>(offset)) != 0) {
+          throw_io("cannot truncate", path, errno);
+        }
+        segment.size = segment.readable_end = end = offset;
+        break;
       }
       if (r.status == DecodeStatus::kCorrupt && r.consumed > 0) {
         log_->error(
@@ -342,7 +466,7 @@ void Spool::Impl::recover() {
       }
       break;
     }
-    if (last) damaged_tail_bytes = size - good_end;
+    if (last) damaged_tail_bytes = end - good_end;
     max_seq = std::max(max_seq, segment_max_seq);
     segment.end_seq = std::max(firsts[i], segment_max_seq + 1);
     bytes_ += segment.size;
@@ -364,7 +488,7 @@ void Spool::Impl::recover() {
     active_first_ = firsts.back();
     active_ = &segments_.at(active_first_);
     active_file_ = std::make_shared<File>(
-        open_or_throw(segment_path(active_first_), O_WRONLY | O_APPEND, "cannot open"));
+        open_or_throw(segment_path(active_first_), O_RDWR, "cannot open"));
   }
   log_->info(
       "spool: opened {} (id {}): {} segments, {} bytes, next seq {}, {} corrupt records "
@@ -376,7 +500,7 @@ void Spool::Impl::create_active_segment_locked(std::uint64_t first_seq) {
   const fs::path path = segment_path(first_seq);
   // O_EXCL: a file of that name would hold records we know nothing about.
   auto file = std::make_shared<File>(
-      open_or_throw(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND, "cannot create"));
+      open_or_throw(path, O_RDWR | O_CREAT | O_EXCL, "cannot create"));
   active_ = &segments_.emplace(first_seq, Segment{}).first->second;
   active_first_ = first_seq;
   active_file_ = std::move(file);
@@ -394,7 +518,35 @@ void Spool::Impl::create_active_segment_locked(std::uint64_t first_seq) {
   }
 }
 
+// Copies buffer_ to the end of the active segment through window_, opening a new window when
+// it does not fit. Returns 0 or the errno of the failed allocation or mapping.
+int Spool::Impl::append_mapped_locked() {
+  const std::uint64_t at = active_->size;
+  if (!window_.covers(at, buffer_.size())) {
+    const int err =
+        window_.open(active_file_->get(), at, buffer_.size(),
+                     std::max(options_.segment_bytes, at + buffer_.size()));
+    if (err != 0) return err;
+  }
+  copy_record(window_.at(at), buffer_);
+  return 0;
+}
+
+// Before the active segment stops being written: unmaps its window and cuts the window's zero
+// tail off, so that a finished segment file holds exactly its records. A failure is only logged:
+// recovery cuts a zero tail off too.
+void Spool::Impl::finish_active_locked() {
+  window_.reset();
+  if (!active_file_ || options_.fsync == SpoolFsync::kAlways) return;
+  if (::ftruncate(active_file_->get(), static_cast<off_t>(active_->size)) != 0) {
+    const int err = errno;
+    log_->error("spool: cannot cut {} to its {} bytes of records: {}",
+                segment_path(active_first_).string(), active_->size, errno_text(err));
+  }
+}
+
 void Spool::Impl::roll_locked(std::uint64_t first_seq) {
+  finish_active_locked();
   const std::shared_ptr<File> finished = active_file_;
   active_->end_seq = next_seq_;
   create_active_segment_locked(first_seq);
@@ -502,19 +654,27 @@ std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::str
   if (must_roll_ || (active_->size > 0 && active_->size + record_bytes > options_.segment_bytes)) {
     roll_locked(next_seq_);
   }
-  const int fd = active_file_->get();
-  std::string_view failed = "cannot write";
-  int err = write_all(fd, buffer_.data(), buffer_.size());
-  if (err == 0 && options_.fsync == SpoolFsync::kAlways && ::fdatasync(fd) != 0) {
-    failed = "cannot fdatasync";
-    err = errno;
-  }
-  if (buffer_.capacity() > kKeepBufferBytes) std::string().swap(buffer_);
-  if (err != 0) {
-    // Nothing of the record stays visible: readers stop at readable_end, which has not moved,
-    // and neither the redelivery window nor the seq counter saw it.
-    cut_back_locked(seq);
-    throw_io(failed, segment_path(active_first_), err);
+  if (options_.fsync != SpoolFsync::kAlways) {
+    // Nothing reaches the file when this fails: no cut back.
+    const int err = append_mapped_locked();
+    if (buffer_.capacity() > kKeepBufferBytes) std::string().swap(buffer_);
+    if (err != 0) throw_io("cannot allocate", segment_path(active_first_), err);
+  } else {
+    // A flush per record anyway: write(2), which a failed fdatasync can cut back.
+    const int fd = active_file_->get();
+    std::string_view failed = "cannot write";
+    int err = pwrite_all(fd, buffer_.data(), buffer_.size(), active_->size);
+    if (err == 0 && ::fdatasync(fd) != 0) {
+      failed = "cannot fdatasync";
+      err = errno;
+    }
+    if (buffer_.capacity() > kKeepBufferBytes) std::string().swap(buffer_);
+    if (err != 0) {
+      // Nothing of the record stays visible: readers stop at readable_end, which has not moved,
+      // and neither the redelivery window nor the seq counter saw it.
+      cut_back_locked(seq);
+      throw_io(failed, segment_path(active_first_), err);
+    }
   }
   ++next_seq_;
   active_->size += record_bytes;

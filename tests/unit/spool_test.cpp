@@ -530,14 +530,16 @@ TEST_F(SpoolTest, SegmentsAreNamedByTheirFirstSeq) {
                                              "00000000000000000005.seg"}));
 }
 
-TEST_F(SpoolTest, StatsCountBytesOnDisk) {
+TEST_F(SpoolTest, StatsCountTheRecordsBytesWhichAreTheFilesOnceClosed) {
   auto spool = open(options(100));
   append_range(*spool, 0, 5);
+  EXPECT_EQ(spool->stats().bytes, 5 * record_size("t", "payload-0"));
+  EXPECT_EQ(spool->stats().next_seq, 6u);
+  const std::uint64_t bytes = spool->stats().bytes;
+  spool.reset();  // the active segment's preallocated tail is cut off
   std::uint64_t on_disk = 0;
   for (const auto& f : segment_files()) on_disk += fs::file_size(f);
-  EXPECT_EQ(spool->stats().bytes, on_disk);
-  EXPECT_EQ(on_disk, 5 * record_size("t", "payload-0"));
-  EXPECT_EQ(spool->stats().next_seq, 6u);
+  EXPECT_EQ(on_disk, bytes);
 }
 
 TEST_F(SpoolTest, SeqContinuesAfterReopen) {
@@ -599,6 +601,52 @@ TEST_F(SpoolTest, TornTailIsTruncatedToTheLastWholeRecord) {
   EXPECT_NE(log.find(segment.filename().string()), std::string::npos) << log;
   EXPECT_NE(log.find("offset " + std::to_string(whole)), std::string::npos) << log;
   EXPECT_EQ(spool->stats().corrupt_records_skipped, 0u);
+}
+
+// kill -9 leaves the active segment's preallocated window behind it: zeros, not damage.
+TEST_F(SpoolTest, KilledProcessLeavesEveryAppendedRecordAndAZeroTailThatIsCutOff) {
+  SpoolOptions o = options();
+  o.fsync = SpoolFsync::kNever;  // only the page cache: what kill -9 must not lose
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    Spool spool(o, nullptr);
+    for (int i = 0; i < 1000; ++i) spool.append("t", "payload-" + std::to_string(i), 0, false, i);
+    ::raise(SIGKILL);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  const fs::path segment = segment_files().at(0);
+  const std::uint64_t whole = 1000 * record_size("t", "payload-000") - 10 * 2 - 90 * 1;
+  ASSERT_GT(fs::file_size(segment), whole) << "no zero tail to cut off";
+
+  auto spool = open(o);
+  const auto records = read_all(*spool);
+  ASSERT_EQ(records.size(), 1000u);
+  for (int i = 0; i < 1000; ++i) EXPECT_EQ(records[i].payload, "payload-" + std::to_string(i));
+  EXPECT_EQ(spool->stats().corrupt_records_skipped, 0u);
+  EXPECT_EQ(spool->stats().next_seq, 1001u) << "a zero tail is no damage: no seqs skipped";
+  EXPECT_EQ(fs::file_size(segment), whole);
+  EXPECT_EQ(log_text().find("[error]"), std::string::npos) << log_text();
+}
+
+// A copy cut short by kill -9 lacks its magic (written last): the zeros end the records, and the
+// bytes after them are damage, whose seqs are skipped.
+TEST_F(SpoolTest, RecordCopiedWithoutItsMagicIsDamageNotARecord) {
+  {
+    auto spool = open();
+    append_range(*spool, 0, 3);
+  }
+  const fs::path segment = segment_files().at(0);
+  std::string half = encode_record(SpoolRecord{4, 0, 0, false, "t", "payload-3"});
+  half.replace(0, 4, 4, '\0');
+  half.append(100, '\0');
+  std::ofstream(segment, std::ios::binary | std::ios::app) << half;
+
+  auto spool = open();
+  EXPECT_EQ(seqs(read_all(*spool)), (std::vector<std::uint64_t>{1, 2, 3}));
+  EXPECT_GT(spool->append("t", "new", 0, false, 0)->seq, 4u);
 }
 
 TEST_F(SpoolTest, RecordCutInsideItsHeaderIsTruncated) {
@@ -813,7 +861,9 @@ TEST_F(SpoolTest, ReleaseBelowNeverDeletesTheActiveSegment) {
   ASSERT_EQ(files.size(), 1u);
   EXPECT_EQ(files[0].filename(), "00000000000000000005.seg");
   ASSERT_TRUE(spool->append("t", "more", 0, false, 0));
-  EXPECT_EQ(spool->stats().bytes, fs::file_size(files[0]));
+  const std::uint64_t bytes = spool->stats().bytes;
+  spool.reset();
+  EXPECT_EQ(bytes, fs::file_size(files[0]));
 }
 
 TEST_F(SpoolTest, SizeCapBlocksAppendUntilRelease) {
@@ -1274,8 +1324,10 @@ class FileSizeLimit {
   bool active_ = false;
 };
 
+// kAlways writes each record with write(2); the others copy it into a preallocated window (see
+// the next test).
 TEST_F(SpoolTest, FailedAppendIsCutBackAndTheNextOneSucceedsOnceTheDiskTakesWrites) {
-  for (const auto policy : {SpoolFsync::kNever, SpoolFsync::kBatch, SpoolFsync::kAlways}) {
+  for (const auto policy : {SpoolFsync::kAlways}) {
     SCOPED_TRACE(static_cast<int>(policy));
     fs::remove_all(dir_);
     SpoolOptions o = options();
@@ -1321,6 +1373,50 @@ TEST_F(SpoolTest, FailedAppendIsCutBackAndTheNextOneSucceedsOnceTheDiskTakesWrit
     for (std::size_t i = 1; i < records.size(); ++i) EXPECT_GT(records[i].seq, records[i - 1].seq);
     spool.reset();
     EXPECT_EQ(read_all(*open(o)), records);  // and so it stays after a restart
+  }
+}
+
+TEST_F(SpoolTest, AppendFailsWhenNoWindowCanBeAllocatedAndSucceedsOnceTheDiskTakesWrites) {
+  for (const auto policy : {SpoolFsync::kNever, SpoolFsync::kBatch}) {
+    SCOPED_TRACE(static_cast<int>(policy));
+    fs::remove_all(dir_);
+    SpoolOptions o = options(64 << 20);  // far from rolling: the next window extends this file
+    o.fsync = policy;
+    auto spool = open(o);
+    append_range(*spool, 0, 3);
+    const fs::path segment = segment_files().at(0);
+    const std::uint64_t allocated = fs::file_size(segment);  // the records and their window
+    const std::uint64_t room = allocated - spool->stats().bytes;
+    ASSERT_GT(room, 100u) << "no preallocated window";
+    const std::string too_big(room, 'x');  // needs more than the window has left
+    {
+      FileSizeLimit limit(allocated);  // no byte more
+      ASSERT_TRUE(limit.active());
+      try {
+        spool->append("t", too_big, 0, false, 0);
+        ADD_FAILURE() << "no exception";
+      } catch (const SpoolError& e) {
+        EXPECT_NE(std::string(e.what()).find(segment.string()), std::string::npos) << e.what();
+      }
+      EXPECT_EQ(spool->stats().bytes, 3 * record_size("t", "payload-0"));
+      // What the window still holds is used.
+      ASSERT_TRUE(spool->append("t", "small", 0, false, 0));
+      EXPECT_THROW(spool->append("t", too_big, 0, false, 0), SpoolError);
+    }
+    const auto after = spool->append("t", too_big, 0, false, 0);
+    ASSERT_TRUE(after);
+    std::vector<std::string> payloads;  // the big one by its size: its bytes would flood the log
+    for (const auto& r : read_all(*spool)) {
+      payloads.push_back(r.payload == too_big ? "too_big" : r.payload.substr(0, 20));
+    }
+    EXPECT_EQ(payloads, (std::vector<std::string>{"payload-0", "payload-1", "payload-2", "small",
+                                                  "too_big"}));
+    const std::uint64_t bytes = spool->stats().bytes;
+    spool.reset();
+    EXPECT_EQ(fs::file_size(segment), bytes);
+    auto reopened = open(o);
+    EXPECT_EQ(read_all(*reopened).size(), 5u);
+    EXPECT_EQ(reopened->stats().corrupt_records_skipped, 0u);
   }
 }
 
