@@ -13,7 +13,11 @@
 //
 // On disk, in `dir`:
 //   <first seq, 20 digits>.seg  segments, in seq order; a new empty segment's name carries the
-//                               next seq, so seq survives restarts even when all else was released
+//                               next seq, so seq survives restarts even when all else was released.
+//                               Except with kAlways, the active one is written through a mapped
+//                               window preallocated up to 1 MiB past its records: on disk it is
+//                               that much longer (zeros) until it is finished or the spool closes,
+//                               and recovery cuts such a zero tail off (not counted as damage)
 //   spool.id                    this spool's identity (see id())
 //   spool.lock                  flock()ed while open, so two processes never share a spool
 // The records in a segment: see spool_format.h.
@@ -84,7 +88,8 @@ class Spool {
   // never apply to it.
   const std::string& id() const;
 
-  // Returns once the record is written (one write(2) into the page cache; kAlways: fdatasync'ed).
+  // Returns once the record is in the page cache (a memcpy into the mapped window, which
+  // survives kill -9 as a write(2) would; kAlways: pwrite(2) and fdatasync'ed).
   // `retained` is the MQTT RETAIN flag; original_size > 0 says that `payload` is only the first
   // bytes of a payload of that many bytes; `properties` are the MQTT 5 fields (see SpoolRecord).
   // With dup set, packet_id != 0 and an identical (packet_id, topic, payload) among the last
@@ -92,9 +97,12 @@ class Spool {
   // that record's seq with redelivery = true. Blocks while the spool holds >= max_bytes until
   // release_below() frees space; returns std::nullopt if close() is called meanwhile or before.
   // Throws std::invalid_argument where encode_record() would (limits, original_size,
-  // properties), SpoolError on I/O errors (ENOSPC, EIO, EFBIG): the record is then cut back off
-  // the segment, so the spool stays readable, no reader ever sees it, and a later append succeeds
-  // once the disk takes writes again.
+  // properties), SpoolError on I/O errors (ENOSPC, EIO, EFBIG; with the window: when no room for
+  // the record can be allocated): nothing of the record then stays in the segment, so the spool
+  // stays readable, no reader ever sees it, and a later append succeeds once the disk takes
+  // writes again. A segment file truncated behind the spool's back, or a file system that fails
+  // a mapped page's write fault (out of space on a copy-on-write one), ends the process with
+  // SIGBUS instead: the message is then not acknowledged either.
   std::optional<AppendResult> append(std::string_view topic, std::string_view payload,
                                      std::uint16_t packet_id, bool dup, std::int64_t arrival_us,
                                      bool retained = false, std::uint64_t original_size = 0,
