@@ -7,7 +7,7 @@
 #include <string>
 
 #include "gateway/constants.h"
-#include "gateway/settings.h"
+#include "gateway/secret.h"
 
 namespace gateway {
 

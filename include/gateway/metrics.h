@@ -155,10 +155,4 @@ inline DatabaseNode& database_node() {
   return node;
 }
 
-// Milliseconds on the steady clock, for the *_ms fields above.
-std::int64_t steady_now_ms();
-// Wall-clock time since the Unix epoch (spool arrival times, outbox due times).
-std::int64_t unix_now_us();
-inline std::int64_t unix_now_ms() { return unix_now_us() / 1000; }
-
 }  // namespace gateway

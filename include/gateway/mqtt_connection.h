@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "gateway/settings.h"
+#include "gateway/secret.h"
 
 namespace gateway {
 

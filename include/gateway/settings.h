@@ -5,36 +5,18 @@
 // overload also reads the .env file.
 #pragma once
 
-#include <fmt/format.h>
-
 #include <cstdint>
 #include <filesystem>
 #include <optional>
-#include <ostream>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 #include "gateway/env_file.h"
+#include "gateway/secret.h"
 
 namespace gateway {
-
-// A password. It prints as *** through operator<< and fmt/spdlog so that it cannot leak into a
-// log line by accident; reveal() is the one deliberate way to read it.
-class Secret {
- public:
-  Secret() = default;
-  explicit Secret(std::string value) : value_(std::move(value)) {}
-
-  const std::string& reveal() const { return value_; }
-  bool empty() const { return value_.empty(); }
-
- private:
-  std::string value_;
-};
-
-std::ostream& operator<<(std::ostream& out, const Secret& secret);  // writes ***
 
 // When the spool calls fsync: never (leave it to the kernel), in batches (every
 // spool_fsync_interval_ms, group commit), or after every append.
@@ -211,12 +193,3 @@ Settings load_settings(char** envp, const std::filesystem::path& env_file = ".en
 std::vector<std::string> describe_settings(const Settings& s);
 
 }  // namespace gateway
-
-// Formats as *** (fmt 9 / spdlog), honouring width and alignment specs.
-template <>
-struct fmt::formatter<gateway::Secret> : fmt::formatter<std::string_view> {
-  template <typename FormatContext>
-  auto format(const gateway::Secret& /*secret*/, FormatContext& ctx) const {
-    return fmt::formatter<std::string_view>::format("***", ctx);
-  }
-};

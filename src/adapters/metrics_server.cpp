@@ -6,6 +6,7 @@
 #include <optional>
 #include <thread>
 
+#include "gateway/clock.h"
 #include "gateway/errors.h"
 
 namespace gateway {

@@ -18,6 +18,7 @@
 #include "gateway/adapters/paho_mqtt_connection.h"
 #include "gateway/adapters/systemd_notifier.h"
 #include "gateway/admin_cli.h"
+#include "gateway/clock.h"
 #include "gateway/column_map.h"
 #include "gateway/command_line.h"
 #include "gateway/constants.h"

@@ -6,6 +6,7 @@
 #include <ostream>
 #include <utility>
 
+#include "gateway/clock.h"
 #include "gateway/column_map.h"
 #include "gateway/constants.h"
 #include "gateway/errors.h"

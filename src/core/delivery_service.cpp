@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "gateway/backoff.h"
+#include "gateway/clock.h"
 #include "gateway/errors.h"
 #include "gateway/redact.h"
 

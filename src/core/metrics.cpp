@@ -7,18 +7,6 @@
 
 namespace gateway {
 
-std::int64_t steady_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-std::int64_t unix_now_us() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 void Metrics::observe_transaction(double seconds) {
   std::size_t i = 0;
   while (i < std::size(kLatencyBuckets) && seconds > kLatencyBuckets[i]) ++i;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "gateway/clock.h"
 #include "gateway/errors.h"
 #include "gateway/thread_name.h"
 

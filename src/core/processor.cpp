@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <deque>
 
+#include "gateway/clock.h"
 #include "gateway/errors.h"
 #include "gateway/hash.h"
 #include "gateway/metrics.h"

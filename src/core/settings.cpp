@@ -509,8 +509,6 @@ const std::vector<Variable>& variables() {
 
 }  // namespace
 
-std::ostream& operator<<(std::ostream& out, const Secret& /*secret*/) { return out << "***"; }
-
 std::string_view to_string(FsyncPolicy policy) {
   switch (policy) {
     case FsyncPolicy::kNever:

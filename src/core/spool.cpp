@@ -85,9 +85,10 @@ bool zero_tail(const fs::path& path, std::uint64_t from, std::uint64_t to) {
   const File file = open_or_throw(path, O_RDONLY, "cannot open");
   std::vector<char> chunk(64 << 10);
   while (from < to) {
-    const ssize_t n = ::pread(file.get(), chunk.data(),
-                              static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), to - from)),
-                              static_cast<off_t>(from));
+    const ssize_t n =
+        ::pread(file.get(), chunk.data(),
+                static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), to - from)),
+                static_cast<off_t>(from));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw_io("cannot read", path, errno);
     if (n == 0) return true;  // shorter than thought: nothing more to look at
@@ -250,7 +251,7 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   std::map<std::uint64_t, Segment> segments_;  // guarded by mu_; by first seq; last = active
   std::uint64_t active_first_ = 0;             // guarded by mu_
   Segment* active_ = nullptr;  // guarded by mu_; segments_[active_first_] (map nodes are stable)
-  std::shared_ptr<File> active_file_;            // guarded by mu_; shared with the fsync thread
+  std::shared_ptr<File> active_file_;  // guarded by mu_; shared with the fsync thread
   AppendWindow window_;  // guarded by mu_; kNever and kBatch: where the active file's next bytes go
   bool must_roll_ = false;                       // guarded by mu_; the active file has a bad tail
   std::vector<std::shared_ptr<File>> unsynced_;  // guarded by mu_; rolled but not yet synced
@@ -487,8 +488,8 @@ void Spool::Impl::recover() {
   } else {
     active_first_ = firsts.back();
     active_ = &segments_.at(active_first_);
-    active_file_ = std::make_shared<File>(
-        open_or_throw(segment_path(active_first_), O_RDWR, "cannot open"));
+    active_file_ =
+        std::make_shared<File>(open_or_throw(segment_path(active_first_), O_RDWR, "cannot open"));
   }
   log_->info(
       "spool: opened {} (id {}): {} segments, {} bytes, next seq {}, {} corrupt records "
@@ -499,8 +500,8 @@ void Spool::Impl::recover() {
 void Spool::Impl::create_active_segment_locked(std::uint64_t first_seq) {
   const fs::path path = segment_path(first_seq);
   // O_EXCL: a file of that name would hold records we know nothing about.
-  auto file = std::make_shared<File>(
-      open_or_throw(path, O_RDWR | O_CREAT | O_EXCL, "cannot create"));
+  auto file =
+      std::make_shared<File>(open_or_throw(path, O_RDWR | O_CREAT | O_EXCL, "cannot create"));
   active_ = &segments_.emplace(first_seq, Segment{}).first->second;
   active_first_ = first_seq;
   active_file_ = std::move(file);
@@ -523,9 +524,8 @@ void Spool::Impl::create_active_segment_locked(std::uint64_t first_seq) {
 int Spool::Impl::append_mapped_locked() {
   const std::uint64_t at = active_->size;
   if (!window_.covers(at, buffer_.size())) {
-    const int err =
-        window_.open(active_file_->get(), at, buffer_.size(),
-                     std::max(options_.segment_bytes, at + buffer_.size()));
+    const int err = window_.open(active_file_->get(), at, buffer_.size(),
+                                 std::max(options_.segment_bytes, at + buffer_.size()));
     if (err != 0) return err;
   }
   copy_record(window_.at(at), buffer_);

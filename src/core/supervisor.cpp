@@ -6,6 +6,7 @@
 #include <optional>
 #include <utility>
 
+#include "gateway/clock.h"
 #include "gateway/gateway_mqtt_client.h"
 #include "gateway/metrics.h"
 #include "gateway/signal_mask.h"

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "gateway/clock.h"
 #include "gateway/delivery_repository.h"
 #include "gateway/metrics.h"
 

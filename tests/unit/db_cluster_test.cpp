@@ -16,6 +16,7 @@
 #include "fakes/fake_flow_repository.h"
 #include "fakes/fake_http_poster.h"
 #include "fakes/shared_fake_database.h"
+#include "gateway/clock.h"
 #include "gateway/errors.h"
 #include "gateway/metrics.h"
 #include "gateway/pipeline.h"

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "fakes/fake_mqtt_connection.h"
+#include "gateway/clock.h"
 #include "gateway/errors.h"
 #include "support/eventually.h"
 #include "support/mqtt_client_fixture.h"

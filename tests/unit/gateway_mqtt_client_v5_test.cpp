@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "fakes/fake_mqtt_connection.h"
+#include "gateway/clock.h"
 #include "gateway/errors.h"
 #include "gateway/gateway_mqtt_client.h"
 #include "support/mqtt_client_fixture.h"

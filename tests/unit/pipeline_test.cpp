@@ -21,6 +21,7 @@
 #include "fakes/fake_flow_repository.h"
 #include "fakes/fake_http_poster.h"
 #include "fakes/shared_fake_database.h"
+#include "gateway/clock.h"
 #include "gateway/errors.h"
 #include "support/eventually.h"
 

@@ -9,6 +9,7 @@
 
 #include "fakes/fake_flow_repository.h"
 #include "fakes/fake_http_poster.h"
+#include "gateway/clock.h"
 #include "gateway/errors.h"
 #include "gateway/metrics.h"
 
