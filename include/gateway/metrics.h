@@ -7,8 +7,11 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
+
+#include "gateway/database_node.h"
 
 namespace gateway {
 
@@ -51,6 +54,8 @@ class Metrics {
   // came from the cached copy (the database was down at start-up and has not answered since).
   std::atomic<std::uint64_t> broker_failovers{0};
   std::atomic<bool> flows_from_cache{false};
+  // The database node the gateway's connections reach: main hands it to every MySQL adapter.
+  const std::shared_ptr<DatabaseNode> database_node = std::make_shared<DatabaseNode>();
 
   // Transaction latency histogram (seconds), Prometheus-style cumulative buckets.
   static constexpr double kLatencyBuckets[] = {0.001, 0.002, 0.005, 0.01, 0.02,
@@ -83,76 +88,5 @@ class Metrics {
   std::int64_t broker_server_id_ = 0;          // guarded by mu_
   std::size_t broker_candidate_ = 0;           // guarded by mu_
 };
-
-// Which database node this process's connections reach (DB_HOST may list several; issue 15).
-// Process-wide, because every MySqlSession connects on its own from Settings: each records the
-// node it reached here, the next connection tries that node first (so that a gateway's
-// connections stay together on one node), /metrics shows it, and a change is reported once, not
-// per connection. Thread-safe.
-class DatabaseNode {
- public:
-  // Called with one line ("database node 127.0.0.1:3382 (node2)") when the node changes; the
-  // composition root points it at a logger. Called with no lock held.
-  using OnChange = std::function<void(const std::string& line)>;
-  void set_on_change(OnChange on_change) {
-    std::lock_guard lock(mu_);
-    on_change_ = std::move(on_change);
-  }
-
-  // A connection reached the node at `address` ("host:port"), called `name` there
-  // (wsrep_node_name or hostname; may be empty), over `tls` (e.g. "TLSv1.3
-  // TLS_AES_256_GCM_SHA384"; "" in clear text). Returns true when that is a change.
-  bool reached(const std::string& address, const std::string& name, const std::string& tls = {}) {
-    OnChange notify;
-    {
-      std::lock_guard lock(mu_);
-      if (address == address_ && name == name_ && tls == tls_) return false;
-      address_ = address;
-      name_ = name;
-      tls_ = tls;
-      notify = on_change_;
-    }
-    if (notify) {
-      notify("database node " + address + (name.empty() ? "" : " (" + name + ")") + ", " +
-             (tls.empty() ? std::string("not encrypted") : "TLS " + tls));
-    }
-    return true;
-  }
-
-  // The address the last connection reached; "" before the first.
-  std::string address() const {
-    std::lock_guard lock(mu_);
-    return address_;
-  }
-  std::string name() const {
-    std::lock_guard lock(mu_);
-    return name_;
-  }
-  // The last connection's TLS protocol and cipher; "" when it was not encrypted.
-  std::string tls() const {
-    std::lock_guard lock(mu_);
-    return tls_;
-  }
-  // Forgets the node (tests that start over with another DB_HOST in one process).
-  void forget() {
-    std::lock_guard lock(mu_);
-    address_.clear();
-    name_.clear();
-    tls_.clear();
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::string address_;  // guarded by mu_
-  std::string name_;     // guarded by mu_
-  std::string tls_;      // guarded by mu_
-  OnChange on_change_;   // guarded by mu_
-};
-
-// The process's one DatabaseNode.
-inline DatabaseNode& database_node() {
-  static DatabaseNode node;
-  return node;
-}
 
 }  // namespace gateway

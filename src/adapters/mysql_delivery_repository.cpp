@@ -4,8 +4,9 @@
 
 namespace gateway {
 
-MySqlDeliveryRepository::MySqlDeliveryRepository(const Settings& settings)
-    : db_(std::make_unique<MySqlSession>(settings)) {}
+MySqlDeliveryRepository::MySqlDeliveryRepository(const Settings& settings,
+                                                 std::shared_ptr<DatabaseNode> node)
+    : db_(std::make_unique<MySqlSession>(settings, std::move(node))) {}
 MySqlDeliveryRepository::~MySqlDeliveryRepository() = default;
 
 std::vector<DueFlow> MySqlDeliveryRepository::pending_flows(std::string_view owner) {

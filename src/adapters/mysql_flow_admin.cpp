@@ -123,8 +123,8 @@ std::string where(const RejectedFilter& filter, std::vector<Param>& params, bool
 
 }  // namespace
 
-MySqlFlowAdmin::MySqlFlowAdmin(const Settings& settings)
-    : db_(std::make_unique<MySqlSession>(settings)) {
+MySqlFlowAdmin::MySqlFlowAdmin(const Settings& settings, std::shared_ptr<DatabaseNode> node)
+    : db_(std::make_unique<MySqlSession>(settings, std::move(node))) {
   try {
     std::unique_ptr<sql::Statement> st(db_->conn().createStatement());
     st->execute("SET time_zone = '+00:00'");

@@ -436,8 +436,9 @@ class MySqlFlowGroup final : public FlowGroupTransaction {
 
 }  // namespace
 
-MySqlFlowRepository::MySqlFlowRepository(const Settings& settings)
-    : db_(std::make_unique<MySqlSession>(settings)) {}
+MySqlFlowRepository::MySqlFlowRepository(const Settings& settings,
+                                         std::shared_ptr<DatabaseNode> node)
+    : db_(std::make_unique<MySqlSession>(settings, std::move(node))) {}
 
 MySqlFlowRepository::~MySqlFlowRepository() = default;
 

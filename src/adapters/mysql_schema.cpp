@@ -52,8 +52,8 @@ bool has_column(MySqlSession& db, const AddedColumn& a) {
 
 const char* builtin_schema_sql() { return kSchemaSql; }
 
-MySqlSchema::MySqlSchema(const Settings& settings)
-    : db_(std::make_unique<MySqlSession>(settings)) {}
+MySqlSchema::MySqlSchema(const Settings& settings, std::shared_ptr<DatabaseNode> node)
+    : db_(std::make_unique<MySqlSession>(settings, std::move(node))) {}
 MySqlSchema::~MySqlSchema() = default;
 
 void MySqlSchema::apply_script(std::string_view sql) {

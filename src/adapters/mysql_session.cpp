@@ -195,9 +195,9 @@ class CheckedCommitConnection final : public sql::Connection {
 
 // The nodes in the order to try them: the node the process's last connection reached first (so
 // that all connections stay on one node, the safe Galera mode), then DB_HOST's order.
-std::vector<DbNode> connect_order(const Settings& settings) {
+std::vector<DbNode> connect_order(const Settings& settings, const DatabaseNode& reached) {
   std::vector<DbNode> nodes = settings.db_nodes();
-  const std::string last = database_node().address();
+  const std::string last = reached.address();
   const auto it = std::find_if(nodes.begin(), nodes.end(),
                                [&](const DbNode& n) { return n.address() == last; });
   if (it != nodes.end()) std::rotate(nodes.begin(), it, it + 1);
@@ -249,8 +249,9 @@ std::string repeated_rows(const char* prefix, const char* row, std::size_t n, co
   return sql + suffix;
 }
 
-MySqlSession::MySqlSession(const Settings& settings) {
-  const std::vector<DbNode> nodes = connect_order(settings);
+MySqlSession::MySqlSession(const Settings& settings, std::shared_ptr<DatabaseNode> node)
+    : node_(node ? std::move(node) : std::make_shared<DatabaseNode>()) {
+  const std::vector<DbNode> nodes = connect_order(settings, *node_);
   // With one node there is nowhere else to go: it is taken as it is, and a server that does not
   // take writes refuses them itself (read-only: the flows are held; reads still work).
   const bool choose = nodes.size() > 1;
@@ -338,7 +339,7 @@ std::string MySqlSession::connect(const Settings& settings, const DbNode& node, 
     packet_budget_ = max > 2 * kPacketHeadroomBytes ? max - kPacketHeadroomBytes : max / 2;
   }
   conn_->setAutoCommit(false);
-  database_node().reached(node.address(), facts.name, tls);
+  node_->reached(node.address(), facts.name, tls);
   return {};
 }
 

@@ -18,14 +18,15 @@
 #include <string>
 #include <string_view>
 
+#include "gateway/database_node.h"
 #include "gateway/errors.h"
 #include "gateway/settings.h"
 
 namespace gateway {
 
 // DB_HOST may list several nodes (a Galera cluster): the safe Galera mode. Every connection goes
-// to one node that takes writes: the node the process's last connection reached
-// (database_node() in metrics.h) if it still does, else the first in DB_HOST's order. So all of a
+// to one node that takes writes: the node the gateway's last connection reached (its
+// DatabaseNode) if it still does, else the first in DB_HOST's order. So all of a
 // gateway's writes go to one node: on Galera, SELECT ... FOR UPDATE locks the flow row only on
 // the node that runs it, and two nodes writing the same flow both commit locally and one of them
 // fails certification at COMMIT (1213, retried whole). A node counts as down for writes when it
@@ -42,8 +43,9 @@ class MySqlSession {
   // login or missing database (the message names every node tried and why, the database and
   // the user, never the password). TLS as DB_SSL_MODE says: a connection that mode does not
   // allow (no TLS, a certificate that does not verify) fails like an unreachable node (2026);
-  // database_node() records its TLS protocol and cipher.
-  explicit MySqlSession(const Settings& settings);
+  // the DatabaseNode records its TLS protocol and cipher. `node`: the gateway's (see above);
+  // null: a node of its own.
+  MySqlSession(const Settings& settings, std::shared_ptr<DatabaseNode> node);
   MySqlSession(const MySqlSession&) = delete;
   MySqlSession& operator=(const MySqlSession&) = delete;
 
@@ -86,6 +88,7 @@ class MySqlSession {
   // closed again and the reason returned; "" when connected. Throws sql::SQLException.
   std::string connect(const Settings& settings, const DbNode& node, bool choose);
 
+  const std::shared_ptr<DatabaseNode> node_;
   std::unique_ptr<sql::Connection> conn_;
   std::size_t packet_budget_ = 1u << 20;
   std::map<std::string, std::unique_ptr<sql::PreparedStatement>, std::less<>> statements_;

@@ -32,9 +32,10 @@ class NoHttpPoster final : public HttpPoster {
 
 int run_admin(const AdminRequest& request, const Settings& settings, std::ostream& out,
               std::ostream& err) {
-  MySqlFlowAdmin admin(settings);
+  const auto node = std::make_shared<DatabaseNode>();  // both connections on one node
+  MySqlFlowAdmin admin(settings, node);
   // Replays run the flow transaction on a connection of their own, as a worker would.
-  MySqlFlowRepository repo(settings);
+  MySqlFlowRepository repo(settings, node);
   NoHttpPoster http;
   ProcessorOptions po;
   po.http_timeout = std::chrono::seconds(settings.http_timeout_seconds);

@@ -65,21 +65,21 @@ Settings settings_from(const CommandLine& cl) {
 }
 
 int check(const Settings& settings) {
-  MySqlFlowRepository repo(settings);
+  const auto node = std::make_shared<DatabaseNode>();
+  MySqlFlowRepository repo(settings, node);
   // With several nodes in DB_HOST, the one the connection took (the first that takes writes).
-  const std::string name = database_node().name();
-  std::cout << "database: " << settings.database_url_redacted() << " ok, node "
-            << database_node().address() << (name.empty() ? "" : " (" + name + ")") << ", "
-            << (database_node().tls().empty() ? "not encrypted" : "TLS " + database_node().tls())
-            << "\n";
-  if (auto missing = MySqlSchema(settings).missing_tables(); !missing.empty()) {
+  const std::string name = node->name();
+  std::cout << "database: " << settings.database_url_redacted() << " ok, node " << node->address()
+            << (name.empty() ? "" : " (" + name + ")") << ", "
+            << (node->tls().empty() ? "not encrypted" : "TLS " + node->tls()) << "\n";
+  if (auto missing = MySqlSchema(settings, node).missing_tables(); !missing.empty()) {
     std::cout << "schema: missing tables:";
     for (const auto& t : missing) std::cout << ' ' << t;
     std::cout << " (run mqtt-gateway --init-db)\n";
     return kExitFailure;
   }
   // Tables an older version made: reading flows would fail on the missing columns.
-  if (auto missing = MySqlSchema(settings).missing_columns(); !missing.empty()) {
+  if (auto missing = MySqlSchema(settings, node).missing_columns(); !missing.empty()) {
     std::cout << "schema: missing columns:";
     for (const auto& c : missing) std::cout << ' ' << c;
     std::cout << " (run mqtt-gateway --init-db to upgrade)\n";
@@ -220,16 +220,15 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
   std::optional<ShutdownDeadline> deadline;
   Metrics metrics;
   // With several DB_HOST nodes: which one the connections reach, once per change.
-  database_node().set_on_change(
+  metrics.database_node->set_on_change(
       [db_log = logging.get("db")](const std::string& line) { db_log->info("{}", line); });
-  struct ForgetDbLog {  // the node outlives run(); its callback must not outlive the logger
-    ~ForgetDbLog() { database_node().set_on_change({}); }
-  } forget_db_log;
   Spool spool(spool_options(settings), logging.get("spool"));
   log->info("spool {} at {}: {} segment(s), {} bytes, next seq {}", spool.id(), settings.spool_dir,
             spool.stats().segments, spool.stats().bytes, spool.stats().next_seq);
   FlowTable flows;
-  auto repositories = [&settings] { return std::make_unique<MySqlFlowRepository>(settings); };
+  auto repositories = [&settings, node = metrics.database_node] {
+    return std::make_unique<MySqlFlowRepository>(settings, node);
+  };
   // Before anything is appended: never hand out a seq the database already committed. With the
   // database down, the copy of the last reload knows the offset as it was then (issue 15).
   std::optional<FlowCacheContents> cached;
@@ -281,7 +280,9 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
   // Always, also with HTTP_DELIVERY=inline: rows an earlier outbox run left in the outbox are
   // delivered, never stranded.
   auto delivery = std::make_unique<DeliveryService>(
-      [&settings] { return std::make_unique<MySqlDeliveryRepository>(settings); },
+      [&settings, node = metrics.database_node] {
+        return std::make_unique<MySqlDeliveryRepository>(settings, node);
+      },
       [] { return std::make_unique<CurlHttpPoster>(); }, delivery_options(settings), metrics,
       logging.get("delivery"));
   delivery->start();

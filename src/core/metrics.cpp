@@ -159,7 +159,7 @@ std::string Metrics::prometheus_text() const {
   // The database node the connections reach (DB_HOST may list several); absent before the first.
   o << "# HELP gateway_db_node_info The database node the gateway's connections reach.\n"
        "# TYPE gateway_db_node_info gauge\n";
-  const DatabaseNode& node = database_node();
+  const DatabaseNode& node = *database_node;
   if (const std::string address = node.address(); !address.empty()) {
     o << "gateway_db_node_info{node=\"" << label(address) << "\",name=\"" << label(node.name())
       << "\"} 1\n";

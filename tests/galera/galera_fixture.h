@@ -9,7 +9,6 @@
 #include <string>
 #include <thread>
 
-#include "gateway/metrics.h"
 #include "support/galera_env.h"
 
 namespace gateway::testing {
@@ -20,7 +19,6 @@ class GaleraChoice {
  protected:
   explicit GaleraChoice(int node) : cluster_(galera_cluster(&why_not_)) {
     if (cluster_) use_galera_for_test_database(*cluster_, node);
-    database_node().forget();
   }
 
   // wsrep_local_state of node `number` ("4" = Synced), "" when it does not answer.

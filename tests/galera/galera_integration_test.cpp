@@ -39,7 +39,6 @@ class GaleraNodes : public ::testing::Test, protected GaleraChoice {
     if (!cluster_) GTEST_SKIP() << why_not_;
     db_ = std::make_unique<TestDatabase>();
   }
-  ~GaleraNodes() override { database_node().forget(); }
 
   // The test database on the cluster, DB_HOST = `hosts`.
   Settings settings(const std::string& hosts) {
@@ -52,6 +51,8 @@ class GaleraNodes : public ::testing::Test, protected GaleraChoice {
   std::string node(int n) const { return cluster_->node(n).address(); }
 
   std::unique_ptr<TestDatabase> db_;
+  // The gateway's node, as main shares it among its adapters.
+  const std::shared_ptr<DatabaseNode> node_ = std::make_shared<DatabaseNode>();
 };
 
 // Sets a global variable on one node as root for the life of the object.
@@ -81,9 +82,10 @@ class NodeVariable {
 
 TEST_F(GaleraNodes, FirstNodeDeadReachesTheSecond) {
   MySqlFlowRepository repo(
-      settings("127.0.0.1:" + std::to_string(free_port()) + "," + cluster_->db_host({2, 3})));
-  EXPECT_EQ(database_node().address(), node(2));
-  EXPECT_EQ(database_node().name(), "node2");
+      settings("127.0.0.1:" + std::to_string(free_port()) + "," + cluster_->db_host({2, 3})),
+      node_);
+  EXPECT_EQ(node_->address(), node(2));
+  EXPECT_EQ(node_->name(), "node2");
   db_->insert_flow("f", "t/#", "STORE_DB", std::nullopt);  // through node 1
   // Node 2 applies node 1's commit a moment later (reads do not wait: wsrep_sync_wait 0).
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
@@ -95,14 +97,14 @@ TEST_F(GaleraNodes, FirstNodeDeadReachesTheSecond) {
 
 TEST_F(GaleraNodes, KilledNodeIsPassedOver) {
   KilledNode killed(*cluster_, 3);
-  MySqlFlowRepository repo(settings(cluster_->db_host({3, 1, 2})));
-  EXPECT_EQ(database_node().address(), node(1));
+  MySqlFlowRepository repo(settings(cluster_->db_host({3, 1, 2})), node_);
+  EXPECT_EQ(node_->address(), node(1));
 }
 
 TEST_F(GaleraNodes, ReadOnlyNodeIsSkipped) {
   NodeVariable read_only(*cluster_, 1, "read_only", "ON", "OFF");
-  MySqlFlowRepository repo(settings(cluster_->db_host({1, 2, 3})));
-  EXPECT_EQ(database_node().address(), node(2));
+  MySqlFlowRepository repo(settings(cluster_->db_host({1, 2, 3})), node_);
+  EXPECT_EQ(node_->address(), node(2));
 }
 
 // wsrep_desync: the node leaves flow control and says Donor/Desynced (wsrep_local_state 2).
@@ -110,8 +112,8 @@ TEST_F(GaleraNodes, DesyncedNodeIsSkipped) {
   {
     NodeVariable desync(*cluster_, 1, "wsrep_desync", "ON", "OFF");
     ASSERT_TRUE(wait_state(1, false, std::chrono::seconds(10))) << state(1);
-    MySqlFlowRepository repo(settings(cluster_->db_host({1, 2})));
-    EXPECT_EQ(database_node().address(), node(2));
+    MySqlFlowRepository repo(settings(cluster_->db_host({1, 2})), node_);
+    EXPECT_EQ(node_->address(), node(2));
   }
   EXPECT_TRUE(wait_state(1, true, std::chrono::seconds(30))) << "node 1 stays " << state(1);
 }
@@ -119,8 +121,8 @@ TEST_F(GaleraNodes, DesyncedNodeIsSkipped) {
 // Maintenance mode: the node answers SET and SHOW but refuses queries on tables with 1047.
 TEST_F(GaleraNodes, NodeRejectingQueriesIsSkipped) {
   NodeVariable reject(*cluster_, 1, "wsrep_reject_queries", "ALL", "NONE");
-  MySqlFlowRepository repo(settings(cluster_->db_host({1, 3})));
-  EXPECT_EQ(database_node().address(), node(3));
+  MySqlFlowRepository repo(settings(cluster_->db_host({1, 3})), node_);
+  EXPECT_EQ(node_->address(), node(3));
   EXPECT_TRUE(repo.load_flows().empty());
 }
 
@@ -129,7 +131,7 @@ TEST_F(GaleraNodes, NoNodeTakingWritesIsRefusedNamingEachNodeAndWhy) {
   NodeVariable reject(*cluster_, 2, "wsrep_reject_queries", "ALL", "NONE");
   const std::string dead = "127.0.0.1:" + std::to_string(free_port());
   try {
-    MySqlFlowRepository repo(settings(cluster_->db_host({1, 2}) + "," + dead));
+    MySqlFlowRepository repo(settings(cluster_->db_host({1, 2}) + "," + dead), node_);
     FAIL() << "connected";
   } catch (const DbRefused& e) {
     const std::string what = e.what();
@@ -148,14 +150,14 @@ TEST_F(GaleraNodes, ConnectionsStayOnTheNodeTheyMovedTo) {
   const Settings s = settings(cluster_->db_host({1, 2, 3}));
   {
     NodeVariable read_only(*cluster_, 1, "read_only", "ON", "OFF");
-    MySqlFlowRepository moved(s);
-    EXPECT_EQ(database_node().address(), node(2));
+    MySqlFlowRepository moved(s, node_);
+    EXPECT_EQ(node_->address(), node(2));
   }
-  MySqlFlowRepository next(s);
-  EXPECT_EQ(database_node().address(), node(2)) << "moved back to node 1 by itself";
-  database_node().forget();  // what a restart of the gateway does
-  MySqlFlowRepository after_restart(s);
-  EXPECT_EQ(database_node().address(), node(1));
+  MySqlFlowRepository next(s, node_);
+  EXPECT_EQ(node_->address(), node(2)) << "moved back to node 1 by itself";
+  node_->forget();  // what a restart of the gateway does
+  MySqlFlowRepository after_restart(s, node_);
+  EXPECT_EQ(node_->address(), node(1));
 }
 
 // Two gateways writing one flow through two nodes: both lock the flow row (each only on its own

@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "gateway/adapters/mysql_flow_repository.h"
+#include "gateway/database_node.h"
 #include "gateway/env_file.h"
 #include "gateway/errors.h"
-#include "gateway/metrics.h"
 #include "support/loopback_http.h"
 #include "support/test_database.h"
 #include "support/test_env.h"
@@ -29,11 +29,6 @@ using testing::TestDatabase;
 class MySqlNodeListTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { mysql_global_init(); }
-  MySqlNodeListTest() { database_node().forget(); }
-  ~MySqlNodeListTest() override {
-    database_node().set_on_change(nullptr);
-    database_node().forget();
-  }
 
   // The test database's settings with DB_HOST = `hosts` and a short connect timeout.
   Settings settings(const std::string& hosts) {
@@ -49,11 +44,13 @@ class MySqlNodeListTest : public ::testing::Test {
   static std::string dead() { return "127.0.0.1:" + std::to_string(free_port()); }
 
   TestDatabase db_;
+  // The gateway's node, as main shares it among its adapters.
+  const std::shared_ptr<DatabaseNode> node_ = std::make_shared<DatabaseNode>();
 };
 
 TEST_F(MySqlNodeListTest, DeadFirstNodesArePassedOverAndTheServerIsReached) {
-  MySqlFlowRepository repo(settings(dead() + "," + dead() + "," + server()));
-  EXPECT_EQ(database_node().address(), server());
+  MySqlFlowRepository repo(settings(dead() + "," + dead() + "," + server()), node_);
+  EXPECT_EQ(node_->address(), server());
   db_.insert_flow("f", "t/#", "STORE_DB", std::nullopt);
   EXPECT_EQ(repo.load_flows().size(), 1u);
 }
@@ -105,19 +102,20 @@ TEST_F(MySqlNodeListTest, ReadOnlyNodeIsDownInAListButTakenAlone) {
     EXPECT_THAT(e.what(), HasSubstr(server() + ": not ready for writes (read_only=ON)"));
     EXPECT_THAT(e.what(), HasSubstr(other + ": "));
   }
-  MySqlFlowRepository alone(settings(server()));
-  EXPECT_EQ(database_node().address(), server());
+  MySqlFlowRepository alone(settings(server()), node_);
+  EXPECT_EQ(node_->address(), server());
   EXPECT_TRUE(alone.load_flows().empty());
 }
 
 TEST_F(MySqlNodeListTest, TheNodeReachedIsReportedOncePerChange) {
   std::vector<std::string> lines;
-  database_node().set_on_change([&](const std::string& line) { lines.push_back(line); });
+  node_->set_on_change([&](const std::string& line) { lines.push_back(line); });
   const Settings s = settings(dead() + "," + server());
-  for (int i = 0; i < 3; ++i) MySqlFlowRepository repo(s);
+  for (int i = 0; i < 3; ++i) MySqlFlowRepository repo(s, node_);
   ASSERT_EQ(lines.size(), 1u) << ::testing::PrintToString(lines);
   EXPECT_THAT(lines[0], ::testing::StartsWith("database node " + server() + " ("));
-  EXPECT_FALSE(database_node().name().empty()) << "the server's hostname";
+  EXPECT_FALSE(node_->name().empty()) << "the server's hostname";
+  node_->set_on_change(nullptr);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "gateway/adapters/mysql_driver.h"
+#include "gateway/database_node.h"
 #include "gateway/delivery_repository.h"
 #include "gateway/settings.h"
 
@@ -16,7 +17,9 @@ class MySqlSession;
 class MySqlDeliveryRepository final : public DeliveryRepository {
  public:
   // Connects at once; throws as MySqlFlowRepository's constructor.
-  explicit MySqlDeliveryRepository(const Settings& settings);
+  // `node`: shared by the gateway's connections (see database_node.h); null: one of its own.
+  explicit MySqlDeliveryRepository(const Settings& settings,
+                                   std::shared_ptr<DatabaseNode> node = nullptr);
   ~MySqlDeliveryRepository() override;
 
   std::vector<DueFlow> pending_flows(std::string_view owner) override;

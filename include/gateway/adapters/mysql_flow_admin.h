@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "gateway/adapters/mysql_driver.h"
+#include "gateway/database_node.h"
 #include "gateway/flow_admin.h"
 #include "gateway/settings.h"
 
@@ -18,7 +19,8 @@ class MySqlFlowAdmin final : public FlowAdmin {
   // Connects at once (throws as MySqlFlowRepository's constructor). Throws Error when the schema
   // lacks columns of this version (rejected_messages' replay columns, flows' STORE_TABLE
   // columns): "run mqtt-gateway --init-db".
-  explicit MySqlFlowAdmin(const Settings& settings);
+  // `node`: shared by the gateway's connections (see database_node.h); null: one of its own.
+  explicit MySqlFlowAdmin(const Settings& settings, std::shared_ptr<DatabaseNode> node = nullptr);
   ~MySqlFlowAdmin() override;
 
   std::vector<FlowStatus> list_flows() override;

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "gateway/adapters/mysql_driver.h"
+#include "gateway/database_node.h"
 #include "gateway/flow_repository.h"
 #include "gateway/settings.h"
 
@@ -18,7 +19,9 @@ class MySqlFlowRepository final : public FlowRepository {
   // Connects at once. Throws DbUnavailable when the server cannot be reached, DbRefused for a
   // refused login or missing database (the message names host, port, database and user, never
   // the password).
-  explicit MySqlFlowRepository(const Settings& settings);
+  // `node`: shared by the gateway's connections (see database_node.h); null: one of its own.
+  explicit MySqlFlowRepository(const Settings& settings,
+                               std::shared_ptr<DatabaseNode> node = nullptr);
   ~MySqlFlowRepository() override;
 
   std::optional<MqttServer> load_mqtt_server() override;

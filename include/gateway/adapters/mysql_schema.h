@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gateway/adapters/mysql_driver.h"
+#include "gateway/database_node.h"
 #include "gateway/settings.h"
 
 namespace gateway {
@@ -21,7 +22,8 @@ const char* builtin_schema_sql();
 class MySqlSchema {
  public:
   // Connects at once; throws as MySqlFlowRepository's constructor.
-  explicit MySqlSchema(const Settings& settings);
+  // `node`: shared by the gateway's connections (see database_node.h); null: one of its own.
+  explicit MySqlSchema(const Settings& settings, std::shared_ptr<DatabaseNode> node = nullptr);
   ~MySqlSchema();
 
   // Runs every statement of an SQL script (config/schema.sql): statements end with ';' at the end
