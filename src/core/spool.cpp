@@ -12,7 +12,6 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
-#include <cstring>
 #include <functional>
 #include <limits>
 #include <map>
@@ -159,10 +158,10 @@ class AppendWindow {
 // magic, its first bytes, lands last, and a record without it reads as the zero tail.
 void copy_record(char* out, const std::string& record) {
   constexpr std::size_t kMagic = 4;
-  std::memcpy(out + kMagic, record.data() + kMagic, record.size() - kMagic);
+  std::copy_n(record.data() + kMagic, record.size() - kMagic, out + kMagic);
   // A signal stops a thread between instructions, so only the compiler could reorder the two.
   std::atomic_signal_fence(std::memory_order_release);
-  std::memcpy(out, record.data(), kMagic);
+  std::copy_n(record.data(), kMagic, out);
 }
 
 int sync_directory(const fs::path& dir) {
