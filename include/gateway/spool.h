@@ -14,10 +14,12 @@
 // On disk, in `dir`:
 //   <first seq, 20 digits>.seg  segments, in seq order; a new empty segment's name carries the
 //                               next seq, so seq survives restarts even when all else was released.
-//                               Except with kAlways, the active one is written through a mapped
+//                               Except with kAlways, on ext4, XFS and tmpfs (whose fallocate
+//                               reserves the blocks), the active one is written through a mapped
 //                               window preallocated up to 1 MiB past its records: on disk it is
-//                               that much longer (zeros) until it is finished or the spool closes,
-//                               and recovery cuts such a zero tail off (not counted as damage)
+//                               that much longer (zeros) until it is finished or the spool closes.
+//                               Recovery cuts such a zero tail off the last segment (logged, not
+//                               counted as damage) and skips the seqs it could have held
 //   spool.id                    this spool's identity (see id())
 //   spool.lock                  flock()ed while open, so two processes never share a spool
 // The records in a segment: see spool_format.h.
@@ -29,6 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -60,6 +63,12 @@ struct SpoolOptions {
   SpoolFsync fsync = SpoolFsync::kBatch;
   std::chrono::milliseconds fsync_interval{5};  // kBatch: how long new records may stay unsynced
   std::size_t redelivery_window = 1024;  // recent QoS>0 records remembered to spot redeliveries
+  // kNever and kBatch: copy records into a mapped window of the segment (no system call per
+  // record) where the file system reserves fallocate'd blocks (ext4, XFS, tmpfs); false, or any
+  // other file system: a write(2) per record.
+  bool map_appends = true;
+  // fdatasync(2); tests replace it to make a sync fail.
+  std::function<int(int fd)> sync_data;
 };
 
 struct AppendResult {
@@ -88,8 +97,8 @@ class Spool {
   // never apply to it.
   const std::string& id() const;
 
-  // Returns once the record is in the page cache (a memcpy into the mapped window, which
-  // survives kill -9 as a write(2) would; kAlways: pwrite(2) and fdatasync'ed).
+  // Returns once the record is in the page cache (a memcpy into the mapped window or a
+  // pwrite(2), either of which survives kill -9; kAlways: pwrite(2) and fdatasync'ed).
   // `retained` is the MQTT RETAIN flag; original_size > 0 says that `payload` is only the first
   // bytes of a payload of that many bytes; `properties` are the MQTT 5 fields (see SpoolRecord).
   // With dup set, packet_id != 0 and an identical (packet_id, topic, payload) among the last
@@ -100,9 +109,11 @@ class Spool {
   // properties), SpoolError on I/O errors (ENOSPC, EIO, EFBIG; with the window: when no room for
   // the record can be allocated): nothing of the record then stays in the segment, so the spool
   // stays readable, no reader ever sees it, and a later append succeeds once the disk takes
-  // writes again. A segment file truncated behind the spool's back, or a file system that fails
-  // a mapped page's write fault (out of space on a copy-on-write one), ends the process with
-  // SIGBUS instead: the message is then not acknowledged either.
+  // writes again. kBatch: also while the fsync thread's last fdatasync failed (the disk does not
+  // take the records it was given), until one succeeds. A page of the window that cannot be
+  // read or written (a segment file truncated behind the spool's back, an I/O error reading a
+  // window's first, partly written page) ends the process with SIGBUS instead: the message is
+  // then not acknowledged either.
   std::optional<AppendResult> append(std::string_view topic, std::string_view payload,
                                      std::uint16_t packet_id, bool dup, std::int64_t arrival_us,
                                      bool retained = false, std::uint64_t original_size = 0,
@@ -159,7 +170,8 @@ class Spool {
   void close();
 
   struct Stats {
-    std::uint64_t bytes = 0;  // on disk, all segments
+    std::uint64_t bytes = 0;  // all segments' (the active one's records only: with a window
+                              // its file is longer, zeros)
     std::uint64_t segments = 0;
     std::uint64_t next_seq = 0;
     std::uint64_t appended = 0;                 // since open

@@ -1,10 +1,12 @@
 #include "gateway/spool.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <spdlog/logger.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -104,6 +106,8 @@ bool zero_tail(const fs::path& path, std::uint64_t from, std::uint64_t to) {
 // write(2) does, and fdatasync() flushes them as it flushes written pages. The cost: the
 // segment file is longer than its records while it is active (a zero tail that recovery and
 // roll cut off), and a file shrunk behind the spool's back would make a copy fault (SIGBUS).
+// Only where fallocate reserves the blocks (fallocate_reserves_blocks()): elsewhere (ZFS, NFS,
+// FUSE) it may succeed without them, and a full disk would show at writeback, after the ack.
 class AppendWindow {
  public:
   AppendWindow() = default;
@@ -154,8 +158,9 @@ class AppendWindow {
   std::uint64_t end_ = 0;    // end of the allocated, mapped bytes
 };
 
-// Copies an encoded record to `out` so that a copy cut short (kill -9 midway) never frames: the
-// magic, its first bytes, lands last, and a record without it reads as the zero tail.
+// Copies an encoded record to `out` with the magic, its first bytes, last: a copy cut short by
+// kill -9 has no magic, so recovery never frames it as a record (it reads as damage at the end
+// of the last segment: logged, its seqs skipped). Power loss is the checksum's business.
 void copy_record(char* out, const std::string& record) {
   constexpr std::size_t kMagic = 4;
   std::copy_n(record.data() + kMagic, record.size() - kMagic, out + kMagic);
@@ -170,6 +175,22 @@ int sync_directory(const fs::path& dir) {
   const int rc = ::fsync(fd) == 0 ? 0 : errno;
   ::close(fd);
   return rc;
+}
+
+// Whether posix_fallocate() on `dir`'s file system allocates real blocks, so that writing into
+// them cannot fail for want of space later: ext4, XFS and tmpfs. Not ZFS (a sparse file after a
+// free-space check), NFS or FUSE (glibc writes a byte per block), nor btrfs (copy-on-write).
+bool fallocate_reserves_blocks(const fs::path& dir) {
+  struct statfs st {};
+  if (::statfs(dir.c_str(), &st) != 0) return false;
+  switch (static_cast<unsigned long>(st.f_type)) {
+    case EXT4_SUPER_MAGIC:  // also ext2 and ext3
+    case XFS_SUPER_MAGIC:
+    case TMPFS_MAGIC:
+      return true;
+    default:
+      return false;
+  }
 }
 
 bool is_hex_id(std::string_view id) {
@@ -231,6 +252,9 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   bool advance(SpoolReader& reader) override;
   bool advance_locked(SpoolReader& reader);
   void sync_directory_or_log() const;
+  int sync_data(int fd) const {
+    return options_.sync_data ? options_.sync_data(fd) : ::fdatasync(fd);
+  }
   void fsync_loop();
 
   const SpoolOptions options_;
@@ -251,18 +275,23 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   std::uint64_t active_first_ = 0;             // guarded by mu_
   Segment* active_ = nullptr;  // guarded by mu_; segments_[active_first_] (map nodes are stable)
   std::shared_ptr<File> active_file_;  // guarded by mu_; shared with the fsync thread
-  AppendWindow window_;  // guarded by mu_; kNever and kBatch: where the active file's next bytes go
-  bool must_roll_ = false;                       // guarded by mu_; the active file has a bad tail
+  bool mapped_ = false;     // appends go through window_ (kNever and kBatch, a file system that
+                            // reserves fallocate'd blocks, map_appends)
+  AppendWindow window_;     // guarded by mu_; mapped_: where the active file's next bytes go
+  bool must_roll_ = false;  // guarded by mu_; the active file has a bad tail
   std::vector<std::shared_ptr<File>> unsynced_;  // guarded by mu_; rolled but not yet synced
   bool dirty_ = false;                           // guarded by mu_; kBatch: something to sync
   bool directory_dirty_ = false;                 // guarded by mu_; kBatch: dir needs fsync
-  std::uint64_t next_seq_ = 1;                   // guarded by mu_
-  std::uint64_t bytes_ = 0;                      // guarded by mu_
-  std::uint64_t appended_ = 0;                   // guarded by mu_
-  std::uint64_t redeliveries_dropped_ = 0;       // guarded by mu_
-  std::uint64_t corrupt_records_skipped_ = 0;    // guarded by mu_
-  int blocked_appenders_ = 0;                    // guarded by mu_
-  std::string buffer_;                           // guarded by mu_; the record being written
+  // guarded by mu_; kBatch: why the fsync thread's last fdatasync failed ("" if it did not);
+  // appends are refused while it is set
+  std::string sync_failure_;
+  std::uint64_t next_seq_ = 1;                 // guarded by mu_
+  std::uint64_t bytes_ = 0;                    // guarded by mu_
+  std::uint64_t appended_ = 0;                 // guarded by mu_
+  std::uint64_t redeliveries_dropped_ = 0;     // guarded by mu_
+  std::uint64_t corrupt_records_skipped_ = 0;  // guarded by mu_
+  int blocked_appenders_ = 0;                  // guarded by mu_
+  std::string buffer_;                         // guarded by mu_; the record being written
   struct Window {
     std::vector<WindowEntry> ring;
     std::size_t next = 0;  // the slot to overwrite next
@@ -291,6 +320,12 @@ Spool::Impl::Impl(SpoolOptions options, std::shared_ptr<spdlog::logger> log)
     throw SpoolError("spool: cannot create " + options_.dir.string() + ": " + ec.message());
   }
   lock_directory();
+  mapped_ = options_.fsync != SpoolFsync::kAlways && options_.map_appends &&
+            fallocate_reserves_blocks(options_.dir);
+  if (options_.fsync != SpoolFsync::kAlways && options_.map_appends && !mapped_) {
+    log_->info("spool: {} is not on ext4, XFS or tmpfs: appends use write(2)",
+               options_.dir.string());
+  }
   load_or_create_id();
   recover();
   if (options_.fsync == SpoolFsync::kBatch) {
@@ -315,9 +350,9 @@ Spool::Impl::~Impl() {
   }
   if (options_.fsync == SpoolFsync::kNever) return;
   for (const auto& file : unsynced_) {
-    if (::fdatasync(file->get()) != 0) log_->error("spool: fdatasync: {}", errno_text(errno));
+    if (sync_data(file->get()) != 0) log_->error("spool: fdatasync: {}", errno_text(errno));
   }
-  if (active_file_ && ::fdatasync(active_file_->get()) != 0) {
+  if (active_file_ && sync_data(active_file_->get()) != 0) {
     const int err = errno;
     log_->error("spool: fdatasync {}: {}", segment_path(active_first_).string(), errno_text(err));
   }
@@ -397,6 +432,7 @@ void Spool::Impl::recover() {
   std::lock_guard lock(mu_);
   std::uint64_t max_seq = 0;
   std::uint64_t damaged_tail_bytes = 0;  // after the last good record of the last segment
+  std::uint64_t zero_tail_bytes = 0;     // of those, a window's zeros cut off
   spool_detail::SegmentDecoder decoder;
   for (std::size_t i = 0; i < firsts.size(); ++i) {
     const bool last = i + 1 == firsts.size();
@@ -407,7 +443,6 @@ void Spool::Impl::recover() {
     const auto size = static_cast<std::uint64_t>(st.st_size);
     Segment segment{size, size, 0};
     std::uint64_t good_end = 0;
-    std::uint64_t end = size;  // of the bytes that count, without a zero tail
     std::uint64_t segment_max_seq = 0;
     decoder.reset(std::move(file), path);
     for (;;) {
@@ -422,15 +457,20 @@ void Spool::Impl::recover() {
         }
         continue;
       }
-      if (r.status == DecodeStatus::kCorrupt && r.consumed == 0 && zero_tail(path, offset, size)) {
-        // The unused rest of an append window (the process ended without cutting it off), or a
-        // record whose copy was cut short (its magic goes last): the records end here.
-        log_->debug("spool: {}: {} zero bytes after the last record; cut off", path.string(),
-                    size - offset);
+      if (r.status == DecodeStatus::kCorrupt && r.consumed == 0 && last &&
+          size - offset <= kWindowBytes && zero_tail(path, offset, size)) {
+        // The unused rest of an append window: the process ended without cutting it off. The
+        // records end here; past a power loss the zeros may also stand for records that never
+        // reached the disk, so their seqs are skipped (below) as a damaged tail's are.
+        log_->warn(
+            "spool: {}: {} bytes of zeros after the last record (the gateway did not stop "
+            "cleanly); cut off",
+            path.string(), size - offset);
         if (::truncate(path.c_str(), static_cast<off_t>(offset)) != 0) {
           throw_io("cannot truncate", path, errno);
         }
-        segment.size = segment.readable_end = end = offset;
+        segment.size = segment.readable_end = offset;
+        zero_tail_bytes = size - offset;
         break;
       }
       if (r.status == DecodeStatus::kCorrupt && r.consumed > 0) {
@@ -466,7 +506,7 @@ void Spool::Impl::recover() {
       }
       break;
     }
-    if (last) damaged_tail_bytes = end - good_end;
+    if (last) damaged_tail_bytes = size - good_end;
     max_seq = std::max(max_seq, segment_max_seq);
     segment.end_seq = std::max(firsts[i], segment_max_seq + 1);
     bytes_ += segment.size;
@@ -481,8 +521,8 @@ void Spool::Impl::recover() {
     // The damaged bytes may have held records already handed to the database; skip every seq
     // they could have used. The new segment's name keeps that gap across further restarts.
     next_seq_ += (damaged_tail_bytes + kSpoolRecordHeaderBytes - 1) / kSpoolRecordHeaderBytes;
-    log_->warn("spool: the last segment was damaged; appends continue in a new segment at seq {}",
-               next_seq_);
+    log_->warn("spool: the last segment {}; appends continue in a new segment at seq {}",
+               damaged_tail_bytes == zero_tail_bytes ? "ended in zeros" : "was damaged", next_seq_);
     create_active_segment_locked(next_seq_);
   } else {
     active_first_ = firsts.back();
@@ -536,7 +576,7 @@ int Spool::Impl::append_mapped_locked() {
 // recovery cuts a zero tail off too.
 void Spool::Impl::finish_active_locked() {
   window_.reset();
-  if (!active_file_ || options_.fsync == SpoolFsync::kAlways) return;
+  if (!active_file_ || !mapped_) return;
   if (::ftruncate(active_file_->get(), static_cast<off_t>(active_->size)) != 0) {
     const int err = errno;
     log_->error("spool: cannot cut {} to its {} bytes of records: {}",
@@ -653,17 +693,21 @@ std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::str
   if (must_roll_ || (active_->size > 0 && active_->size + record_bytes > options_.segment_bytes)) {
     roll_locked(next_seq_);
   }
-  if (options_.fsync != SpoolFsync::kAlways) {
+  if (!sync_failure_.empty()) {
+    // The disk did not take what it was given: no more acknowledgements until it does.
+    throw SpoolError("spool: " + sync_failure_ + "; appends wait for a sync to succeed");
+  }
+  if (mapped_) {
     // Nothing reaches the file when this fails: no cut back.
     const int err = append_mapped_locked();
     if (buffer_.capacity() > kKeepBufferBytes) std::string().swap(buffer_);
     if (err != 0) throw_io("cannot allocate", segment_path(active_first_), err);
   } else {
-    // A flush per record anyway: write(2), which a failed fdatasync can cut back.
+    // write(2), which a failed write or fdatasync can cut back.
     const int fd = active_file_->get();
     std::string_view failed = "cannot write";
     int err = pwrite_all(fd, buffer_.data(), buffer_.size(), active_->size);
-    if (err == 0 && ::fdatasync(fd) != 0) {
+    if (err == 0 && options_.fsync == SpoolFsync::kAlways && sync_data(fd) != 0) {
       failed = "cannot fdatasync";
       err = errno;
     }
@@ -856,12 +900,28 @@ void Spool::Impl::fsync_loop() {
     rolled.swap(unsynced_);
     const bool directory = std::exchange(directory_dirty_, false);
     lock.unlock();
+    std::string failure;
+    std::vector<std::shared_ptr<File>> failed;
     for (const auto& file : rolled) {
-      if (::fdatasync(file->get()) != 0) log_->error("spool: fdatasync: {}", errno_text(errno));
+      if (sync_data(file->get()) != 0) {
+        failure = "fdatasync failed: " + errno_text(errno);
+        failed.push_back(file);
+      }
     }
-    if (::fdatasync(active->get()) != 0) log_->error("spool: fdatasync: {}", errno_text(errno));
+    if (sync_data(active->get()) != 0) failure = "fdatasync failed: " + errno_text(errno);
     if (directory) sync_directory_or_log();
     lock.lock();
+    if (!failure.empty()) {
+      // Retried every interval (a finished segment among them too) until it works.
+      if (sync_failure_.empty())
+        log_->error("spool: {}; appends wait until a sync succeeds", failure);
+      sync_failure_ = failure;
+      unsynced_.insert(unsynced_.end(), failed.begin(), failed.end());
+      dirty_ = true;
+    } else if (!sync_failure_.empty()) {
+      log_->info("spool: fdatasync works again; appends resume");
+      sync_failure_.clear();
+    }
   }
 }
 
