@@ -8,6 +8,7 @@
 
 #include "gateway/clock.h"
 #include "gateway/errors.h"
+#include "gateway/thread_name.h"
 
 namespace gateway {
 namespace {
@@ -65,7 +66,10 @@ MetricsServer::MetricsServer(const std::string& address, const Metrics& metrics,
     throw Error("METRICS_ADDRESS: cannot listen on " + address + " (in use or not permitted)");
   }
   impl_->port = where->port;
-  impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });
+  impl_->thread = std::thread([this] {
+    set_thread_name("gw-metrics");
+    impl_->server.listen_after_bind();
+  });
   log->info("metrics and health on http://{}/metrics and /healthz", address);
 }
 

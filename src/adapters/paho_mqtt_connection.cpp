@@ -17,6 +17,7 @@
 #include "gateway/backoff.h"
 #include "gateway/errors.h"
 #include "gateway/loss_ledger.h"
+#include "gateway/thread_name.h"
 
 namespace gateway {
 
@@ -385,6 +386,7 @@ struct PahoMqttConnection::Impl {
   }
 
   void reconnect_loop() {
+    set_thread_name("gw-reconnect");
     Backoff backoff(std::chrono::milliseconds(500), options.reconnect_max);
     while (losses.wait_for_loss()) {
       auto delay = backoff.next();

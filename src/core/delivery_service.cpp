@@ -13,6 +13,7 @@
 #include "gateway/clock.h"
 #include "gateway/errors.h"
 #include "gateway/redact.h"
+#include "gateway/thread_name.h"
 
 namespace gateway {
 namespace {
@@ -71,11 +72,14 @@ class DeliveryService::Sidecar {
   static constexpr std::size_t kMaxMergedRows = 256;
 
  public:
-  explicit Sidecar(DeliveryService& service)
+  Sidecar(DeliveryService& service, std::size_t index)
       : service_(service),
         limit_(std::max(service.options_.max_unremoved, 2 * service.options_.remove_every) -
                service.options_.remove_every),
-        thread_([this] { run(); }) {}
+        thread_([this, index] {
+          set_thread_name("gw-remove-" + std::to_string(index + 1));
+          run();
+        }) {}
   ~Sidecar() {
     {
       std::lock_guard lock(mu_);
@@ -278,6 +282,7 @@ bool DeliveryService::sleep_unless_stopping(std::chrono::milliseconds d) {
 }
 
 void DeliveryService::scan_loop() {
+  set_thread_name("gw-outbox-scan");
   const std::shared_ptr<void> thread_scope =
       options_.thread_scope ? options_.thread_scope() : nullptr;
   std::unique_ptr<DeliveryRepository> repo;
@@ -308,11 +313,12 @@ void DeliveryService::scan_loop() {
 }
 
 void DeliveryService::worker_loop(std::size_t index) {
+  set_thread_name("gw-deliver-" + std::to_string(index + 1));
   const std::shared_ptr<void> thread_scope =
       options_.thread_scope ? options_.thread_scope() : nullptr;
   std::unique_ptr<DeliveryRepository> repo;
   std::unique_ptr<HttpPoster> http = posters_();
-  Sidecar sidecar(*this);
+  Sidecar sidecar(*this, index);
   Backoff backoff(options_.db_retry_initial, options_.db_retry_max);
   for (;;) {
     std::int64_t flow_id;

@@ -13,6 +13,7 @@
 #include "gateway/clock.h"
 #include "gateway/column_map.h"
 #include "gateway/errors.h"
+#include "gateway/thread_name.h"
 
 namespace gateway {
 namespace {
@@ -724,6 +725,7 @@ void GatewayMqttClient::move_to(std::size_t index, const std::string& why) {
 }
 
 void GatewayMqttClient::mqtt_loop() {
+  set_thread_name("gw-mqtt");
   using namespace std::chrono;
   const auto heartbeat_every = seconds(settings_.mqtt_heartbeat_seconds);
   auto next_heartbeat = steady_clock::now() + heartbeat_every;

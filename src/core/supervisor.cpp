@@ -10,6 +10,7 @@
 #include "gateway/gateway_mqtt_client.h"
 #include "gateway/metrics.h"
 #include "gateway/signal_mask.h"
+#include "gateway/thread_name.h"
 
 namespace gateway {
 namespace {
@@ -27,6 +28,7 @@ Supervisor::~Supervisor() { stop(); }
 
 void Supervisor::start() {
   timer_ = std::thread([this] {
+    set_thread_name("gw-supervisor");
     const auto scope = options_.thread_scope ? options_.thread_scope() : nullptr;
     timer_loop();
   });
