@@ -131,6 +131,9 @@ std::optional<Pipeline::RoutingEpoch> Pipeline::routing_for(
       std::lock_guard lock(mu_);
       if (stopping_) return std::nullopt;
     }
+    // Retrying is progress (as waiting out a database outage is): a restart would not make the
+    // disk take the file, so the watchdog is fed.
+    metrics_.last_progress_ms.store(steady_now_ms(), std::memory_order_relaxed);
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }
 }

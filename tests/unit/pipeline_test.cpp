@@ -23,6 +23,7 @@
 #include "fakes/shared_fake_database.h"
 #include "gateway/clock.h"
 #include "gateway/errors.h"
+#include "gateway/flow_starts.h"
 #include "support/eventually.h"
 
 namespace gateway {
@@ -150,6 +151,25 @@ TEST_F(PipelineTest, StoresEveryMessageOnceInOrder) {
 }
 
 // What a failover to a replica looks like: every write fails with 1290 for a while.
+// The flow-starts file cannot be written (a directory holds its temporary name; root ignores
+// permissions): routing waits and drops nothing, and the watchdog's progress clock is fed
+// meanwhile, as while the database is down; once the file can be written the message is stored.
+TEST_F(PipelineTest, RoutingWaitsForAnUnwritableFlowStartsFileAndFeedsTheWatchdog) {
+  const fs::path blocker = dir_ / "flow-starts.json.tmp";
+  fs::create_directories(blocker / "in-the-way");
+  FlowStarts starts(dir_, 1);
+  PipelineOptions o;
+  o.flow_starts = &starts;
+  start(o);
+  publish("a/1", 1, 1);
+  const std::int64_t before = steady_now_ms();
+  ASSERT_TRUE(eventually([&] { return metrics_.last_progress_ms.load() > before + 1500; }, 5s))
+      << "the progress clock stood still while routing waited";
+  EXPECT_TRUE(stored(1).empty());
+  fs::remove_all(blocker);
+  ASSERT_TRUE(eventually([&] { return stored(1) == range(1, 1); }));
+}
+
 TEST_F(PipelineTest, ReadOnlyDatabaseHoldsTheFlowAndLosesNothing) {
   std::atomic<int> refusals{0};
   db_.repo.on_lock = [&](std::int64_t) {
