@@ -1,12 +1,14 @@
-// Replacing a small file so that a crash or a power loss leaves the old copy or the new one, never
-// half of one: the text goes to a temp file next to it (created with `mode`), which is synced,
-// renamed over the file, and the directory synced (the rename must survive a power loss too).
-// Used for the files the gateway keeps next to its spool (flow_cache.h, flow_starts.h).
+// The small files the gateway keeps next to its spool (spool.id, flow_cache.h, flow_starts.h):
+// replaced so that a crash or a power loss leaves the old copy or the new one, never half of one
+// (the text goes to a temp file next to it, created with `mode`, which is synced, renamed over
+// the file, and the directory synced: the rename must survive a power loss too), and read whole.
 #pragma once
 
 #include <sys/types.h>
 
 #include <filesystem>
+#include <optional>
+#include <string>
 #include <string_view>
 
 namespace gateway {
@@ -14,5 +16,10 @@ namespace gateway {
 // Throws Error "<what> <path>: cannot …: <reason>" on an I/O error; the old file then stays.
 void replace_file_atomically(const std::filesystem::path& path, std::string_view text, mode_t mode,
                              std::string_view what);
+
+// The file's bytes, or std::nullopt if it does not exist. Throws Error "<what> <path>: cannot
+// read: <reason>" on any other error.
+std::optional<std::string> read_file_if_exists(const std::filesystem::path& path,
+                                               std::string_view what);
 
 }  // namespace gateway

@@ -59,4 +59,29 @@ void replace_file_atomically(const std::filesystem::path& path, std::string_view
   }
 }
 
+std::optional<std::string> read_file_if_exists(const std::filesystem::path& path,
+                                               std::string_view what) {
+  const auto fail = [&](int err) {
+    throw Error(std::string(what) + " " + path.string() + ": cannot read: " + std::strerror(err));
+  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return std::nullopt;
+    fail(errno);
+  }
+  std::string text;
+  char buffer[65536];
+  int err = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) err = errno;
+    if (n <= 0) break;
+    text.append(buffer, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  if (err != 0) fail(err);
+  return text;
+}
+
 }  // namespace gateway

@@ -1,9 +1,5 @@
 #include "gateway/flow_cache.h"
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "gateway/atomic_file.h"
@@ -22,8 +18,6 @@ std::optional<std::string> opt_string(const nlohmann::json& j, const char* key) 
   if (!j.contains(key) || j.at(key).is_null()) return std::nullopt;
   return j.at(key).get<std::string>();
 }
-
-std::string errno_text(int err) { return std::strerror(err); }
 
 }  // namespace
 
@@ -100,15 +94,10 @@ void FlowCache::save(const FlowCacheContents& c) const {
 }
 
 std::optional<FlowCacheContents> FlowCache::load() const {
-  std::ifstream in(path_, std::ios::binary);
-  if (!in) {
-    if (errno == ENOENT || !std::filesystem::exists(path_)) return std::nullopt;
-    throw Error("flow cache " + path_.string() + ": cannot read: " + errno_text(errno));
-  }
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw Error("flow cache " + path_.string() + ": cannot read");
+  const std::optional<std::string> text = read_file_if_exists(path_, "flow cache");
+  if (!text) return std::nullopt;
   try {
-    const auto j = nlohmann::json::parse(text);
+    const auto j = nlohmann::json::parse(*text);
     if (j.at("version").get<int>() != kVersion) {
       throw Error("flow cache " + path_.string() + ": unknown version " + j.at("version").dump());
     }

@@ -1,10 +1,6 @@
 #include "gateway/flow_starts.h"
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "gateway/atomic_file.h"
@@ -24,14 +20,10 @@ void FlowStarts::Starts::filter(std::uint64_t seq, std::vector<std::int64_t>& fl
 
 FlowStarts::FlowStarts(const std::filesystem::path& spool_dir, std::uint64_t first_new_seq)
     : path_(spool_dir / kFileName), first_new_seq_(first_new_seq), start_all_at_zero_(true) {
-  std::ifstream in(path_, std::ios::binary);
-  if (!in) {
-    if (errno == ENOENT || !std::filesystem::exists(path_)) return;
-    throw Error("flow starts " + path_.string() + ": cannot read: " + std::strerror(errno));
-  }
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::optional<std::string> text = read_file_if_exists(path_, "flow starts");
+  if (!text) return;
   try {
-    const nlohmann::json j = nlohmann::json::parse(text);
+    const nlohmann::json j = nlohmann::json::parse(*text);
     if (j.at("version").get<int>() != kVersion) {
       throw Error("flow starts " + path_.string() + ": unknown version " + j.at("version").dump());
     }

@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "gateway/atomic_file.h"
 #include "gateway/errors.h"
 #include "gateway/thread_name.h"
 #include "spool_reader.h"
@@ -51,21 +52,7 @@ std::uint64_t content_hash(std::string_view topic, std::string_view payload) {
 // How far ahead of the active segment's end append() preallocates and maps (see AppendWindow).
 constexpr std::uint64_t kWindowBytes = 1 << 20;
 
-// Returns 0 or the errno of the failed write.
-int write_all(int fd, const char* data, std::size_t size) {
-  while (size > 0) {
-    const ssize_t n = ::write(fd, data, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    data += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return 0;
-}
-
-// write_all() at a file offset.
+// Writes all of `size` bytes at `offset`. Returns 0 or the errno of the failed write.
 int pwrite_all(int fd, const char* data, std::size_t size, std::uint64_t offset) {
   while (size > 0) {
     const ssize_t n = ::pwrite(fd, data, size, static_cast<off_t>(offset));
@@ -402,17 +389,11 @@ void Spool::Impl::load_or_create_id() {
   std::snprintf(id, sizeof(id), "%016llx%016llx", static_cast<unsigned long long>(word()),
                 static_cast<unsigned long long>(word()));
   id_ = id;
-  const std::string text = id_ + "\n";
-  const fs::path temp = options_.dir / "spool.id.tmp";
-  {
-    File out = open_or_throw(temp, O_WRONLY | O_CREAT | O_TRUNC, "cannot create");
-    if (const int err = write_all(out.get(), text.data(), text.size())) {
-      throw_io("cannot write", temp, err);
-    }
-    if (::fsync(out.get()) != 0) throw_io("cannot fsync", temp, errno);
+  try {
+    replace_file_atomically(path, id_ + "\n", 0644, "spool:");
+  } catch (const Error& e) {
+    throw SpoolError(e.what());
   }
-  if (::rename(temp.c_str(), path.c_str()) != 0) throw_io("cannot rename to", path, errno);
-  if (const int err = sync_directory(options_.dir)) throw_io("cannot fsync", options_.dir, err);
   id_created_ = true;
 }
 
