@@ -109,11 +109,13 @@ class Spool {
   // properties), SpoolError on I/O errors (ENOSPC, EIO, EFBIG; with the window: when no room for
   // the record can be allocated): nothing of the record then stays in the segment, so the spool
   // stays readable, no reader ever sees it, and a later append succeeds once the disk takes
-  // writes again. kBatch: also while the fsync thread's last fdatasync failed (the disk does not
-  // take the records it was given), until one succeeds. A page of the window that cannot be
-  // read or written (a segment file truncated behind the spool's back, an I/O error reading a
-  // window's first, partly written page) ends the process with SIGBUS instead: the message is
-  // then not acknowledged either.
+  // writes again. kBatch: also while the fsync thread's last sync failed (the disk does not take
+  // the records it was given), until a new segment (its file and name) is synced: the failed
+  // writeback's pages are marked clean and never retried, so no record goes behind them. The
+  // records before the failure stay readable while their pages are cached. A page of the window
+  // that cannot be read or written (a segment file truncated behind the spool's back, an I/O error
+  // reading a window's first, partly written page) ends the process with SIGBUS instead: the
+  // message is then not acknowledged either.
   std::optional<AppendResult> append(std::string_view topic, std::string_view payload,
                                      std::uint16_t packet_id, bool dup, std::int64_t arrival_us,
                                      bool retained = false, std::uint64_t original_size = 0,
@@ -178,6 +180,7 @@ class Spool {
     std::uint64_t redeliveries_dropped = 0;     // since open
     std::uint64_t corrupt_records_skipped = 0;  // during recovery (an unreadable rest counts as 1)
     bool full = false;                          // an append is blocked on max_bytes right now
+    bool mapped_appends = false;  // records are copied into a mapped window (see SpoolOptions)
   };
   Stats stats() const;
 

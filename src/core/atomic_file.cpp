@@ -27,6 +27,17 @@ int write_all(int fd, std::string_view data) {
   return 0;
 }
 
+// A file descriptor closed when it goes out of scope (also when a read throws).
+struct ClosedAtExit {
+  explicit ClosedAtExit(int descriptor) : fd(descriptor) {}
+  ClosedAtExit(const ClosedAtExit&) = delete;
+  ClosedAtExit& operator=(const ClosedAtExit&) = delete;
+  ~ClosedAtExit() {
+    if (fd >= 0) ::close(fd);
+  }
+  const int fd;
+};
+
 }  // namespace
 
 void replace_file_atomically(const std::filesystem::path& path, std::string_view text, mode_t mode,
@@ -64,24 +75,20 @@ std::optional<std::string> read_file_if_exists(const std::filesystem::path& path
   const auto fail = [&](int err) {
     throw Error(std::string(what) + " " + path.string() + ": cannot read: " + std::strerror(err));
   };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  const ClosedAtExit fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (fd.fd < 0) {
     if (errno == ENOENT) return std::nullopt;
     fail(errno);
   }
   std::string text;
   char buffer[65536];
-  int err = 0;
   for (;;) {
-    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    const ssize_t n = ::read(fd.fd, buffer, sizeof buffer);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) err = errno;
-    if (n <= 0) break;
+    if (n < 0) fail(errno);
+    if (n == 0) return text;
     text.append(buffer, static_cast<std::size_t>(n));
   }
-  ::close(fd);
-  if (err != 0) fail(err);
-  return text;
 }
 
 }  // namespace gateway

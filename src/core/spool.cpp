@@ -167,9 +167,11 @@ int sync_directory(const fs::path& dir) {
 // Whether posix_fallocate() on `dir`'s file system allocates real blocks, so that writing into
 // them cannot fail for want of space later: ext4, XFS and tmpfs. Not ZFS (a sparse file after a
 // free-space check), NFS or FUSE (glibc writes a byte per block), nor btrfs (copy-on-write).
-bool fallocate_reserves_blocks(const fs::path& dir) {
+// Sets `err` (and returns false) when the file system cannot be asked.
+bool fallocate_reserves_blocks(const fs::path& dir, int& err) {
   struct statfs st {};
-  if (::statfs(dir.c_str(), &st) != 0) return false;
+  err = ::statfs(dir.c_str(), &st) == 0 ? 0 : errno;
+  if (err != 0) return false;
   switch (static_cast<unsigned long>(st.f_type)) {
     case EXT4_SUPER_MAGIC:  // also ext2 and ext3
     case XFS_SUPER_MAGIC:
@@ -307,11 +309,16 @@ Spool::Impl::Impl(SpoolOptions options, std::shared_ptr<spdlog::logger> log)
     throw SpoolError("spool: cannot create " + options_.dir.string() + ": " + ec.message());
   }
   lock_directory();
-  mapped_ = options_.fsync != SpoolFsync::kAlways && options_.map_appends &&
-            fallocate_reserves_blocks(options_.dir);
-  if (options_.fsync != SpoolFsync::kAlways && options_.map_appends && !mapped_) {
-    log_->info("spool: {} is not on ext4, XFS or tmpfs: appends use write(2)",
-               options_.dir.string());
+  if (options_.fsync != SpoolFsync::kAlways && options_.map_appends) {
+    int err = 0;
+    mapped_ = fallocate_reserves_blocks(options_.dir, err);
+    if (err != 0) {
+      log_->warn("spool: cannot statfs {}: {}; appends use write(2)", options_.dir.string(),
+                 errno_text(err));
+    } else if (!mapped_) {
+      log_->info("spool: {} is not on ext4, XFS or tmpfs: appends use write(2)",
+                 options_.dir.string());
+    }
   }
   load_or_create_id();
   recover();
@@ -554,7 +561,8 @@ int Spool::Impl::append_mapped_locked() {
 
 // Before the active segment stops being written: unmaps its window and cuts the window's zero
 // tail off, so that a finished segment file holds exactly its records. A failure is only logged:
-// recovery cuts a zero tail off too.
+// nothing is lost, but if the segment is not the last one at the next start, recovery reports
+// its zeros as damage (an error, a corrupt record counted).
 void Spool::Impl::finish_active_locked() {
   window_.reset();
   if (!active_file_ || !mapped_) return;
@@ -858,6 +866,7 @@ Spool::Stats Spool::Impl::stats() const {
   s.redeliveries_dropped = redeliveries_dropped_;
   s.corrupt_records_skipped = corrupt_records_skipped_;
   s.full = blocked_appenders_ > 0;
+  s.mapped_appends = mapped_;
   return s;
 }
 
@@ -875,13 +884,23 @@ void Spool::Impl::fsync_loop() {
     sync_idle_ = false;
     // Let a batch of records gather; the destructor does the final sync.
     if (sync_cv_.wait_for(lock, options_.fsync_interval, [this] { return stopping_; })) return;
+    std::string failure;
+    if (!sync_failure_.empty() && active_->size > 0) {
+      // Linux reports a failed writeback once and marks those pages clean: a later fdatasync of
+      // the same file says nothing of them. Appends must not go on behind such a hole, so they
+      // resume only in a new segment, once its file and name are synced.
+      try {
+        roll_locked(next_seq_);
+      } catch (const SpoolError& e) {
+        failure = e.what();
+      }
+    }
     dirty_ = false;
     const std::shared_ptr<File> active = active_file_;
     std::vector<std::shared_ptr<File>> rolled;
     rolled.swap(unsynced_);
     const bool directory = std::exchange(directory_dirty_, false);
     lock.unlock();
-    std::string failure;
     std::vector<std::shared_ptr<File>> failed;
     for (const auto& file : rolled) {
       if (sync_data(file->get()) != 0) {
@@ -890,17 +909,23 @@ void Spool::Impl::fsync_loop() {
       }
     }
     if (sync_data(active->get()) != 0) failure = "fdatasync failed: " + errno_text(errno);
-    if (directory) sync_directory_or_log();
+    int directory_error = 0;
+    if (directory && (directory_error = sync_directory(options_.dir)) != 0) {
+      failure = "cannot fsync " + options_.dir.string() + ": " + errno_text(directory_error);
+    }
     lock.lock();
     if (!failure.empty()) {
-      // Retried every interval (a finished segment among them too) until it works.
-      if (sync_failure_.empty())
+      // Retried every interval until it works; appends wait meanwhile.
+      if (sync_failure_.empty()) {
         log_->error("spool: {}; appends wait until a sync succeeds", failure);
+      }
       sync_failure_ = failure;
       unsynced_.insert(unsynced_.end(), failed.begin(), failed.end());
+      if (directory_error != 0) directory_dirty_ = true;
       dirty_ = true;
     } else if (!sync_failure_.empty()) {
-      log_->info("spool: fdatasync works again; appends resume");
+      log_->info("spool: syncs work again; appends resume in segment {}",
+                 segment_path(active_first_).string());
       sync_failure_.clear();
     }
   }

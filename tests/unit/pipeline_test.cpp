@@ -150,7 +150,6 @@ TEST_F(PipelineTest, StoresEveryMessageOnceInOrder) {
   EXPECT_EQ(rejected(), 0u);
 }
 
-// What a failover to a replica looks like: every write fails with 1290 for a while.
 // The flow-starts file cannot be written (a directory holds its temporary name; root ignores
 // permissions): routing waits and drops nothing, and the watchdog's progress clock is fed
 // meanwhile, as while the database is down; once the file can be written the message is stored.
@@ -170,6 +169,7 @@ TEST_F(PipelineTest, RoutingWaitsForAnUnwritableFlowStartsFileAndFeedsTheWatchdo
   ASSERT_TRUE(eventually([&] { return stored(1) == range(1, 1); }));
 }
 
+// What a failover to a replica looks like: every write fails with 1290 for a while.
 TEST_F(PipelineTest, ReadOnlyDatabaseHoldsTheFlowAndLosesNothing) {
   std::atomic<int> refusals{0};
   db_.repo.on_lock = [&](std::int64_t) {
