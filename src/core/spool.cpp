@@ -674,6 +674,10 @@ std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::str
     if (auto r = redelivered()) return r;  // the first delivery may have got in meanwhile
   }
 
+  if (!sync_failure_.empty()) {
+    // The disk did not take what it was given: no more acknowledgements until it does.
+    throw SpoolError("spool: " + sync_failure_ + "; appends wait for a sync to succeed");
+  }
   // Rolling keeps next_seq_, so the record can be encoded first and sized from its bytes.
   const std::uint64_t seq = next_seq_;
   encode_record_into(buffer_, SpoolRecordView{seq, arrival_us, packet_id, dup, retained,
@@ -681,10 +685,6 @@ std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::str
   const std::uint64_t record_bytes = buffer_.size();
   if (must_roll_ || (active_->size > 0 && active_->size + record_bytes > options_.segment_bytes)) {
     roll_locked(next_seq_);
-  }
-  if (!sync_failure_.empty()) {
-    // The disk did not take what it was given: no more acknowledgements until it does.
-    throw SpoolError("spool: " + sync_failure_ + "; appends wait for a sync to succeed");
   }
   if (mapped_) {
     // Nothing reaches the file when this fails: no cut back.
