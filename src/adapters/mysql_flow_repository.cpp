@@ -66,10 +66,8 @@ constexpr const char* kUpsertOffsetSql =
     "ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq)";
 constexpr const char* kInsertRecordsPrefix =
     "INSERT INTO data_records (flow_id, msg_id, topic, field_name, field_value) VALUES ";
-constexpr const char* kInsertRecordRow = "(?, ?, ?, ?, ?)";
 constexpr const char* kInsertDeliveriesPrefix =
     "INSERT INTO deliveries (flow_id, msg_id, topic, payload, created_ms, next_attempt_ms) VALUES ";
-constexpr const char* kInsertDeliveryRow = "(?, ?, ?, ?, ?, ?)";
 constexpr const char* kInsertRejectedPrefix =
     "INSERT INTO rejected_messages (flow_id, topic, payload, payload_truncated, reason, spool_id, "
     "spool_seq) VALUES ";
@@ -109,23 +107,19 @@ std::uint64_t committed_seq(MySqlSession& db, std::int64_t flow_id, std::string_
   return o->next() ? static_cast<std::uint64_t>(o->getInt64(1)) : 0;
 }
 
-// The statement for n rows of a constant INSERT (insert_in_chunks()' prepare).
-auto rows_of(MySqlSession& db, const char* prefix, const char* row) {
-  return [&db, prefix, row](std::size_t n) -> sql::PreparedStatement& {
-    return db.prepare_rows(prefix, row, n);
-  };
-}
-
-void bind_record(sql::PreparedStatement& stmt, int& p, std::int64_t flow_id, const DataRecord& r) {
-  stmt.setInt64(p++, flow_id);
-  stmt.setInt64(p++, r.msg_id);
-  stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
-  stmt.setString(p++, sql::SQLString(r.field_name.data(), r.field_name.size()));
-  stmt.setString(p++, r.field_value);
-}
-
-std::size_t record_size(const DataRecord& r) {
-  return r.topic.size() + r.field_name.size() + r.field_value.size();
+// A data_records row as insert_text_rows() writes it.
+void append_record(std::string& sql, std::int64_t flow_id, const DataRecord& r) {
+  sql += '(';
+  append_sql_int(sql, flow_id);
+  sql += ',';
+  append_sql_int(sql, r.msg_id);
+  sql += ',';
+  append_sql_string(sql, r.topic);
+  sql += ',';
+  append_sql_string(sql, r.field_name);
+  sql += ',';
+  append_sql_string(sql, r.field_value);
+  sql += ')';
 }
 
 // What the flows of a group transaction write at its commit: their data_records rows, new
@@ -165,26 +159,28 @@ class MySqlFlowTransaction final : public FlowTransaction {
       for (const DataRecord& r : rows) group_->records.push_back({flow_.id, r});
       return;
     }
-    insert_in_chunks(
-        db_, rows, rows_of(db_, kInsertRecordsPrefix, kInsertRecordRow), "insert data_records",
-        [this](sql::PreparedStatement& stmt, int& p, const DataRecord& r) {
-          bind_record(stmt, p, flow_.id, r);
-        },
-        record_size);
+    insert_text_rows(
+        db_, rows, kInsertRecordsPrefix, "insert data_records",
+        [this](std::string& sql, const DataRecord& r) { append_record(sql, flow_.id, r); });
   }
 
   void insert_deliveries(std::span<const OutboxEntry> rows) override {
-    insert_in_chunks(
-        db_, rows, rows_of(db_, kInsertDeliveriesPrefix, kInsertDeliveryRow), "insert deliveries",
-        [this](sql::PreparedStatement& stmt, int& p, const OutboxEntry& r) {
-          stmt.setInt64(p++, flow_.id);
-          stmt.setInt64(p++, r.msg_id);
-          stmt.setString(p++, sql::SQLString(r.topic.data(), r.topic.size()));
-          stmt.setString(p++, sql::SQLString(r.payload.data(), r.payload.size()));
-          stmt.setInt64(p++, r.created_ms);
-          stmt.setInt64(p++, r.created_ms);
-        },
-        [](const OutboxEntry& r) { return r.topic.size() + r.payload.size(); });
+    insert_text_rows(db_, rows, kInsertDeliveriesPrefix, "insert deliveries",
+                     [this](std::string& sql, const OutboxEntry& r) {
+                       sql += '(';
+                       append_sql_int(sql, flow_.id);
+                       sql += ',';
+                       append_sql_int(sql, r.msg_id);
+                       sql += ',';
+                       append_sql_string(sql, r.topic);
+                       sql += ',';
+                       append_sql_string(sql, r.payload);
+                       sql += ',';
+                       append_sql_int(sql, r.created_ms);
+                       sql += ',';
+                       append_sql_int(sql, r.created_ms);
+                       sql += ')';
+                     });
   }
 
   void insert_table_rows(const TableRows& rows) override { gateway::insert_table_rows(db_, rows); }
@@ -388,13 +384,11 @@ class MySqlFlowGroup final : public FlowGroupTransaction {
 
   void commit() override {
     try {
-      insert_in_chunks(
-          db_, std::span<const GroupWrites::Record>(writes_.records),
-          rows_of(db_, kInsertRecordsPrefix, kInsertRecordRow), "insert data_records",
-          [](sql::PreparedStatement& stmt, int& p, const GroupWrites::Record& r) {
-            bind_record(stmt, p, r.flow_id, r.row);
-          },
-          [](const GroupWrites::Record& r) { return record_size(r.row); });
+      insert_text_rows(db_, std::span<const GroupWrites::Record>(writes_.records),
+                       kInsertRecordsPrefix, "insert data_records",
+                       [](std::string& sql, const GroupWrites::Record& r) {
+                         append_record(sql, r.flow_id, r.row);
+                       });
       if (const std::size_t n = writes_.msg_ids.size(); n > 0) {
         auto& stmt = db_.prepare_sized(kAdvanceManyPrefix, n, [n] {
           std::string sql = kAdvanceManyPrefix;

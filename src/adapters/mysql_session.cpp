@@ -358,6 +358,11 @@ sql::PreparedStatement& MySqlSession::prepare_rows(const char* prefix, const cha
   return prepare_sized(prefix, n, [&] { return repeated_rows(prefix, row, n, suffix); });
 }
 
+void MySqlSession::execute(const std::string& sql) {
+  if (!text_) text_.reset(conn_->createStatement());
+  text_->execute(sql);
+}
+
 void MySqlSession::rollback_quietly() noexcept {
   try {
     conn_->rollback();

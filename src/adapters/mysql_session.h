@@ -8,6 +8,7 @@
 #include <cppconn/exception.h>
 #include <cppconn/prepared_statement.h>
 #include <cppconn/resultset.h>
+#include <cppconn/statement.h>
 
 #include <array>
 #include <cstddef>
@@ -18,6 +19,7 @@
 #include <string>
 #include <string_view>
 
+#include "gateway/adapters/sql_literal.h"
 #include "gateway/database_node.h"
 #include "gateway/errors.h"
 #include "gateway/settings.h"
@@ -80,6 +82,16 @@ class MySqlSession {
     return *slot;
   }
 
+  // Runs `sql` as a text-protocol statement without a result (insert_text_rows()). Throws
+  // sql::SQLException.
+  void execute(const std::string& sql);
+  // An empty buffer to build a statement in; the same one every time, so that its capacity is
+  // kept between statements. Valid until the next call.
+  std::string& sql_buffer() {
+    sql_buffer_.clear();
+    return sql_buffer_;
+  }
+
   // Ends the transaction; a broken connection is left for the server to roll back.
   void rollback_quietly() noexcept;
 
@@ -94,6 +106,8 @@ class MySqlSession {
   std::map<std::string, std::unique_ptr<sql::PreparedStatement>, std::less<>> statements_;
   std::map<std::pair<const char*, std::size_t>, std::unique_ptr<sql::PreparedStatement>> sized_;
   std::map<std::pair<std::string, std::size_t>, std::unique_ptr<sql::PreparedStatement>> keyed_;
+  std::unique_ptr<sql::Statement> text_;  // execute()'s, made at its first use
+  std::string sql_buffer_;
 };
 
 // Turns a driver error into the exception that tells the caller whose fault it is
@@ -154,6 +168,45 @@ void insert_in_chunks(MySqlSession& db, std::span<const Row> rows, Prepare prepa
           n -= chunk;
         }
       }
+    }
+  } catch (const sql::SQLException& e) {
+    rethrow(e, what);
+  }
+}
+
+// Multi-row INSERTs in the text protocol (values written with sql_literal.h), for rows of a few
+// short values (data_records, deliveries): Connector/C++ copies every bound string twice and
+// allocates per parameter, which cost more than the whole statement written out.
+// The most rows one text INSERT carries (a bound on the server's parse tree, not on packets).
+inline constexpr std::size_t kTextRowsPerStatement = 4096;
+
+// `prefix` (ending in "VALUES "), then the rows, each as append_row(sql, row) writes it (the row
+// in parentheses), as many per statement as fit the packet budget and kTextRowsPerStatement. A
+// single row larger than a packet is its message's fault: DbDataError. Throws what rethrow()
+// throws, with `what` in the message.
+template <typename Row, typename Append>
+void insert_text_rows(MySqlSession& db, std::span<const Row> rows, std::string_view prefix,
+                      std::string_view what, Append append_row) {
+  try {
+    std::string& sql = db.sql_buffer();
+    std::size_t i = 0;
+    while (i < rows.size()) {
+      sql.assign(prefix);
+      for (std::size_t n = 0; i < rows.size() && n < kTextRowsPerStatement; ++n, ++i) {
+        const std::size_t before = sql.size();
+        if (n > 0) sql += ',';
+        append_row(sql, rows[i]);
+        if (sql.size() <= db.packet_budget()) continue;
+        if (n == 0) {
+          throw DbDataError(std::string(what) + ": a row of " +
+                                std::to_string(sql.size() - prefix.size()) +
+                                " bytes does not fit the server's max_allowed_packet",
+                            1153);
+        }
+        sql.resize(before);  // the row starts the next statement
+        break;
+      }
+      db.execute(sql);
     }
   } catch (const sql::SQLException& e) {
     rethrow(e, what);
