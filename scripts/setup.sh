@@ -12,7 +12,7 @@ PACKAGES=(
   galera-4 rsync socat
   # libraries (libpaho-mqttpp-dev needs libpaho-mqtt-dev and libssl-dev but does not depend on them)
   libpaho-mqttpp-dev libpaho-mqtt-dev libssl-dev libmysqlcppconn-dev nlohmann-json3-dev
-  libcurl4-openssl-dev libspdlog-dev libfmt-dev zlib1g-dev libcli11-dev libsystemd-dev
+  libcurl4-openssl-dev libspdlog-dev libfmt-dev libdeflate-dev zlib1g-dev libcli11-dev libsystemd-dev
   libcpp-httplib-dev libjemalloc-dev
   # tests, fuzzing, formatting, static analysis
   libgtest-dev libgmock-dev clang-14 libclang-rt-14-dev clang-format clang-tidy python3

@@ -177,7 +177,7 @@ fuzz_inputs() {
   case "$1" in
     payload_fuzzer) echo "src/core/payload.cpp src/core/payload_schema.cpp src/core/topic_filter.cpp" ;;
     spool_fuzzer)
-      echo "src/core/spool.cpp src/core/atomic_file.cpp src/core/spool_cursor.cpp src/core/spool_format.cpp src/core/spool_reader.cpp src/core/thread_name.cpp -lz -lspdlog -lfmt -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL"
+      echo "src/core/spool.cpp src/core/atomic_file.cpp src/core/spool_cursor.cpp src/core/spool_format.cpp src/core/spool_reader.cpp src/core/thread_name.cpp -ldeflate -lspdlog -lfmt -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL"
       ;;
     *) return 1 ;;
   esac

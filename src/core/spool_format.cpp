@@ -1,6 +1,6 @@
 #include "gateway/spool_format.h"
 
-#include <zlib.h>
+#include <libdeflate.h>
 
 #include <algorithm>
 #include <cstring>
@@ -46,8 +46,7 @@ std::uint64_t get_le(const char* in, int bytes) {
 }
 
 std::uint32_t checksum(const char* data, std::size_t size) {
-  return static_cast<std::uint32_t>(
-      crc32_z(0, reinterpret_cast<const Bytef*>(data), static_cast<z_size_t>(size)));
+  return libdeflate_crc32(0, data, size);  // zlib's CRC-32, faster
 }
 
 // The length field of a record starting at `bytes` (at least kPrefixBytes), or 0 if the magic or
