@@ -57,7 +57,7 @@ namespace gateway {
 
 struct PipelineOptions {
   std::size_t workers = 4;                      // DB_POOL_SIZE
-  std::size_t max_batch = 500;                  // MAX_BATCH: messages per transaction
+  std::size_t max_batch = 2000;                 // MAX_BATCH: messages per transaction
   std::size_t max_in_flight = 20000;            // read from the spool but not yet committed
   std::size_t max_in_flight_bytes = 32u << 20;  // ... and their payload bytes
   // BATCH_LINGER_MS: a worker that finds fewer than max_batch messages of a flow waits until the

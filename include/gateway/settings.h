@@ -94,7 +94,7 @@ struct Settings {
   // "DB_PASSWORD_FILE <path>" or "systemd credential <path>". Never the password.
   std::string db_password_from;
   int db_pool_size = 4;                // DB_POOL_SIZE: connections used for writing, 1..64
-  int max_batch = 500;                 // MAX_BATCH: messages per DB transaction, 1..10000
+  int max_batch = 2000;                // MAX_BATCH: messages per DB transaction, 1..10000
   int batch_linger_ms = 10;            // BATCH_LINGER_MS a worker waits for a fuller batch, 0..1000
   int db_retry_max_seconds = 30;       // DB_RETRY_MAX_SECONDS: cap of the reconnect backoff
   int db_connect_timeout_seconds = 5;  // DB_CONNECT_TIMEOUT_SECONDS, 1..300

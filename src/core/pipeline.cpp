@@ -667,9 +667,10 @@ Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
   for (const MessagePtr& m : batch) view.push_back(m.get());
   std::span<const InboundMessage* const> pending(view);
   BatchOutcome out;
-  // A batch the server refuses for its data is retried one message at a time, so that one bad
-  // message cannot hold back the others; the one it refuses alone becomes a dead letter.
-  bool one_by_one = false;
+  // A batch the server refuses for its data is split in halves until the message it refuses alone
+  // is found (about 2 log2(n) transactions, not n), so that one bad message cannot hold back the
+  // others; that one becomes a dead letter, and the rest goes on in parts as large as before.
+  std::size_t limit = pending.size();  // messages per transaction
   std::string refused;  // set: the message at out.committed is to be written as a dead letter
   int deadlocks = 0;
 
@@ -681,7 +682,7 @@ Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
   };
 
   while (out.committed < pending.size()) {
-    auto part = one_by_one ? pending.subspan(out.committed, 1) : pending.subspan(out.committed);
+    auto part = pending.subspan(out.committed, std::min(limit, pending.size() - out.committed));
     try {
       ensure_session(w);
       if (!refused.empty()) {
@@ -689,6 +690,7 @@ Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
         metrics_.rejected.fetch_add(1, std::memory_order_relaxed);
         refused.clear();
         ++out.committed;
+        limit = pending.size();
         continue;
       }
       if (flow_id == kNoFlow) {
@@ -729,10 +731,12 @@ Pipeline::BatchOutcome Pipeline::run_batch(std::int64_t flow_id,
         // Not even the dead letter could be written: the message stays, the flow is held.
         return hold(Error(std::string("the dead letter was refused too: ") + e.what()), false);
       }
-      if (!one_by_one && part.size() > 1) {
-        log_->warn("flow {}: batch of {} refused ({}); retrying one by one", flow_id, part.size(),
-                   e.what());
-        one_by_one = true;
+      if (part.size() > 1) {
+        if (limit == pending.size()) {
+          log_->warn("flow {}: batch of {} refused ({}); retrying in halves to find the message",
+                     flow_id, part.size(), e.what());
+        }
+        limit = (part.size() + 1) / 2;
         continue;
       }
       const InboundMessage& m = *part.front();

@@ -50,7 +50,7 @@ TEST(SettingsTest, DefaultsApplyWhenOnlyRequiredVariablesAreSet) {
   EXPECT_EQ(s.db_user, "gw");
   EXPECT_EQ(s.db_password.reveal(), "pw");
   EXPECT_EQ(s.db_pool_size, 4);
-  EXPECT_EQ(s.max_batch, 500);
+  EXPECT_EQ(s.max_batch, 2000);
   EXPECT_EQ(s.db_retry_max_seconds, 30);
   EXPECT_EQ(s.db_connect_timeout_seconds, 5);
   EXPECT_EQ(s.mqtt_client_id, "mqtt-gateway");
