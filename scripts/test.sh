@@ -34,13 +34,17 @@ PASSED=()
 TESTS_PASSED=0
 TESTS_FAILED=0
 
+STEP_T0=$SECONDS
 banner() {
   STEP=$((STEP + 1))
+  STEP_T0=$SECONDS
   printf '\n==== [%d/%d] %s ====\n' "$STEP" "$STEPS_TOTAL" "$*"
 }
-ok() { PASSED+=("$1"); }
+# Each step's line in the summary says how long it took: CI has a time budget.
+took() { printf '(%d:%02d)' $(((SECONDS - STEP_T0) / 60)) $(((SECONDS - STEP_T0) % 60)); }
+ok() { PASSED+=("$1 $(took)"); }
 failed() {
-  FAILED+=("$1")
+  FAILED+=("$1 $(took)")
   printf 'test: FAILED: %s\n' "$1" >&2
 }
 
@@ -120,7 +124,6 @@ if [[ ${GW_SKIP_GALERA:-0} == 1 ]]; then
   echo "test: GW_SKIP_GALERA=1: skipped"
   PASSED+=("galera (skipped: GW_SKIP_GALERA=1)")
 else
-  galera_t0=$SECONDS
   export GW_GALERA_DIR="$GW_RUN_DIR/galera"
   export GW_GALERA_SQL_PORT=3391 GW_GALERA_GCOMM_PORT=4671 GW_GALERA_IST_PORT=4681 \
     GW_GALERA_SST_PORT=4691
@@ -131,7 +134,7 @@ else
     source "$GW_GALERA_DIR/galera.env"
     set +a
     if GW_FAULT_SCALE="${GW_GALERA_SCALE:-0.2}" run_ctest --test-dir build -L galera; then
-      ok "galera ($((SECONDS - galera_t0)) s)"
+      ok galera
     else
       failed "galera"
     fi
