@@ -188,6 +188,7 @@ fuzz_inputs() {
 run_fuzzer() { # name
   local name="$1" bin="build/$1" log="build/fuzz/$1.log" corpus="build/fuzz/$1-corpus" inputs
   local -a args
+  STEP_T0=$SECONDS # one summary line per fuzzer: each its own time, not the step's so far
   if ! inputs="$(fuzz_inputs "$name")"; then
     failed "fuzz $name: no build recipe in scripts/test.sh"
     return
