@@ -111,6 +111,16 @@ std::optional<std::int64_t> process_cpu_us(int pid) {
   return (utime + stime) * 1000000 / sysconf(_SC_CLK_TCK);
 }
 
+// Busy CPU time of the whole machine (all cores) in µs, from the first line of /proc/stat.
+std::int64_t machine_busy_us() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  std::int64_t user = 0, nice = 0, system = 0, idle_t = 0, iowait = 0, irq = 0, softirq = 0,
+               steal = 0;
+  in >> cpu >> user >> nice >> system >> idle_t >> iowait >> irq >> softirq >> steal;
+  return (user + nice + system + irq + softirq + steal) * 1000000 / sysconf(_SC_CLK_TCK);
+}
+
 // VmHWM (peak resident set) in KiB, or nullopt.
 std::optional<std::int64_t> process_peak_rss_kib(int pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -778,6 +788,7 @@ struct SinkArgs {
   // Or a file "PID START_US" written when the gateway is launched (backlog runs): its CPU since
   // it started, and the interval starts at START_US instead of the first publish.
   std::string gateway_file;
+  int db_pid = 0, broker_pid = 0;  // MariaDB and mosquitto: where the machine's CPU goes
   int flows = 1;
   double stall_seconds = 20;
   std::string ready_file;
@@ -902,6 +913,11 @@ int sink(const SinkArgs& a) {
   std::int64_t t0_us = 0;
   std::int64_t cpu0 = 0;
   if (pid) cpu0 = process_cpu_us(pid).value_or(0);
+  // Where the machine's CPU goes while the case runs (from here, before the first message, to
+  // the last): every core's busy time, the sink's own, MariaDB's and mosquitto's.
+  const std::int64_t machine0 = machine_busy_us(), own0 = own_cpu_us();
+  const std::int64_t db0 = a.db_pid ? process_cpu_us(a.db_pid).value_or(0) : 0;
+  const std::int64_t broker0 = a.broker_pid ? process_cpu_us(a.broker_pid).value_or(0) : 0;
   touch(a.ready_file);
 
   std::size_t last = 0;
@@ -924,6 +940,14 @@ int sink(const SinkArgs& a) {
   if (pid) {
     if (auto c = process_cpu_us(pid)) cpu = *c - cpu0;
     rss = process_peak_rss_kib(pid);
+  }
+  const std::int64_t machine = machine_busy_us() - machine0, own = own_cpu_us() - own0;
+  std::optional<std::int64_t> db, broker;
+  if (a.db_pid) {
+    if (auto c = process_cpu_us(a.db_pid)) db = *c - db0;
+  }
+  if (a.broker_pid) {
+    if (auto c = process_cpu_us(a.broker_pid)) broker = *c - broker0;
   }
   // A little longer, so that a duplicate sent right after the last message is still counted.
   std::this_thread::sleep_for(200ms);
@@ -956,6 +980,20 @@ int sink(const SinkArgs& a) {
                             ? json(static_cast<double>(*cpu) / static_cast<double>(t.unique))
                             : json();
   r["peak_rss_mb"] = measured && rss ? json(static_cast<double>(*rss) / 1024.0) : json();
+  // µs per message received. "rest" is the machine less the gateway, the sink, MariaDB and
+  // mosquitto: the publisher (or the ceiling's client), the kernel's threads, anything else.
+  // A backlog case's gateway CPU counts from its launch, the rest from the sink's start.
+  const auto per_msg = [&](std::optional<std::int64_t> us) {
+    return us && t.unique ? json(static_cast<double>(*us) / static_cast<double>(t.unique)) : json();
+  };
+  const std::int64_t known =
+      own + db.value_or(0) + broker.value_or(0) + (measured ? cpu.value_or(0) : 0);
+  r["machine_us_per_msg"] = per_msg(machine);
+  r["sink_us_per_msg"] = per_msg(own);
+  r["db_us_per_msg"] = per_msg(db);
+  r["broker_us_per_msg"] = per_msg(broker);
+  r["rest_us_per_msg"] = per_msg(std::max<std::int64_t>(0, machine - known));
+  r["cores"] = sysconf(_SC_NPROCESSORS_ONLN);
   std::cout << r.dump() << std::endl;
   std::fprintf(stderr, "sink: %s\n", r.dump().c_str());
   return 0;
@@ -1021,16 +1059,6 @@ int postceiling(const PostCeilingArgs& a) {
 }
 
 // ------------------------------------------------------------------------------------------ idle
-
-// Busy CPU time of the whole machine (all cores) in µs, from the first line of /proc/stat.
-std::int64_t machine_busy_us() {
-  std::ifstream in("/proc/stat");
-  std::string cpu;
-  std::int64_t user = 0, nice = 0, system = 0, idle_t = 0, iowait = 0, irq = 0, softirq = 0,
-               steal = 0;
-  in >> cpu >> user >> nice >> system >> idle_t >> iowait >> irq >> softirq >> steal;
-  return (user + nice + system + irq + softirq + steal) * 1000000 / sysconf(_SC_CLK_TCK);
-}
 
 // pid != 0: that process's CPU time over `seconds` (kind "idle"); always: the machine's busy
 // cores meanwhile, less what the `exclude` processes (our database and broker catching up) used:
@@ -1293,6 +1321,36 @@ int report(const std::string& path) {
     }
   }
   if (!post_ratios.empty()) std::printf("POST ratios:\n%s", post_ratios.c_str());
+  // Where the machine's CPU went, per message: everything shares the same cores, so what the
+  // sink, the broker, MariaDB and the publisher use is not the gateway's to use.
+  bool cpu_header = false;
+  for (const json& r : rows) {
+    if (!is_post(r) || !r.value("machine_us_per_msg", json()).is_number()) continue;
+    if (!cpu_header) {
+      std::printf(
+          "POST CPU per message (us; rest = publisher or ceiling client, kernel, other):\n"
+          "  %-22s %8s %6s %8s %6s %8s %9s %6s %23s\n",
+          "case", "machine", "cores", "gateway", "sink", "MariaDB", "mosquitto", "rest",
+          "bound, gateway free");
+      cpu_header = true;
+    }
+    const double machine = r["machine_us_per_msg"].get<double>();
+    const double rate = r["rate"].get<double>();
+    const json gw = r.value("cpu_us_per_msg", json());
+    // What the cores would carry if the gateway itself cost nothing: the other parts' bound.
+    std::string bound = "-";
+    if (gw.is_number() && machine > gw.get<double>()) {
+      const double top = r.value("cores", 1.0) * 1e6 / (machine - gw.get<double>());
+      const auto base = post_baseline(r);
+      bound = num(top, "%.0f") + " msg/s" + (base ? " = " + ratio(top, base) : "");
+    }
+    std::printf("  %-22s %8s %6s %8s %6s %8s %9s %6s %23s\n", r.value("case", "?").c_str(),
+                num(machine, "%.1f").c_str(), num(machine * rate / 1e6, "%.2f").c_str(),
+                num(gw, "%.1f").c_str(), num(r["sink_us_per_msg"], "%.1f").c_str(),
+                num(r.value("db_us_per_msg", json()), "%.1f").c_str(),
+                num(r.value("broker_us_per_msg", json()), "%.1f").c_str(),
+                num(r["rest_us_per_msg"], "%.1f").c_str(), bound.c_str());
+  }
   if (!post_warnings.empty()) std::printf("POST anomalies:\n%s", post_warnings.c_str());
 
   if (!load.empty()) {
@@ -1437,6 +1495,8 @@ int main(int argc, char** argv) {
   snk->add_option(
       "--gateway-file", ka.gateway_file,
       "'PID START_US' of a gateway launched later (backlog): interval and CPU from then");
+  snk->add_option("--db-pid", ka.db_pid, "MariaDB: its CPU per message");
+  snk->add_option("--broker-pid", ka.broker_pid, "mosquitto: its CPU per message");
   snk->add_option("--flows", ka.flows, "recorded in the result")->check(CLI::Range(1, 10000));
   snk->add_option("--stall-seconds", ka.stall_seconds);
   snk->add_option("--ready-file", ka.ready_file, "written once listening");

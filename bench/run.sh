@@ -452,7 +452,7 @@ post_case() {
   start_gateway
   rm -f "$CASE_DIR/sink.ready"
   timeout 900 "$BENCH" sink --port "$SINK_PORT" --count "$NP" --pid "$GW_PID" --flows "$CASE_FLOWS" \
-    --case "$name" --kind "$kind" --ready-file "$CASE_DIR/sink.ready" >>"$RESULTS" &
+    --case "$name" --kind "$kind" --ready-file "$CASE_DIR/sink.ready" "${SERVICE_PIDS[@]}" >>"$RESULTS" &
   local sink=$!
   wait_file "$CASE_DIR/sink.ready"
   publish "$NP"
@@ -476,7 +476,7 @@ post_backlog_case() {
   rm -f "$CASE_DIR/sink.ready" "$CASE_DIR/gateway.launched"
   timeout 900 "$BENCH" sink --port "$SINK_PORT" --count "$NP" --gateway-file "$CASE_DIR/gateway.launched" \
     --flows "$CASE_FLOWS" --case "$name" --kind post --mode backlog --ready-file "$CASE_DIR/sink.ready" \
-    >>"$RESULTS" &
+    "${SERVICE_PIDS[@]}" >>"$RESULTS" &
   local sink=$!
   wait_file "$CASE_DIR/sink.ready"
   start_gateway
@@ -496,13 +496,16 @@ post_ceiling_case() {
   rm -f "$CASE_DIR/sink.ready" "$CASE_DIR/client.launched"
   timeout 900 "$BENCH" sink --port "$SINK_PORT" --count "$NP" --gateway-file "$CASE_DIR/client.launched" \
     --flows 1 --case "$name" --kind post-ceiling --mode burst --ready-file "$CASE_DIR/sink.ready" \
-    >>"$RESULTS" &
+    "${SERVICE_PIDS[@]}" >>"$RESULTS" &
   local sink=$!
   wait_file "$CASE_DIR/sink.ready"
   timeout 600 "$BENCH" postceiling --url "http://127.0.0.1:$SINK_PORT/flow/1" --count "$NP" \
     --launched-file "$CASE_DIR/client.launched"
   wait "$sink"
 }
+
+# The sink's options that let it say where the machine's CPU goes.
+SERVICE_PIDS=(--db-pid "$(<"$RUN/mariadb/server.pid")" --broker-pid "$(<"$RUN/mosquitto/server.pid")")
 
 # The reference: POST while the flow row is locked, one message per transaction, one connection.
 POST_BASELINE=(HTTP_DELIVERY=inline MAX_BATCH=1 DB_POOL_SIZE=1)
