@@ -39,6 +39,15 @@ struct FlowCacheContents {
   std::int64_t written_unix_ms = 0;
 };
 
+// The seq above which a spool started from this copy (the database down) must number new
+// messages. The copy's committed_seq is what the database had when the copy was written, up to
+// a reload interval ago; it may have committed more records of the spool since, and a power
+// loss may have taken those from the spool (SPOOL_FSYNC batch or never). A new message numbered
+// like one of them would be skipped as committed when the database is back: lost. So the floor
+// is 2^32 seqs above the copy's, more than any gateway commits between two reloads (at most the
+// largest uint64 minus 1).
+std::uint64_t seq_floor_without_database(const FlowCacheContents& copy);
+
 class FlowCache {
  public:
   // The file's name inside SPOOL_DIR.

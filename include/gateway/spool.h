@@ -122,15 +122,15 @@ class Spool {
                                      const SpoolPropertiesView& properties = {});
 
   // After it returns, every later append() gets a seq above `seq`, also after a restart. Call it
-  // at start-up with the highest seq the database has committed for this spool id. If the next
-  // seq is above `seq` already, does nothing. Otherwise (the spool came back shorter than what
-  // the database has: a power loss with kBatch or kNever, or a directory restored from an older
-  // copy) logs a warning and continues in a new segment named seq + 1, fsyncing the directory so
-  // that the name survives a restart even if nothing is appended; the records already in the
-  // spool stay readable, in order, before it. Thread-safe. Throws std::invalid_argument if `seq`
-  // is the largest uint64, SpoolError if the new segment cannot be created or made durable (the
-  // floor then still holds for this process).
-  void ensure_seq_above(std::uint64_t seq);
+  // at start-up with the highest seq the database has committed for this spool id (or a bound
+  // of it). If the next seq is above `seq` already, does nothing. Otherwise (the spool came back
+  // shorter than what the database has: a power loss with kBatch or kNever, or a directory
+  // restored from an older copy) logs a warning ending in `why` and continues in a new segment
+  // named seq + 1, fsyncing the directory so that the name survives a restart even if nothing
+  // is appended; the records already in the spool stay readable, in order, before it.
+  // Thread-safe. Throws std::invalid_argument if `seq` is the largest uint64, SpoolError if the
+  // new segment cannot be created or made durable (the floor then still holds for this process).
+  void ensure_seq_above(std::uint64_t seq, std::string_view why);
 
   // Single consumer thread. Returns records in seq order, starting (after open) with the oldest
   // record in the spool; a record becomes visible once its append() has written it (kAlways: and

@@ -233,12 +233,23 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
   // database down, the copy of the last reload knows the offset as it was then (issue 15).
   std::optional<FlowCacheContents> cached;
   try {
-    spool.ensure_seq_above(repositories()->last_committed_seq(spool.id()));
+    const std::uint64_t committed = repositories()->last_committed_seq(spool.id());
+    spool.ensure_seq_above(committed,
+                           fmt::format("the database already has seq {} of this spool (a power "
+                                       "loss before the spool was synced, or a restored spool "
+                                       "directory)",
+                                       committed));
   } catch (const DbError& e) {
     // A refused login or a missing database is a setting to fix, not an outage to ride out.
     if (e.code == 1044 || e.code == 1045 || e.code == 1049) throw;
     cached = start_copy(settings, e);
-    if (cached->spool_id == spool.id()) spool.ensure_seq_above(cached->committed_seq);
+    if (cached->spool_id == spool.id()) {
+      spool.ensure_seq_above(
+          seq_floor_without_database(*cached),
+          fmt::format("the database is down and the cached copy knows its offset only up to seq "
+                      "{}; seqs it may have committed since are skipped",
+                      cached->committed_seq));
+    }
   }
 
   GatewayMqttClient client(

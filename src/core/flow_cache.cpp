@@ -1,5 +1,6 @@
 #include "gateway/flow_cache.h"
 
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "gateway/atomic_file.h"
@@ -20,6 +21,12 @@ std::optional<std::string> opt_string(const nlohmann::json& j, const char* key) 
 }
 
 }  // namespace
+
+std::uint64_t seq_floor_without_database(const FlowCacheContents& copy) {
+  constexpr std::uint64_t kMargin = std::uint64_t{1} << 32;
+  constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max() - 1;
+  return copy.committed_seq >= kMax - kMargin ? kMax : copy.committed_seq + kMargin;
+}
 
 // The one place that lists Flow's fields for the cache: a field added to Flow goes here too
 // (flow_cache_test checks a round trip of every field).

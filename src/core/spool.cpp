@@ -200,7 +200,7 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
                                      std::uint16_t packet_id, bool dup, std::int64_t arrival_us,
                                      bool retained, std::uint64_t original_size,
                                      const SpoolPropertiesView& properties);
-  void ensure_seq_above(std::uint64_t seq);
+  void ensure_seq_above(std::uint64_t seq, std::string_view why);
   std::optional<SpoolRecord> read_next(std::chrono::milliseconds timeout);
   std::unique_ptr<SpoolCursor> cursor(std::uint64_t from_seq);
   void release_below(std::uint64_t seq);
@@ -725,7 +725,7 @@ std::optional<AppendResult> Spool::Impl::append(std::string_view topic, std::str
   return AppendResult{seq, false};
 }
 
-void Spool::Impl::ensure_seq_above(std::uint64_t seq) {
+void Spool::Impl::ensure_seq_above(std::uint64_t seq, std::string_view why) {
   if (seq == std::numeric_limits<std::uint64_t>::max()) {
     throw std::invalid_argument("spool: no seq is above " + std::to_string(seq));
   }
@@ -733,11 +733,8 @@ void Spool::Impl::ensure_seq_above(std::uint64_t seq) {
     std::lock_guard lock(mu_);
     if (next_seq_ > seq) return;
     const std::uint64_t old_next = next_seq_;
-    log_->warn(
-        "spool: the database already has seq {} of spool {}, but the spool's next seq is {} (a "
-        "power loss before the spool was synced, or a restored spool directory); appends "
-        "continue at seq {} in a new segment",
-        seq, id_, old_next, seq + 1);
+    log_->warn("spool {}: appends continue at seq {} in a new segment (the next seq was {}): {}",
+               id_, seq + 1, old_next, why);
     // A new segment, so that its name carries the floor across restarts; the records already
     // here stay below it, in order.
     try {
@@ -943,7 +940,9 @@ std::optional<AppendResult> Spool::append(std::string_view topic, std::string_vi
   return impl_->append(topic, payload, packet_id, dup, arrival_us, retained, original_size,
                        properties);
 }
-void Spool::ensure_seq_above(std::uint64_t seq) { impl_->ensure_seq_above(seq); }
+void Spool::ensure_seq_above(std::uint64_t seq, std::string_view why) {
+  impl_->ensure_seq_above(seq, why);
+}
 std::optional<SpoolRecord> Spool::read_next(std::chrono::milliseconds timeout) {
   return impl_->read_next(timeout);
 }

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "gateway/errors.h"
@@ -175,6 +176,18 @@ TEST_F(FlowCacheTest, CopyWithoutNewerFlowFieldsReadsDefaults) {
   const Flow f = j.get<Flow>();
   EXPECT_FALSE(f.target_table.has_value());
   EXPECT_EQ(f.write_mode, "insert");
+}
+
+// Started from the copy, the spool numbers new messages above what the database may have
+// committed since the copy was written (2^32 more), without overflowing.
+TEST(SeqFloorWithoutDatabaseTest, LeavesRoomForWhatTheDatabaseCommittedSince) {
+  FlowCacheContents c;
+  EXPECT_EQ(seq_floor_without_database(c), std::uint64_t{1} << 32);
+  c.committed_seq = 1000;
+  EXPECT_EQ(seq_floor_without_database(c), 1000 + (std::uint64_t{1} << 32));
+  constexpr auto kMax = std::numeric_limits<std::uint64_t>::max();
+  c.committed_seq = kMax - 5;
+  EXPECT_EQ(seq_floor_without_database(c), kMax - 1) << "ensure_seq_above() refuses the largest";
 }
 
 }  // namespace

@@ -1346,22 +1346,23 @@ TEST_F(SpoolTest, EnsureSeqAboveMakesLaterAppendsLargerAndKeepsRecordsInOrder) {
   auto spool = open();
   append_range(*spool, 0, 3);
   ASSERT_TRUE(spool->read_next(0ms));  // the reader is inside the old segment
-  spool->ensure_seq_above(100);
+  spool->ensure_seq_above(100, "the reason");
   EXPECT_EQ(spool->stats().next_seq, 101u);
   EXPECT_EQ(spool->append("t", "after", 0, false, 0)->seq, 101u);
   EXPECT_EQ(spool->append("t", "after", 0, false, 0)->seq, 102u);
   EXPECT_EQ(seqs(read_all(*spool)), (std::vector<std::uint64_t>{2, 3, 101, 102}));
   const std::string log = log_text();
   EXPECT_EQ(occurrences(log, "[warning]"), 1) << log;
-  EXPECT_NE(log.find("next seq is 4"), std::string::npos) << log;
-  EXPECT_NE(log.find("continue at seq 101"), std::string::npos) << log;
+  EXPECT_NE(log.find("continue at seq 101 in a new segment (the next seq was 4): the reason"),
+            std::string::npos)
+      << log;
 }
 
 TEST_F(SpoolTest, EnsureSeqAboveFloorSurvivesReopenWithNothingAppended) {
   {
     auto spool = open();
     append_range(*spool, 0, 3);
-    spool->ensure_seq_above(100);
+    spool->ensure_seq_above(100, "test");
   }
   EXPECT_TRUE(fs::exists(dir_ / "00000000000000000101.seg"));
   {
@@ -1378,20 +1379,20 @@ TEST_F(SpoolTest, EnsureSeqAboveFloorSurvivesReopenWithNothingAppended) {
 TEST_F(SpoolTest, EnsureSeqAboveBelowTheNextSeqChangesNothing) {
   auto spool = open();
   append_range(*spool, 0, 5);
-  spool->ensure_seq_above(0);
-  spool->ensure_seq_above(3);
-  spool->ensure_seq_above(5);
+  spool->ensure_seq_above(0, "test");
+  spool->ensure_seq_above(3, "test");
+  spool->ensure_seq_above(5, "test");
   EXPECT_EQ(spool->stats().next_seq, 6u);
   EXPECT_EQ(segment_files().size(), 1u);
   EXPECT_EQ(log_text().find("[warning]"), std::string::npos);
-  EXPECT_THROW(spool->ensure_seq_above(std::numeric_limits<std::uint64_t>::max()),
+  EXPECT_THROW(spool->ensure_seq_above(std::numeric_limits<std::uint64_t>::max(), "test"),
                std::invalid_argument);
 }
 
 TEST_F(SpoolTest, EnsureSeqAboveOnAnEmptySpoolTakesEffect) {
   {
     auto spool = open();
-    spool->ensure_seq_above(41);
+    spool->ensure_seq_above(41, "test");
   }
   auto spool = open();
   EXPECT_EQ(spool->append("t", "x", 0, false, 0)->seq, 42u);
@@ -1403,7 +1404,7 @@ TEST_F(SpoolTest, SegmentBeforeASeqGapIsReleasedOnceItsRecordsAre) {
   o.max_bytes = 3 * record_size("t", "payload-0");  // full after three records
   auto spool = open(o);
   append_range(*spool, 0, 3);
-  spool->ensure_seq_above(1000);
+  spool->ensure_seq_above(1000, "test");
   auto blocked =
       std::async(std::launch::async, [&] { return spool->append("t", "x", 0, false, 0); });
   EXPECT_EQ(blocked.wait_for(100ms), std::future_status::timeout);
@@ -1727,7 +1728,7 @@ TEST_F(SpoolTest, CursorFollowsTheRollOfEnsureSeqAbove) {
   append_range(*spool, 0, 3);
   auto cursor = spool->cursor(2);
   EXPECT_EQ(cursor->next(3)->seq, 2u);
-  spool->ensure_seq_above(100);
+  spool->ensure_seq_above(100, "test");
   ASSERT_EQ(spool->append("t", "after", 0, false, 0)->seq, 101u);
   std::vector<std::uint64_t> got;
   while (auto r = cursor->next(1000)) got.push_back(r->seq);
