@@ -51,7 +51,8 @@ class Parser {
     std::string key = parse_key();
     skip_blanks();
     if (at_end() || peek() != '=') {
-      fail("expected KEY=VALUE, found no '=' after '" + key + "'");
+      // The text is not quoted back: a line without '=' may be a password on its own.
+      fail("expected KEY=VALUE, found no '=' (the line is not shown: it may hold a secret)");
     }
     ++pos_;
     // `KEY= # note` is an empty value with a comment, not the value "# note".
@@ -86,9 +87,14 @@ class Parser {
     while (!at_end() && !is_eol(peek()) && !is_blank(peek()) && peek() != '=') ++pos_;
     std::string key(text_.substr(start, pos_ - start));
     if (key.empty()) fail("expected KEY=VALUE, found no key before '='");
-    bool valid = is_key_start(key.front());
-    for (char c : key) valid = valid && is_key_char(c);
-    if (!valid) fail("invalid key '" + printable(key) + "' (expected [A-Za-z_][A-Za-z0-9_]*)");
+    std::size_t bad = is_key_start(key.front()) ? 1 : 0;
+    while (bad > 0 && bad < key.size() && is_key_char(key[bad])) ++bad;
+    if (bad < key.size()) {
+      // Only where: the text before '=' may be a mistyped `DB_PASSWORD:secret`.
+      fail("invalid key: character " + std::to_string(bad + 1) +
+           " is not allowed (a key is [A-Za-z_][A-Za-z0-9_]*; the line is not shown: it may "
+           "hold a secret)");
+    }
     return key;
   }
 
@@ -195,16 +201,6 @@ class Parser {
 
   void skip_to_eol() {
     while (!at_end() && !is_eol(peek())) ++pos_;
-  }
-
-  // Keys are echoed in messages; keep the message on one line whatever the key holds.
-  static std::string printable(std::string_view s) {
-    std::string out;
-    for (char c : s) {
-      auto u = static_cast<unsigned char>(c);
-      out += (u < 0x20 || u == 0x7f) ? '?' : c;
-    }
-    return out;
   }
 
   [[noreturn]] void fail(const std::string& what) const {

@@ -95,16 +95,21 @@ TEST(EnvFileTest, EmptyTextGivesEmptyMap) {
   EXPECT_TRUE(parse_env_file("\n\n# only comments\n").empty());
 }
 
-TEST(EnvFileTest, LineWithoutEqualsIsAnErrorNamingTheLine) {
-  std::string error = parse_error("A=1\n\nJUSTAKEY\n");
-  EXPECT_THAT(error, HasSubstr("line 3:"));
-  EXPECT_THAT(error, HasSubstr("JUSTAKEY"));
+// A line without '=' may be a password pasted on its own line: named by number, never quoted.
+TEST(EnvFileTest, LineWithoutEqualsIsAnErrorNamingTheLineNotItsText) {
+  std::string error = parse_error("A=1\n\nS3cretPassw0rd\n");
+  EXPECT_THAT(error, HasSubstr("line 3: expected KEY=VALUE, found no '='"));
+  EXPECT_THAT(error, Not(HasSubstr("S3cretPassw0rd")));
 }
 
-TEST(EnvFileTest, InvalidKeysAreErrors) {
-  EXPECT_THAT(parse_error("1ABC=x\n"), HasSubstr("line 1: invalid key '1ABC'"));
-  EXPECT_THAT(parse_error("A=1\nMY-KEY=x\n"), HasSubstr("line 2: invalid key 'MY-KEY'"));
+// `DB_PASSWORD:secret` is an invalid key that holds the password: the error says where, not what.
+TEST(EnvFileTest, InvalidKeysAreErrorsThatDoNotEchoTheLine) {
+  EXPECT_THAT(parse_error("1ABC=x\n"), HasSubstr("line 1: invalid key: character 1 "));
+  EXPECT_THAT(parse_error("A=1\nMY-KEY=x\n"), HasSubstr("line 2: invalid key: character 3 "));
   EXPECT_THAT(parse_error("=value\n"), HasSubstr("line 1:"));
+  const std::string pasted = parse_error("A=1\nDB_PASSWORD:s3cret\n");
+  EXPECT_THAT(pasted, HasSubstr("line 2: invalid key: character 12 "));
+  EXPECT_THAT(pasted, Not(HasSubstr("s3cret")));
 }
 
 TEST(EnvFileTest, UnterminatedQuotesAreErrorsThatDoNotEchoTheValue) {
