@@ -17,6 +17,12 @@ namespace gateway {
 void replace_file_atomically(const std::filesystem::path& path, std::string_view text, mode_t mode,
                              std::string_view what);
 
+// The same without the fsyncs, for a file whose loss or older content a crash may bring back
+// harmlessly: a reader sees the old text or the new, never part of one (rename), unless the
+// machine itself goes down (then the file may be empty or older).
+void replace_file_unsynced(const std::filesystem::path& path, std::string_view text, mode_t mode,
+                           std::string_view what);
+
 // The file's bytes, or std::nullopt if it does not exist. Throws Error "<what> <path>: cannot
 // read: <reason>" on any other error.
 std::optional<std::string> read_file_if_exists(const std::filesystem::path& path,

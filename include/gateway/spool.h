@@ -4,8 +4,8 @@
 // Why: Paho sends the QoS 1 PUBACK when the message callback returns. The callback appends the
 // message here first, so it survives kill -9 (it is in the page cache) before the broker forgets
 // it. The worker thread reads records in seq order, stores them, and calls release_below() so that
-// fully processed segments are deleted. After a crash the whole remaining spool is replayed; the
-// consumer skips what it already committed by the record's seq.
+// fully processed segments are deleted. After a crash the spool is replayed from the last
+// release_below(); the consumer skips what it already committed by the record's seq.
 //
 // Thread-safety: append(), ensure_seq_above(), cursor(), release_below(), stop_back_pressure(),
 // close(), stats() and id() may be called from any thread. read_next() is for a single consumer
@@ -22,6 +22,8 @@
 //                               counted as damage) and skips the seqs it could have held
 //   spool.id                    this spool's identity (see id())
 //   spool.lock                  flock()ed while open, so two processes never share a spool
+//   released-below              "<id> <seq>": the last release_below(), where the next open's
+//                               read_next() starts (not synced: a stale one replays more)
 // The records in a segment: see spool_format.h.
 #pragma once
 
@@ -133,9 +135,9 @@ class Spool {
   void ensure_seq_above(std::uint64_t seq, std::string_view why);
 
   // Single consumer thread. Returns records in seq order, starting (after open) with the oldest
-  // record in the spool; a record becomes visible once its append() has written it (kAlways: and
-  // fdatasync'ed it). Waits up to `timeout` for one; std::nullopt on timeout or after close().
-  // Throws SpoolError on read errors.
+  // record in the spool at or above the last run's release_below() seq; a record becomes visible
+  // once its append() has written it (kAlways: and fdatasync'ed it). Waits up to `timeout` for one;
+  // std::nullopt on timeout or after close(). Throws SpoolError on read errors.
   std::optional<SpoolRecord> read_next(std::chrono::milliseconds timeout);
 
   // A second reader that re-reads the records with seq >= from_seq (see spool_cursor.h); if
@@ -148,7 +150,10 @@ class Spool {
   // such records, never the one being written (except that a full spool whose records are all
   // released rolls to a new segment so the old one can go, otherwise max_bytes < segment_bytes
   // would block forever). Wakes blocked appenders. A file that cannot be deleted is logged as an
-  // error, not thrown: the worker must go on, and a replay of it is harmless.
+  // error, not thrown: the worker must go on, and a replay of it is harmless. The seq is kept in
+  // dir/released-below: after a restart read_next() starts there, so that records already done
+  // are not routed again by the flows of that day (a flow disabled meanwhile would make them
+  // dead letters); appends stay above it even if a power loss took those records.
   void release_below(std::uint64_t seq);
 
   // For shutdown: append() stops waiting for space, so a blocked append (and any later one) writes

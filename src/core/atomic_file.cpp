@@ -38,10 +38,8 @@ struct ClosedAtExit {
   const int fd;
 };
 
-}  // namespace
-
-void replace_file_atomically(const std::filesystem::path& path, std::string_view text, mode_t mode,
-                             std::string_view what) {
+void replace_file(const std::filesystem::path& path, std::string_view text, mode_t mode,
+                  std::string_view what, bool sync) {
   const std::string temp = path.string() + ".tmp";
   const auto fail = [&](const std::string& step, int err) {
     ::unlink(temp.c_str());
@@ -52,10 +50,11 @@ void replace_file_atomically(const std::filesystem::path& path, std::string_view
   if (fd < 0) fail("cannot create " + temp, errno);
   int err = ::fchmod(fd, mode) == 0 ? 0 : errno;
   if (err == 0) err = write_all(fd, text);
-  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  if (err == 0 && sync && ::fsync(fd) != 0) err = errno;
   if (::close(fd) != 0 && err == 0) err = errno;
   if (err != 0) fail("cannot write " + temp, err);
   if (::rename(temp.c_str(), path.c_str()) != 0) fail("cannot rename " + temp, errno);
+  if (!sync) return;
   const auto dir = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) {
@@ -68,6 +67,18 @@ void replace_file_atomically(const std::filesystem::path& path, std::string_view
     throw Error(std::string(what) + " " + path.string() +
                 ": cannot sync its directory: " + std::strerror(err));
   }
+}
+
+}  // namespace
+
+void replace_file_atomically(const std::filesystem::path& path, std::string_view text, mode_t mode,
+                             std::string_view what) {
+  replace_file(path, text, mode, what, true);
+}
+
+void replace_file_unsynced(const std::filesystem::path& path, std::string_view text, mode_t mode,
+                           std::string_view what) {
+  replace_file(path, text, mode, what, false);
 }
 
 std::optional<std::string> read_file_if_exists(const std::filesystem::path& path,

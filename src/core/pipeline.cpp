@@ -60,6 +60,9 @@ void Pipeline::stop(std::chrono::milliseconds deadline) {
   if (Clock::now() - started > deadline)
     log_->warn("pipeline: stopping took longer than {} ms", deadline.count());
   workers_.clear();
+  // What the workers committed since the dispatcher's last release: the next start resumes
+  // after it.
+  release_spool();
 }
 
 std::string Pipeline::flow_name(std::int64_t flow_id) const {

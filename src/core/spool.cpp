@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 #include <utility>
@@ -39,6 +40,9 @@ using spool_detail::open_or_throw;
 using spool_detail::parse_segment_name;
 using spool_detail::SpoolReader;
 using spool_detail::throw_io;
+
+// Where release_below() keeps its seq for the next open (see Impl::released_below_).
+constexpr const char* kReleasedFile = "released-below";
 
 // The write buffer keeps its capacity between appends, unless one huge message inflated it.
 constexpr std::size_t kKeepBufferBytes = 4 << 20;
@@ -230,6 +234,9 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   void lock_directory();
   void load_or_create_id();
   void recover();
+  // The seq the consumer starts at: the last run's release_below() (0 without a usable file).
+  std::uint64_t load_released_below();
+  void save_released_below();
   void create_active_segment_locked(std::uint64_t first_seq);
   void finish_active_locked();
   int append_mapped_locked();
@@ -290,8 +297,17 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   std::map<std::string, Window> windows_;
   std::string broker_;  // guarded by mu_; the broker of the current connection
 
-  // The consumer thread's own state; it takes mu_ only to look at the segments.
-  SpoolReader reader_{0};
+  // release_below()'s seq, kept in dir/released-below ("<spool id> <seq>") for the next open:
+  // its read_next() starts there, so that records already done are not routed again by the
+  // flows of the day (a flow disabled since would make them dead letters). Written without
+  // fsync: a lost or older file only replays more, which the consumer skips by committed seq.
+  std::uint64_t released_below_ = 0;   // guarded by mu_
+  std::mutex released_file_mu_;        // serialises writers of the file
+  std::uint64_t released_saved_ = 0;   // guarded by released_file_mu_
+  bool released_file_failed_ = false;  // guarded by released_file_mu_; logged once
+
+  // The consumer thread's own state; it takes mu_ only to look at the segments. Set at open.
+  std::optional<SpoolReader> reader_;
 
   std::thread fsync_thread_;  // kBatch only
 };
@@ -304,7 +320,11 @@ Spool::Impl::Impl(SpoolOptions options, std::shared_ptr<spdlog::logger> log)
     throw SpoolError("spool: segment_bytes and max_bytes must be positive");
   }
   std::error_code ec;
-  fs::create_directories(options_.dir, ec);
+  // A directory made here is the owner's only, as its segments are; an existing one is left as
+  // the operator set it up.
+  if (fs::create_directories(options_.dir, ec) && !ec) {
+    fs::permissions(options_.dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+  }
   if (ec) {
     throw SpoolError("spool: cannot create " + options_.dir.string() + ": " + ec.message());
   }
@@ -322,6 +342,7 @@ Spool::Impl::Impl(SpoolOptions options, std::shared_ptr<spdlog::logger> log)
   }
   load_or_create_id();
   recover();
+  reader_.emplace(load_released_below());
   if (options_.fsync == SpoolFsync::kBatch) {
     fsync_thread_ = std::thread([this] {
       set_thread_name("gw-fsync");
@@ -402,6 +423,58 @@ void Spool::Impl::load_or_create_id() {
     throw SpoolError(e.what());
   }
   id_created_ = true;
+}
+
+std::uint64_t Spool::Impl::load_released_below() {
+  const fs::path path = options_.dir / kReleasedFile;
+  std::optional<std::string> text;
+  try {
+    text = read_file_if_exists(path, "spool:");
+  } catch (const Error& e) {
+    log_->warn("{}; the spool is read from its oldest record", e.what());
+    return 0;
+  }
+  if (!text) return 0;
+  std::string id;
+  std::uint64_t seq = 0;
+  std::istringstream in(*text);
+  if (!(in >> id >> seq)) {
+    // A crash of the machine right after an unsynced rename can leave it empty.
+    log_->warn("spool: {} is unreadable; the spool is read from its oldest record", path.string());
+    return 0;
+  }
+  if (id != id_) return 0;  // left by another spool (a new spool.id): its records replay as new
+  if (next_seq_ < seq) {
+    // Released records that the spool no longer has (a power loss): never hand out their seqs.
+    ensure_seq_above(seq - 1, "records below it were done before the restart");
+  }
+  std::lock_guard lock(mu_);
+  released_below_ = seq;
+  {
+    std::lock_guard file_lock(released_file_mu_);
+    released_saved_ = seq;
+  }
+  if (seq > 1) log_->info("spool: records below seq {} were done before the restart", seq);
+  return seq;
+}
+
+void Spool::Impl::save_released_below() {
+  std::lock_guard file_lock(released_file_mu_);
+  std::uint64_t seq;
+  {
+    std::lock_guard lock(mu_);
+    seq = released_below_;
+  }
+  if (seq == released_saved_) return;
+  try {
+    replace_file_unsynced(options_.dir / kReleasedFile, id_ + " " + std::to_string(seq) + "\n",
+                          0600, "spool:");
+    released_saved_ = seq;
+    released_file_failed_ = false;
+  } catch (const Error& e) {
+    // Not fatal: the next start replays more of the spool, and skips it by committed seq.
+    if (!std::exchange(released_file_failed_, true)) log_->warn("{}", e.what());
+  }
 }
 
 void Spool::Impl::recover() {
@@ -753,13 +826,13 @@ std::optional<SpoolRecord> Spool::Impl::read_next(std::chrono::milliseconds time
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     if (closed_) return std::nullopt;
-    if (auto record = reader_.next(*log_)) return record;
+    if (auto record = reader_->next(*log_)) return record;
     std::unique_lock lock(mu_);
     for (;;) {
       if (closed_) return std::nullopt;
-      if (advance_locked(reader_)) break;
+      if (advance_locked(*reader_)) break;
       if (data_cv_.wait_until(lock, deadline) == std::cv_status::timeout) {
-        if (closed_ || !advance_locked(reader_)) return std::nullopt;
+        if (closed_ || !advance_locked(*reader_)) return std::nullopt;
         break;
       }
     }
@@ -805,6 +878,7 @@ void Spool::Impl::release_below(std::uint64_t seq) {
   std::vector<fs::path> doomed;
   {
     std::lock_guard lock(mu_);
+    released_below_ = std::max(released_below_, std::min(seq, next_seq_));
     if (seq >= next_seq_ && active_->size > 0 && bytes_ >= options_.max_bytes && !closed_) {
       try {
         roll_locked(next_seq_);
@@ -820,6 +894,7 @@ void Spool::Impl::release_below(std::uint64_t seq) {
       it = segments_.erase(it);
     }
   }
+  save_released_below();
   if (doomed.empty()) return;
   for (const auto& path : doomed) {
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) {

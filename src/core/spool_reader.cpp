@@ -47,7 +47,8 @@ void throw_io(std::string_view what, const fs::path& path, int err) {
 }
 
 File open_or_throw(const fs::path& path, int flags, std::string_view what) {
-  const int fd = ::open(path.c_str(), flags | O_CLOEXEC, 0644);
+  // Created for the owner only: segments hold the messages' payloads.
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC, 0600);
   if (fd < 0) throw_io(what, path, errno);
   return File(fd);
 }

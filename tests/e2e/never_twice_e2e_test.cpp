@@ -222,6 +222,30 @@ PostTally tally_posts(const HttpSink& sink, const std::string& code,
 // DeliveryOptions::remove_every), and first arrivals in msg_id order. The kill comes after every
 // message is committed to the outbox, so that what is checked is the lease, not the killed
 // instance's spool (scenario 3 kills an instance during intake).
+// Stored records stay in the spool until their segment is released. A flow disabled before a
+// restart must not turn them into dead letters then ("no enabled flow matches"): a replay of
+// those would store them twice. The restart follows a kill -9, so what counts is what the
+// running gateway kept of its progress, not a clean stop.
+TEST_F(NeverTwiceE2e, StoredMessagesOfAFlowDisabledBeforeARestartAreNotDeadLettered) {
+  const int total = scaled(200);
+  add_flow("disabled-later");
+  TempDir dir("gw_nt_disabled_");
+  start_gateway(dir.path());
+  publisher().publish_many(seq_messages(topic_, 1, total, 16), 1, kPublishWindow);
+  ASSERT_TRUE(wait_for_count(seq_rows_sql(), total, 60s)) << gateway_->output();
+  db_.execute("UPDATE flows SET enabled = 0 WHERE id = " + std::to_string(flow_id_));
+  std::this_thread::sleep_for(1s);  // the dispatcher records its progress every 100 ms
+  ASSERT_TRUE(gateway_->kill(SIGKILL));
+  ASSERT_EQ(gateway_->wait_exit(10s), -SIGKILL);
+
+  start_gateway(dir.path());
+  std::this_thread::sleep_for(2s);  // a replay of the spool would be over by now
+  EXPECT_EQ(count("SELECT COUNT(*) FROM rejected_messages"), 0) << gateway_->output();
+  EXPECT_EQ(count(seq_rows_sql()), total);
+  EXPECT_TRUE(gateway_->running());
+  stop_gateway_cleanly();
+}
+
 TEST_F(NeverTwiceE2e, TwoInstancesPostOnceInOrderWhenOneIsKilled) {
   const int total = scaled(5000);
   // DeliveryOptions::remove_every, twice: a kill during a removal commit also repeats the group
