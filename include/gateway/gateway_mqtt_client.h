@@ -143,8 +143,11 @@ class GatewayMqttClient {
 
  private:
   // Checks the STORE_TABLE flows' mappings against their tables: takes the new ones that do not
-  // fit out of `flows`, logs every one that does not fit.
+  // fit out of `flows`, logs every one that does not fit. A flow active before (in this run or,
+  // at start-up, in the last one) stays, held: its messages wait in the spool.
   void check_store_tables(std::vector<Flow>& flows);
+  // The flows the last run had active (its cached copy of this spool); empty without one.
+  std::set<std::int64_t> flows_of_last_run() const;
   std::string subscription(const std::string& filter) const;
   // What the broker should have: the flows' filters (as subscriptions) and the heartbeat topic.
   std::set<std::string> wanted_subscriptions() const;

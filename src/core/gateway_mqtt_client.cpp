@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 #include <optional>
+#include <set>
 #include <utility>
 
 #include "gateway/backoff.h"
@@ -94,7 +95,14 @@ std::vector<Flow> GatewayMqttClient::load_flows() {
 void GatewayMqttClient::check_store_tables(std::vector<Flow>& flows) {
   std::lock_guard lock(reload_mu_);
   const auto current = flows_.snapshot();
+  // At start-up nothing is active yet, but the last run's flows may have messages waiting in
+  // the spool: dropped, they would become dead letters for a fault of their table.
+  std::optional<std::set<std::int64_t>> last_run;
   const auto active = [&](std::int64_t id) {
+    if (current->flows().empty()) {
+      if (!last_run) last_run = flows_of_last_run();
+      return last_run->count(id) > 0;
+    }
     return std::any_of(current->flows().begin(), current->flows().end(),
                        [id](const Flow& f) { return f.id == id; });
   };
@@ -118,6 +126,19 @@ void GatewayMqttClient::check_store_tables(std::vector<Flow>& flows) {
     repo_.reset();
     throw;
   }
+}
+
+std::set<std::int64_t> GatewayMqttClient::flows_of_last_run() const {
+  std::set<std::int64_t> ids;
+  try {
+    const auto copy = cache_.load();
+    if (copy && copy->spool_id == spool_.id()) {
+      for (const Flow& f : copy->flows) ids.insert(f.id);
+    }
+  } catch (const Error& e) {
+    log_->warn("{}; STORE_TABLE flows that do not fit their tables are not activated", e.what());
+  }
+  return ids;
 }
 
 std::string GatewayMqttClient::subscription(const std::string& filter) const {
@@ -434,6 +455,12 @@ void GatewayMqttClient::on_reconnected(bool session_present) {
 void GatewayMqttClient::on_message(const MqttMessage& m) {
   if (settings_.mqtt_heartbeat_seconds > 0 && m.topic == heartbeat_topic()) {
     last_heartbeat_ms_ = steady_now_ms();
+    return;
+  }
+  // The gateways' own heartbeats and presences (of this instance and the others on the broker)
+  // are not data: a flow on '#' would make each of them a dead letter, every few seconds.
+  if (m.topic.starts_with("mqtt-gateway/heartbeat/") ||
+      m.topic.starts_with("mqtt-gateway/presence/")) {
     return;
   }
   // A payload over MAX_PAYLOAD_BYTES can only become a dead letter: spool just the part that

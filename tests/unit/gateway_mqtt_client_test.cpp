@@ -140,6 +140,34 @@ TEST_F(GatewayMqttClientTest, StoreTableFlowIsActiveOnlyWhileItsMappingFitsTheTa
   EXPECT_EQ(routed, std::vector<std::int64_t>{9});
 }
 
+// A STORE_TABLE flow whose table stopped fitting while the gateway was stopped: the last run had
+// it active, so its messages may wait in the spool. The next start holds it (subscribed, routed)
+// instead of dropping it, which would make those messages dead letters.
+TEST_F(GatewayMqttClientTest, StoreTableFlowOfTheLastRunIsHeldWhenItsTableNoLongerFits) {
+  Flow f;
+  f.id = 9;
+  f.code = "tbl";
+  f.topic = "t/+";
+  f.action = "STORE_TABLE";
+  f.target_table = "readings";
+  f.column_map = R"({"temp": "/t"})";
+  repo_.flows[9] = f;
+  ColumnInfo temp;
+  temp.name = "temp";
+  temp.data_type = "double";
+  temp.column_type = "double";
+  repo_.tables["readings"] = TableInfo{"readings", {temp}};
+  start_client(false);
+  ASSERT_TRUE(connection_->subscriptions().count("t/+"));
+
+  repo_.tables["readings"].columns.clear();  // the column is gone before the next start
+  start_client(false);
+  std::vector<std::int64_t> routed;
+  flows_->snapshot()->match("t/x", routed);
+  EXPECT_EQ(routed, std::vector<std::int64_t>{9});
+  EXPECT_TRUE(connection_->subscriptions().count("t/+"));
+}
+
 // A restart with the session present must not SUBSCRIBE again: the broker would re-send every
 // retained message, and they would be stored again.
 TEST_F(GatewayMqttClientTest, RestartWithSessionPresentDoesNotSubscribeAgain) {
@@ -297,6 +325,21 @@ TEST_F(GatewayMqttClientTest, OversizedPayloadIsSpooledCutAndTheCallbackReturns)
   ASSERT_TRUE(record);
   EXPECT_EQ(record->original_size, 20000u);
   EXPECT_EQ(record->payload.size(), 4096u);
+}
+
+// A flow on '#' also receives the gateways' heartbeats and presences (this one's and other
+// instances'): they are acknowledged and not spooled, so they never become dead letters.
+TEST_F(GatewayMqttClientTest, GatewayControlTopicsAreNotSpooled) {
+  add_flow(3, "#");
+  start_client(false);
+  client_->on_message(MqttMessage{"mqtt-gateway/presence/gw-test", "abc 123", 1, false, true, 1});
+  client_->on_message(
+      MqttMessage{"mqtt-gateway/heartbeat/other-gw", "abc 123", 2, false, false, 1});
+  client_->on_message(MqttMessage{"mqtt-gateway/data", "{}", 3, false, false, 1});
+  auto record = spool_->read_next(1s);
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->topic, "mqtt-gateway/data");
+  EXPECT_FALSE(spool_->read_next(100ms));
 }
 
 // One refused filter (a broker ACL) must not fail the others in its SUBSCRIBE, nor start-up,
