@@ -302,7 +302,7 @@ class Spool::Impl final : private spool_detail::SegmentIndex {
   // flows of the day (a flow disabled since would make them dead letters). Written without
   // fsync: a lost or older file only replays more, which the consumer skips by committed seq.
   std::uint64_t released_below_ = 0;   // guarded by mu_
-  std::mutex released_file_mu_;        // serialises writers of the file
+  std::mutex released_file_mu_;        // serialises writers of the file; taken before mu_
   std::uint64_t released_saved_ = 0;   // guarded by released_file_mu_
   bool released_file_failed_ = false;  // guarded by released_file_mu_; logged once
 
@@ -448,10 +448,12 @@ std::uint64_t Spool::Impl::load_released_below() {
     // Released records that the spool no longer has (a power loss): never hand out their seqs.
     ensure_seq_above(seq - 1, "records below it were done before the restart");
   }
-  std::lock_guard lock(mu_);
-  released_below_ = seq;
   {
-    std::lock_guard file_lock(released_file_mu_);
+    std::lock_guard lock(mu_);
+    released_below_ = seq;
+  }
+  {
+    std::lock_guard file_lock(released_file_mu_);  // not inside mu_ (lock order)
     released_saved_ = seq;
   }
   if (seq > 1) log_->info("spool: records below seq {} were done before the restart", seq);
