@@ -40,13 +40,14 @@ struct FlowCacheContents {
 };
 
 // The seq above which a spool started from this copy (the database down) must number new
-// messages. The copy's committed_seq is what the database had when the copy was written, up to
-// a reload interval ago; it may have committed more records of the spool since, and a power
-// loss may have taken those from the spool (SPOOL_FSYNC batch or never). A new message numbered
-// like one of them would be skipped as committed when the database is back: lost. So the floor
-// is 2^32 seqs above the copy's, more than any gateway commits between two reloads (at most the
-// largest uint64 minus 1).
-std::uint64_t seq_floor_without_database(const FlowCacheContents& copy);
+// messages, given the spool's own next seq at open. The database may have committed records the
+// spool no longer has: a power loss (SPOOL_FSYNC batch or never) takes the records of the last
+// unsynced moments, which may have been committed meanwhile. A new message numbered like one of
+// them would be skipped as committed when the database is back: lost. The copy's committed_seq
+// is of its last reload (maybe long ago), so the floor is 2^32 seqs above the higher of the two:
+// far more than a power loss can take (at most the largest uint64 minus 1).
+std::uint64_t seq_floor_without_database(const FlowCacheContents& copy,
+                                         std::uint64_t spool_next_seq);
 
 class FlowCache {
  public:

@@ -245,9 +245,9 @@ int run(const Settings& settings, Logging& logging, SystemdNotifier& notifier,
     cached = start_copy(settings, e);
     if (cached->spool_id == spool.id()) {
       spool.ensure_seq_above(
-          seq_floor_without_database(*cached),
-          fmt::format("the database is down and the cached copy knows its offset only up to seq "
-                      "{}; seqs it may have committed since are skipped",
+          seq_floor_without_database(*cached, spool.stats().next_seq),
+          fmt::format("the database is down; seqs it may have committed that a power loss took "
+                      "from the spool are skipped (the cached copy knew seq {})",
                       cached->committed_seq));
     }
   }

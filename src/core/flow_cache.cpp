@@ -1,5 +1,6 @@
 #include "gateway/flow_cache.h"
 
+#include <algorithm>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -22,10 +23,12 @@ std::optional<std::string> opt_string(const nlohmann::json& j, const char* key) 
 
 }  // namespace
 
-std::uint64_t seq_floor_without_database(const FlowCacheContents& copy) {
+std::uint64_t seq_floor_without_database(const FlowCacheContents& copy,
+                                         std::uint64_t spool_next_seq) {
   constexpr std::uint64_t kMargin = std::uint64_t{1} << 32;
   constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max() - 1;
-  return copy.committed_seq >= kMax - kMargin ? kMax : copy.committed_seq + kMargin;
+  const std::uint64_t known = std::max(copy.committed_seq, spool_next_seq - 1);
+  return known >= kMax - kMargin ? kMax : known + kMargin;
 }
 
 // The one place that lists Flow's fields for the cache: a field added to Flow goes here too

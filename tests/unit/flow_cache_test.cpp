@@ -178,16 +178,19 @@ TEST_F(FlowCacheTest, CopyWithoutNewerFlowFieldsReadsDefaults) {
   EXPECT_EQ(f.write_mode, "insert");
 }
 
-// Started from the copy, the spool numbers new messages above what the database may have
-// committed since the copy was written (2^32 more), without overflowing.
+// Started from the copy, the spool numbers new messages 2^32 above the higher of the copy's
+// offset and its own last seq (what the database may have committed since), without overflowing.
 TEST(SeqFloorWithoutDatabaseTest, LeavesRoomForWhatTheDatabaseCommittedSince) {
+  constexpr std::uint64_t kMargin = std::uint64_t{1} << 32;
   FlowCacheContents c;
-  EXPECT_EQ(seq_floor_without_database(c), std::uint64_t{1} << 32);
+  EXPECT_EQ(seq_floor_without_database(c, 1), kMargin);
   c.committed_seq = 1000;
-  EXPECT_EQ(seq_floor_without_database(c), 1000 + (std::uint64_t{1} << 32));
+  EXPECT_EQ(seq_floor_without_database(c, 1), 1000 + kMargin);
+  EXPECT_EQ(seq_floor_without_database(c, 900), 1000 + kMargin);
+  EXPECT_EQ(seq_floor_without_database(c, 5001), 5000 + kMargin) << "an old copy";
   constexpr auto kMax = std::numeric_limits<std::uint64_t>::max();
   c.committed_seq = kMax - 5;
-  EXPECT_EQ(seq_floor_without_database(c), kMax - 1) << "ensure_seq_above() refuses the largest";
+  EXPECT_EQ(seq_floor_without_database(c, 1), kMax - 1) << "ensure_seq_above() refuses the largest";
 }
 
 }  // namespace
