@@ -1,8 +1,9 @@
 // FlowStarts: from which spool record on each flow is routed, kept in SPOOL_DIR/flow-starts.json,
 // so that a restart routes the records still in the spool as they were routed when they arrived.
 // The spool keeps processed records until their segment is released (up to SPOOL_SEGMENT_BYTES
-// of them), and the dispatcher reads it from the start after a restart. Routed by the flows of
-// the day, a flow created since would then store those records, maybe weeks old.
+// of them), and after a restart the dispatcher reads it from its last release (Spool::
+// release_below()), which may be older than those records (a stale file, an upgrade). Routed by
+// the flows of the day, a flow created since would then store them, maybe weeks old.
 //
 // The dispatcher calls update() with each new flow snapshot before it routes any record with it,
 // giving the seq of the next record it routes. A flow id seen for the first time starts there,

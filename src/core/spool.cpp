@@ -342,7 +342,11 @@ Spool::Impl::Impl(SpoolOptions options, std::shared_ptr<spdlog::logger> log)
   }
   load_or_create_id();
   recover();
-  reader_.emplace(load_released_below());
+  const std::uint64_t released = load_released_below();
+  reader_.emplace(released);
+  // Segments already done go now: the consumer will not read them, so nothing else would release
+  // them before a new record is done, and a full spool would block every append meanwhile.
+  if (released > 0) release_below(released);
   if (options_.fsync == SpoolFsync::kBatch) {
     fsync_thread_ = std::thread([this] {
       set_thread_name("gw-fsync");

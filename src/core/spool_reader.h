@@ -40,7 +40,7 @@ class File {
 std::string errno_text(int err);
 // Throws SpoolError("spool: <what> <path>: <strerror(err)>").
 [[noreturn]] void throw_io(std::string_view what, const std::filesystem::path& path, int err);
-// open(2) with O_CLOEXEC (mode 0644); throws SpoolError on failure.
+// open(2) with O_CLOEXEC (mode 0600: segments hold payloads); throws SpoolError on failure.
 File open_or_throw(const std::filesystem::path& path, int flags, std::string_view what);
 // dir/<first seq, 20 digits>.seg
 std::filesystem::path segment_path(const std::filesystem::path& dir, std::uint64_t first_seq);

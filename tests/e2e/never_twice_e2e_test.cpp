@@ -214,14 +214,6 @@ PostTally tally_posts(const HttpSink& sink, const std::string& code,
   return p;
 }
 
-// 2. Two instances share a POST_ENDPOINT flow (MQTT_SHARED_GROUP); one worker in the cluster holds
-// the flow's delivery lease and POSTs in msg_id order. The lease holder is SIGKILLed halfway
-// through the deliveries and not restarted: the other instance must take the outbox over once the
-// lease runs out (30 s) and finish, each Idempotency-Key arriving once, except the POSTs made
-// since the killed owner last removed delivered rows from the outbox (it does so every 16 POSTs,
-// DeliveryOptions::remove_every), and first arrivals in msg_id order. The kill comes after every
-// message is committed to the outbox, so that what is checked is the lease, not the killed
-// instance's spool (scenario 3 kills an instance during intake).
 // Stored records stay in the spool until their segment is released. A flow disabled before a
 // restart must not turn them into dead letters then ("no enabled flow matches"): a replay of
 // those would store them twice. The restart follows a kill -9, so what counts is what the
@@ -246,6 +238,14 @@ TEST_F(NeverTwiceE2e, StoredMessagesOfAFlowDisabledBeforeARestartAreNotDeadLette
   stop_gateway_cleanly();
 }
 
+// 2. Two instances share a POST_ENDPOINT flow (MQTT_SHARED_GROUP); one worker in the cluster holds
+// the flow's delivery lease and POSTs in msg_id order. The lease holder is SIGKILLed halfway
+// through the deliveries and not restarted: the other instance must take the outbox over once the
+// lease runs out (30 s) and finish, each Idempotency-Key arriving once, except the POSTs made
+// since the killed owner last removed delivered rows from the outbox (it does so every 16 POSTs,
+// DeliveryOptions::remove_every), and first arrivals in msg_id order. The kill comes after every
+// message is committed to the outbox, so that what is checked is the lease, not the killed
+// instance's spool (scenario 3 kills an instance during intake).
 TEST_F(NeverTwiceE2e, TwoInstancesPostOnceInOrderWhenOneIsKilled) {
   const int total = scaled(5000);
   // DeliveryOptions::remove_every, twice: a kill during a removal commit also repeats the group

@@ -1437,6 +1437,33 @@ TEST_F(SpoolTest, AfterARestartReadingResumesAtTheLastRelease) {
       << log_text();
 }
 
+// Segments released before a restart whose files are still there (a kill -9 between the file and
+// the unlinks) go at open: a full spool of done records would otherwise block appends until a new
+// record is done, and none can be appended.
+TEST_F(SpoolTest, SegmentsReleasedBeforeARestartGoAtOpen) {
+  const std::string payload = "payload-0";
+  SpoolOptions o = options();
+  o.segment_bytes = 2 * record_size("t", payload);
+  o.max_bytes = 4 * record_size("t", payload);
+  std::string id;
+  {
+    auto spool = open(o);
+    id = spool->id();
+    append_range(*spool, 0, 4);  // two full segments: the spool is full
+    EXPECT_EQ(read_all(*spool).size(), 4u);
+  }
+  std::ofstream(dir_ / "released-below") << id << " 5\n";  // as if the unlinks never happened
+  auto spool = open(o);
+  auto appended =
+      std::async(std::launch::async, [&] { return spool->append("t", "new", 0, false, 0); });
+  if (appended.wait_for(5s) != std::future_status::ready) {
+    spool->close();  // so that the blocked append returns and the test ends
+    FAIL() << "the append waits for room that only released segments hold";
+  }
+  EXPECT_EQ(appended.get()->seq, 5u);
+  EXPECT_EQ(seqs(read_all(*spool)), (std::vector<std::uint64_t>{5}));
+}
+
 // An unreadable file (a machine crash after an unsynced rename) or one of another spool id only
 // replays more: everything is read, as without it.
 TEST_F(SpoolTest, AnUnusableReleasedBelowFileReplaysTheWholeSpool) {
