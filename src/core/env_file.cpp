@@ -91,7 +91,7 @@ class Parser {
     while (bad > 0 && bad < key.size() && is_key_char(key[bad])) ++bad;
     if (bad < key.size()) {
       // Only where: the text before '=' may be a mistyped `DB_PASSWORD:secret`.
-      fail("invalid key: character " + std::to_string(bad + 1) +
+      fail("invalid key: its character " + std::to_string(bad + 1) +
            " is not allowed (a key is [A-Za-z_][A-Za-z0-9_]*; the line is not shown: it may "
            "hold a secret)");
     }

@@ -458,10 +458,15 @@ void GatewayMqttClient::on_message(const MqttMessage& m) {
     return;
   }
   // The gateways' own heartbeats and presences (of this instance and the others on the broker)
-  // are not data: a flow on '#' would make each of them a dead letter, every few seconds.
+  // are not data: a flow on '#' would make each of them a dead letter, every few seconds. Unless
+  // a flow asks for them by name (its filter starts with mqtt-gateway/).
   if (m.topic.starts_with("mqtt-gateway/heartbeat/") ||
       m.topic.starts_with("mqtt-gateway/presence/")) {
-    return;
+    const auto flows = flows_.snapshot();
+    if (std::none_of(flows->flows().begin(), flows->flows().end(),
+                     [](const Flow& f) { return f.topic.starts_with("mqtt-gateway/"); })) {
+      return;
+    }
   }
   // A payload over MAX_PAYLOAD_BYTES can only become a dead letter: spool just the part that
   // rejected_messages keeps, so that it is never held in memory (or on disk) again.

@@ -104,11 +104,11 @@ TEST(EnvFileTest, LineWithoutEqualsIsAnErrorNamingTheLineNotItsText) {
 
 // `DB_PASSWORD:secret` is an invalid key that holds the password: the error says where, not what.
 TEST(EnvFileTest, InvalidKeysAreErrorsThatDoNotEchoTheLine) {
-  EXPECT_THAT(parse_error("1ABC=x\n"), HasSubstr("line 1: invalid key: character 1 "));
-  EXPECT_THAT(parse_error("A=1\nMY-KEY=x\n"), HasSubstr("line 2: invalid key: character 3 "));
+  EXPECT_THAT(parse_error("1ABC=x\n"), HasSubstr("line 1: invalid key: its character 1 "));
+  EXPECT_THAT(parse_error("A=1\nMY-KEY=x\n"), HasSubstr("line 2: invalid key: its character 3 "));
   EXPECT_THAT(parse_error("=value\n"), HasSubstr("line 1:"));
   const std::string pasted = parse_error("A=1\nDB_PASSWORD:s3cret\n");
-  EXPECT_THAT(pasted, HasSubstr("line 2: invalid key: character 12 "));
+  EXPECT_THAT(pasted, HasSubstr("line 2: invalid key: its character 12 "));
   EXPECT_THAT(pasted, Not(HasSubstr("s3cret")));
 }
 

@@ -342,6 +342,16 @@ TEST_F(GatewayMqttClientTest, GatewayControlTopicsAreNotSpooled) {
   EXPECT_FALSE(spool_->read_next(100ms));
 }
 
+// A flow that names them (to store the gateways' liveness, say) gets them.
+TEST_F(GatewayMqttClientTest, GatewayControlTopicsAreSpooledForAFlowThatNamesThem) {
+  add_flow(3, "mqtt-gateway/presence/+");
+  start_client(false);
+  client_->on_message(MqttMessage{"mqtt-gateway/presence/other-gw", "abc 123", 1, false, true, 1});
+  auto record = spool_->read_next(1s);
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->topic, "mqtt-gateway/presence/other-gw");
+}
+
 // One refused filter (a broker ACL) must not fail the others in its SUBSCRIBE, nor start-up,
 // nor be asked for again every few seconds.
 TEST_F(GatewayMqttClientTest, RefusedFilterDoesNotFailTheOthers) {
