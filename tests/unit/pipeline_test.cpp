@@ -336,6 +336,26 @@ TEST_F(PipelineTest, SpoolIsReleasedOnlyAfterTheHeldFlowCommits) {
 
 // A flow disabled (or re-topicked) after its messages arrived: those not yet dispatched match no
 // flow any more; they become dead letters (flow NULL), once, never dropped silently.
+// A clean stop records how far the workers got: the spool opened again hands out none of the
+// stored records (a flow disabled meanwhile would make them dead letters), only what comes next.
+TEST_F(PipelineTest, AfterAStopTheSpoolResumesAfterWhatWasStored) {
+  start();
+  publish("a/x", 1, 20);
+  ASSERT_TRUE(eventually([&] { return stored(1).size() == 20; }));
+  pipeline_->stop(5s);
+  pipeline_.reset();
+  SpoolOptions so;
+  so.dir = dir_;
+  so.fsync = SpoolFsync::kNever;
+  spool_.reset();
+  spool_ = std::make_unique<Spool>(so, nullptr);
+  EXPECT_FALSE(spool_->read_next(100ms)) << "a stored record is handed out again";
+  publish("a/x", 21, 21);
+  const auto next = spool_->read_next(1s);
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->seq, 21u);
+}
+
 TEST_F(PipelineTest, MessagesOfARemovedFlowBecomeDeadLettersOnce) {
   start();
   flows_.replace({db_.repo.flows[2]});  // flow alpha (a/#) is gone from the routing table
